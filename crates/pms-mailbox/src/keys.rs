@@ -1,0 +1,1 @@
+//! Key encodings for the state machine's keyspaces.

@@ -1,0 +1,182 @@
+//! Records stored in the state machine, the commands that change them, and the responses.
+//!
+//! Invariant: no record here holds a message body, content type or sender in plaintext; those
+//! travel only inside `sealed` (sealed by `pms-crypto` before the command is proposed).
+
+use pms_types::{FlowId, GroupId, MessageId, UnixMillis, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Digest HA1 values (`H(user:realm:password)`) per algorithm. The password itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub realm: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+/// An account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user: UserId,
+    pub credentials: Credentials,
+    /// Secure messaging is a per-account service the operator enables.
+    pub messaging_enabled: bool,
+    /// The user's data key wrapped by the cluster master key.
+    pub wrapped_data_key: Vec<u8>,
+    pub created_at: UnixMillis,
+}
+
+/// One registration of one device (RFC 3261 §10 + RFC 5626 flows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub user: UserId,
+    /// What identifies this binding among the user's: `+sip.instance` + `reg-id` when given,
+    /// else the Contact URI.
+    pub key: String,
+    /// The Contact URI as registered.
+    pub contact: String,
+    pub flow: FlowId,
+    pub registered_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// A message about to be queued (the payload of `Enqueue` and of IMDN notifications).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub message_id: MessageId,
+    pub recipient: UserId,
+    /// Sealed `pms_crypto` record: body, content type, sender, date, IMDN fields.
+    pub sealed: Vec<u8>,
+    pub expires_at: UnixMillis,
+    /// Hash of the request's identity (From tag + Call-ID + CSeq, or sender + imdn.Message-ID).
+    pub dedup_keys: Vec<DedupKey>,
+}
+
+/// A hashed retransmission/retry identity. Hashed so that no sender identity is stored in clear.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DedupKey(pub [u8; 32]);
+
+/// A message in a recipient's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Position in the recipient's queue; delivery follows ascending `seq`.
+    pub seq: u64,
+    pub message_id: MessageId,
+    pub recipient: UserId,
+    pub sealed: Vec<u8>,
+    pub enqueued_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub dedup_keys: Vec<DedupKey>,
+}
+
+/// Where a message is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageState {
+    Queued,
+    Delivered,
+    Expired,
+    /// The device refused it with this SIP status.
+    Failed { code: u16 },
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "enqueued",
+            MessageState::Delivered => "delivered",
+            MessageState::Expired => "expired",
+            MessageState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// The status of a message by id, kept after it leaves the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageStatus {
+    pub message_id: MessageId,
+    pub recipient: UserId,
+    pub state: MessageState,
+    pub enqueued_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// What a dedup key points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub message_id: MessageId,
+    pub recipient: UserId,
+    pub seq: u64,
+    /// After this the entry may be pruned.
+    pub keep_until: UnixMillis,
+}
+
+/// Per-user counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxMeta {
+    pub next_seq: u64,
+    pub queued: u64,
+}
+
+/// A command proposed through Raft. Imperative names; time only as carried values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    ProvisionUser { record: UserRecord },
+    SetMessagingEnabled { user: UserId, enabled: bool },
+    /// Deletes the wrapped data key first (crypto-shredding), then everything else of the user.
+    RemoveUser { user: UserId },
+    /// Adds or replaces the binding with the same `key`; drops the user's expired bindings.
+    Bind { binding: Binding, now: UnixMillis },
+    Unbind { user: UserId, key: String },
+    UnbindAll { user: UserId },
+    /// Drops every binding whose flow is on this node but not of this incarnation.
+    UnbindStaleFlows { flow_node: pms_types::NodeId, live_incarnation: u64 },
+    Enqueue { message: NewMessage, accepted_at: UnixMillis },
+    MarkDelivered {
+        recipient: UserId,
+        seq: u64,
+        message_id: MessageId,
+        at: UnixMillis,
+        notification: Option<NewMessage>,
+    },
+    MarkFailed {
+        recipient: UserId,
+        seq: u64,
+        message_id: MessageId,
+        code: u16,
+        at: UnixMillis,
+        notification: Option<NewMessage>,
+    },
+    Expire {
+        recipient: UserId,
+        seq: u64,
+        message_id: MessageId,
+        at: UnixMillis,
+        notification: Option<NewMessage>,
+    },
+    /// Forgets dedup entries and final statuses older than `before`.
+    Prune { before: UnixMillis },
+}
+
+/// What applying a command produced. Replicated identically on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    Done,
+    UserExists { user: UserId },
+    UnknownUser { user: UserId },
+    /// The message was queued (or was already: `duplicate`), with its id and queue position.
+    Enqueued { message_id: MessageId, seq: u64, duplicate: bool },
+    MailboxFull { user: UserId },
+    TooManyBindings { user: UserId },
+    /// The message was no longer queued (already delivered, failed or expired): nothing changed,
+    /// and any notification in the command was dropped.
+    NotQueued { message_id: MessageId },
+    /// `Expire` arrived before the message's `expires_at`: refused, nothing changed.
+    NotYetExpired { message_id: MessageId, expires_at: UnixMillis },
+}
+
+/// A command with the group it is proposed to. Every entry in the Raft log carries its group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCommand {
+    pub group: GroupId,
+    pub command: Command,
+}

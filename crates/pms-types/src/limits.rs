@@ -1,0 +1,55 @@
+//! Named maxima and defaults. Every queue, header, body, batch and retry loop in PMS is bounded
+//! by one of these (or by a configuration value whose default is one of these).
+
+/// Longest user name (user part of an AoR).
+pub const USER_NAME_BYTES_MAX: usize = 64;
+/// Longest message id accepted from the wire or a command line.
+pub const MESSAGE_ID_BYTES_MAX: usize = 64;
+
+/// Default maximum size of a SIP header block (request line + headers + CRLFCRLF).
+pub const SIP_HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default maximum SIP body size accepted on a MESSAGE (larger: 413).
+pub const SIP_BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Most headers in one SIP message.
+pub const SIP_HEADERS_MAX: usize = 128;
+/// Largest UDP datagram PMS reads.
+pub const SIP_UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
+
+/// Default message validity when the MESSAGE carries no `Expires` (3 days).
+pub const MESSAGE_EXPIRES_DEFAULT_SECS: u64 = 3 * 24 * 3600;
+/// Default cap on a MESSAGE's `Expires` (7 days).
+pub const MESSAGE_EXPIRES_MAX_DEFAULT_SECS: u64 = 7 * 24 * 3600;
+
+/// Most messages queued for one user; beyond it new messages are refused (486 would be
+/// misleading, PMS answers 480 with a reason).
+pub const MAILBOX_MESSAGES_MAX: usize = 10_000;
+/// Most bindings (devices) per user.
+pub const BINDINGS_PER_USER_MAX: usize = 16;
+
+/// Registration expiry bounds and default (seconds).
+pub const REGISTER_EXPIRES_MIN_SECS: u64 = 60;
+pub const REGISTER_EXPIRES_MAX_SECS: u64 = 3600;
+pub const REGISTER_EXPIRES_DEFAULT_SECS: u64 = 600;
+
+/// How long a digest nonce stays valid.
+pub const DIGEST_NONCE_LIFETIME_SECS: u64 = 300;
+/// Most outstanding nonces the server remembers (oldest evicted first).
+pub const DIGEST_NONCES_MAX: usize = 100_000;
+
+/// How long PMS waits for a device's final response to a delivered MESSAGE.
+pub const DELIVERY_TIMEOUT_MS: u64 = 8_000;
+/// Delivery retry backoff bounds.
+pub const DELIVERY_BACKOFF_MIN_MS: u64 = 1_000;
+pub const DELIVERY_BACKOFF_MAX_MS: u64 = 60_000;
+
+/// Default synchronous window: a device 2xx within it turns the sender's 202 into 200.
+pub const SYNC_WINDOW_MS_DEFAULT: u64 = 1_000;
+
+/// Most commands applied per storage write batch, and most entries per log scan.
+pub const APPLY_BATCH_MAX: usize = 1_024;
+/// Most open connections per listener.
+pub const CONNECTIONS_MAX: usize = 20_000;
+/// Most outbound SIP messages buffered per connection before it is considered dead.
+pub const SESSION_OUTBOUND_QUEUE_MAX: usize = 256;
+/// Most active mailbox actors; idle ones stop first.
+pub const MAILBOX_ACTORS_MAX: usize = 100_000;
