@@ -29,7 +29,10 @@ pub enum ApplyError {
     #[error(transparent)]
     Storage(#[from] StorageFault),
     #[error("stored record under {keyspace} is corrupt: {detail}")]
-    CorruptRecord { keyspace: &'static str, detail: String },
+    CorruptRecord {
+        keyspace: &'static str,
+        detail: String,
+    },
 }
 
 /// Encodes a record for storage or the Raft log.
@@ -48,3 +51,6 @@ pub fn decode<T: serde::de::DeserializeOwned>(
         detail: error.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests;

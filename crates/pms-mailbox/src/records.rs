@@ -76,7 +76,9 @@ pub enum MessageState {
     Delivered,
     Expired,
     /// The device refused it with this SIP status.
-    Failed { code: u16 },
+    Failed {
+        code: u16,
+    },
 }
 
 impl MessageState {
@@ -120,17 +122,38 @@ pub struct MailboxMeta {
 /// A command proposed through Raft. Imperative names; time only as carried values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    ProvisionUser { record: UserRecord },
-    SetMessagingEnabled { user: UserId, enabled: bool },
+    ProvisionUser {
+        record: UserRecord,
+    },
+    SetMessagingEnabled {
+        user: UserId,
+        enabled: bool,
+    },
     /// Deletes the wrapped data key first (crypto-shredding), then everything else of the user.
-    RemoveUser { user: UserId },
+    RemoveUser {
+        user: UserId,
+    },
     /// Adds or replaces the binding with the same `key`; drops the user's expired bindings.
-    Bind { binding: Binding, now: UnixMillis },
-    Unbind { user: UserId, key: String },
-    UnbindAll { user: UserId },
+    Bind {
+        binding: Binding,
+        now: UnixMillis,
+    },
+    Unbind {
+        user: UserId,
+        key: String,
+    },
+    UnbindAll {
+        user: UserId,
+    },
     /// Drops every binding whose flow is on this node but not of this incarnation.
-    UnbindStaleFlows { flow_node: pms_types::NodeId, live_incarnation: u64 },
-    Enqueue { message: NewMessage, accepted_at: UnixMillis },
+    UnbindStaleFlows {
+        flow_node: pms_types::NodeId,
+        live_incarnation: u64,
+    },
+    Enqueue {
+        message: NewMessage,
+        accepted_at: UnixMillis,
+    },
     MarkDelivered {
         recipient: UserId,
         seq: u64,
@@ -154,24 +177,43 @@ pub enum Command {
         notification: Option<NewMessage>,
     },
     /// Forgets dedup entries and final statuses older than `before`.
-    Prune { before: UnixMillis },
+    Prune {
+        before: UnixMillis,
+    },
 }
 
 /// What applying a command produced. Replicated identically on every node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     Done,
-    UserExists { user: UserId },
-    UnknownUser { user: UserId },
+    UserExists {
+        user: UserId,
+    },
+    UnknownUser {
+        user: UserId,
+    },
     /// The message was queued (or was already: `duplicate`), with its id and queue position.
-    Enqueued { message_id: MessageId, seq: u64, duplicate: bool },
-    MailboxFull { user: UserId },
-    TooManyBindings { user: UserId },
+    Enqueued {
+        message_id: MessageId,
+        seq: u64,
+        duplicate: bool,
+    },
+    MailboxFull {
+        user: UserId,
+    },
+    TooManyBindings {
+        user: UserId,
+    },
     /// The message was no longer queued (already delivered, failed or expired): nothing changed,
     /// and any notification in the command was dropped.
-    NotQueued { message_id: MessageId },
+    NotQueued {
+        message_id: MessageId,
+    },
     /// `Expire` arrived before the message's `expires_at`: refused, nothing changed.
-    NotYetExpired { message_id: MessageId, expires_at: UnixMillis },
+    NotYetExpired {
+        message_id: MessageId,
+        expires_at: UnixMillis,
+    },
 }
 
 /// A command with the group it is proposed to. Every entry in the Raft log carries its group.
@@ -179,4 +221,24 @@ pub enum CommandResponse {
 pub struct GroupCommand {
     pub group: GroupId,
     pub command: Command,
+}
+
+/// What a message's `sealed` bytes hold once opened: everything about a message that must never
+/// touch disk in clear (guarantee 6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePayload {
+    /// The sender's AoR, e.g. `sip:alice@example.com`.
+    pub from: String,
+    /// The recipient's AoR as the sender addressed it.
+    pub to: String,
+    /// The full Content-Type header value, parameters included (charset survives).
+    pub content_type: String,
+    /// The body, byte for byte.
+    pub body: Vec<u8>,
+    /// The Date header of the original request, or the time PMS accepted it (RFC 1123).
+    pub date: String,
+    /// `imdn.Message-ID` of the original request, when present.
+    pub imdn_message_id: Option<String>,
+    /// `Disposition-Notification` of the original request, when present. Never set on an IMDN.
+    pub disposition_notification: Option<String>,
 }

@@ -1,0 +1,521 @@
+//! Feed one command, assert the exact effects (openraft engine-test style).
+
+use std::collections::BTreeMap;
+
+use pms_types::{
+    FlowId, GroupId, Keyspace, MessageId, Mutation, NodeId, StateRead, StorageFault, UnixMillis,
+    UserId,
+};
+
+use crate::{
+    Applied, Binding, Command, CommandResponse, Credentials, DedupKey, MessageState, NewMessage,
+    UserRecord, apply, query,
+};
+
+/// A minimal in-memory state for unit tests only.
+#[derive(Default)]
+struct MemoryState {
+    entries: BTreeMap<(Keyspace, Vec<u8>), Vec<u8>>,
+}
+
+impl StateRead for MemoryState {
+    fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFault> {
+        Ok(self.entries.get(&(keyspace, key.to_vec())).cloned())
+    }
+
+    fn scan_prefix(
+        &self,
+        keyspace: Keyspace,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageFault> {
+        let start = if start.is_empty() { prefix } else { start };
+        Ok(self
+            .entries
+            .range((keyspace, start.to_vec())..)
+            .take_while(|((ks, key), _)| *ks == keyspace && key.starts_with(prefix))
+            .take(limit)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+}
+
+const GROUP: GroupId = GroupId(1);
+
+impl MemoryState {
+    fn run(&mut self, command: Command) -> Applied {
+        let applied = apply(self, GROUP, &command).expect("apply");
+        for mutation in &applied.mutations {
+            match mutation {
+                Mutation::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => {
+                    self.entries.insert((*keyspace, key.clone()), value.clone());
+                }
+                Mutation::Delete { keyspace, key } => {
+                    self.entries.remove(&(*keyspace, key.clone()));
+                }
+            }
+        }
+        applied
+    }
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn provision(name: &str) -> Command {
+    Command::ProvisionUser {
+        record: UserRecord {
+            user: user(name),
+            credentials: Credentials {
+                realm: "localhost".into(),
+                ha1_md5: "m".into(),
+                ha1_sha256: "s".into(),
+            },
+            messaging_enabled: true,
+            wrapped_data_key: vec![7; 72],
+            created_at: UnixMillis(1),
+        },
+    }
+}
+
+fn message(id: u8, to: &str, expires_at: u64, dedup: u8) -> NewMessage {
+    NewMessage {
+        message_id: MessageId::from_random_bytes([id; 16]),
+        recipient: user(to),
+        sealed: vec![id; 40],
+        expires_at: UnixMillis(expires_at),
+        dedup_keys: vec![DedupKey([dedup; 32])],
+    }
+}
+
+fn with_alice_and_bob() -> MemoryState {
+    let mut state = MemoryState::default();
+    assert_eq!(
+        state.run(provision("alice")).response,
+        CommandResponse::Done
+    );
+    assert_eq!(state.run(provision("bob")).response, CommandResponse::Done);
+    state
+}
+
+#[test]
+fn provisioning_twice_is_refused_without_effects() {
+    let mut state = with_alice_and_bob();
+    let applied = state.run(provision("alice"));
+    assert_eq!(
+        applied.response,
+        CommandResponse::UserExists {
+            user: user("alice")
+        }
+    );
+    assert!(applied.mutations.is_empty());
+}
+
+#[test]
+fn enqueue_assigns_sequence_numbers_in_order() {
+    let mut state = with_alice_and_bob();
+    for (index, id) in [1u8, 2, 3].into_iter().enumerate() {
+        let applied = state.run(Command::Enqueue {
+            message: message(id, "bob", 100, id),
+            accepted_at: UnixMillis(10),
+        });
+        assert_eq!(
+            applied.response,
+            CommandResponse::Enqueued {
+                message_id: MessageId::from_random_bytes([id; 16]),
+                seq: index as u64,
+                duplicate: false
+            }
+        );
+    }
+    let queue = query::queue(&state, GROUP, &user("bob"), 0, 10).unwrap();
+    assert_eq!(
+        queue.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        query::mailbox_meta(&state, GROUP, &user("bob"))
+            .unwrap()
+            .queued,
+        3
+    );
+    assert_eq!(query::queue_depth(&state, GROUP).unwrap(), 3);
+}
+
+#[test]
+fn a_retransmission_is_stored_once() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 9),
+        accepted_at: UnixMillis(10),
+    });
+    // Same dedup key, new server id (a retransmission that reached the leader again).
+    let applied = state.run(Command::Enqueue {
+        message: message(2, "bob", 100, 9),
+        accepted_at: UnixMillis(11),
+    });
+    assert_eq!(
+        applied.response,
+        CommandResponse::Enqueued {
+            message_id: MessageId::from_random_bytes([1; 16]),
+            seq: 0,
+            duplicate: true
+        }
+    );
+    assert!(applied.mutations.is_empty());
+    // Same server id (a proposal retried after an unknown outcome).
+    let applied = state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 8),
+        accepted_at: UnixMillis(12),
+    });
+    assert!(matches!(
+        applied.response,
+        CommandResponse::Enqueued {
+            duplicate: true,
+            seq: 0,
+            ..
+        }
+    ));
+    assert_eq!(
+        query::queue(&state, GROUP, &user("bob"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn enqueue_to_an_unknown_user_changes_nothing() {
+    let mut state = with_alice_and_bob();
+    let applied = state.run(Command::Enqueue {
+        message: message(1, "carol", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    assert_eq!(
+        applied.response,
+        CommandResponse::UnknownUser {
+            user: user("carol")
+        }
+    );
+    assert!(applied.mutations.is_empty());
+}
+
+#[test]
+fn delivered_leaves_the_queue_and_queues_the_notification() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    let id = MessageId::from_random_bytes([1; 16]);
+    let applied = state.run(Command::MarkDelivered {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        at: UnixMillis(20),
+        notification: Some(message(50, "alice", 200, 50)),
+    });
+    assert_eq!(applied.response, CommandResponse::Done);
+    assert!(
+        query::queue(&state, GROUP, &user("bob"), 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    let status = query::message_status(&state, GROUP, &id).unwrap().unwrap();
+    assert_eq!(status.state, MessageState::Delivered);
+    assert_eq!(status.updated_at, UnixMillis(20));
+    assert!(
+        query::next_expiries(&state, GROUP, 10)
+            .unwrap()
+            .iter()
+            .all(|(_, u, _)| u.as_str() == "alice")
+    );
+    // A second MarkDelivered (redelivery after failover) changes nothing, queues no second IMDN.
+    let again = state.run(Command::MarkDelivered {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        at: UnixMillis(21),
+        notification: Some(message(51, "alice", 200, 51)),
+    });
+    assert_eq!(
+        again.response,
+        CommandResponse::NotQueued { message_id: id }
+    );
+    assert!(again.mutations.is_empty());
+    assert_eq!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn expire_is_refused_before_the_validity_ends() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    let id = MessageId::from_random_bytes([1; 16]);
+    let early = state.run(Command::Expire {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        at: UnixMillis(99),
+        notification: None,
+    });
+    assert_eq!(
+        early.response,
+        CommandResponse::NotYetExpired {
+            message_id: id.clone(),
+            expires_at: UnixMillis(100)
+        }
+    );
+    assert!(early.mutations.is_empty());
+    assert_eq!(
+        query::expiring(&state, GROUP, UnixMillis(99), 10).unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        query::expiring(&state, GROUP, UnixMillis(100), 10).unwrap(),
+        vec![(UnixMillis(100), user("bob"), 0)]
+    );
+    let expired = state.run(Command::Expire {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        at: UnixMillis(100),
+        notification: Some(message(60, "alice", 300, 60)),
+    });
+    assert_eq!(expired.response, CommandResponse::Done);
+    assert_eq!(
+        query::message_status(&state, GROUP, &id)
+            .unwrap()
+            .unwrap()
+            .state,
+        MessageState::Expired
+    );
+    assert!(
+        query::queue(&state, GROUP, &user("bob"), 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn failed_records_the_device_status_code() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    let id = MessageId::from_random_bytes([1; 16]);
+    state.run(Command::MarkFailed {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        code: 415,
+        at: UnixMillis(11),
+        notification: None,
+    });
+    assert_eq!(
+        query::message_status(&state, GROUP, &id)
+            .unwrap()
+            .unwrap()
+            .state,
+        MessageState::Failed { code: 415 }
+    );
+}
+
+fn binding(key: &str, expires_at: u64) -> Binding {
+    Binding {
+        user: user("bob"),
+        key: key.into(),
+        contact: format!("sip:bob@{key}"),
+        flow: FlowId {
+            node: NodeId(1),
+            incarnation: 5,
+            connection: 1,
+        },
+        registered_at: UnixMillis(1),
+        expires_at: UnixMillis(expires_at),
+    }
+}
+
+#[test]
+fn bind_replaces_the_same_key_and_drops_expired_bindings() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Bind {
+        binding: binding("phone", 100),
+        now: UnixMillis(1),
+    });
+    state.run(Command::Bind {
+        binding: binding("laptop", 50),
+        now: UnixMillis(1),
+    });
+    let mut newer = binding("phone", 200);
+    newer.flow.connection = 2;
+    state.run(Command::Bind {
+        binding: newer.clone(),
+        now: UnixMillis(60),
+    });
+    let live = query::bindings(&state, GROUP, &user("bob"), UnixMillis(60)).unwrap();
+    assert_eq!(live, vec![newer]);
+    // The expired laptop binding was removed from storage, not just filtered.
+    assert_eq!(
+        query::bindings(&state, GROUP, &user("bob"), UnixMillis(0))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn stale_flows_of_an_earlier_incarnation_are_unbound() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Bind {
+        binding: binding("phone", 100),
+        now: UnixMillis(1),
+    });
+    state.run(Command::UnbindStaleFlows {
+        flow_node: NodeId(1),
+        live_incarnation: 5,
+    });
+    assert_eq!(
+        query::bindings(&state, GROUP, &user("bob"), UnixMillis(2))
+            .unwrap()
+            .len(),
+        1
+    );
+    state.run(Command::UnbindStaleFlows {
+        flow_node: NodeId(1),
+        live_incarnation: 6,
+    });
+    assert!(
+        query::bindings(&state, GROUP, &user("bob"), UnixMillis(2))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn remove_user_deletes_the_wrapped_key_first_and_everything_else() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    state.run(Command::Bind {
+        binding: binding("phone", 100),
+        now: UnixMillis(1),
+    });
+    let applied = state.run(Command::RemoveUser { user: user("bob") });
+    assert!(matches!(
+        &applied.mutations[0],
+        Mutation::Delete {
+            keyspace: Keyspace::Users,
+            ..
+        }
+    ));
+    assert!(query::user(&state, GROUP, &user("bob")).unwrap().is_none());
+    assert!(
+        query::queue(&state, GROUP, &user("bob"), 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(query::next_expiries(&state, GROUP, 10).unwrap().is_empty());
+    let left: Vec<_> = state
+        .entries
+        .keys()
+        .filter(|(ks, _)| *ks != Keyspace::Users && *ks != Keyspace::Dedup)
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn messaging_can_be_disabled_and_enabled() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::SetMessagingEnabled {
+        user: user("bob"),
+        enabled: false,
+    });
+    assert!(
+        !query::user(&state, GROUP, &user("bob"))
+            .unwrap()
+            .unwrap()
+            .messaging_enabled
+    );
+    let unknown = state.run(Command::SetMessagingEnabled {
+        user: user("carol"),
+        enabled: true,
+    });
+    assert_eq!(
+        unknown.response,
+        CommandResponse::UnknownUser {
+            user: user("carol")
+        }
+    );
+}
+
+#[test]
+fn prune_forgets_old_dedup_entries_and_final_statuses_only() {
+    let mut state = with_alice_and_bob();
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+    });
+    state.run(Command::Enqueue {
+        message: message(2, "bob", 100, 2),
+        accepted_at: UnixMillis(10),
+    });
+    let id = MessageId::from_random_bytes([1; 16]);
+    state.run(Command::MarkDelivered {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: id.clone(),
+        at: UnixMillis(20),
+        notification: None,
+    });
+    let far = UnixMillis(100 + crate::apply::DEDUP_RETENTION_AFTER_EXPIRY_MS + 1);
+    state.run(Command::Prune { before: far });
+    assert!(query::message_status(&state, GROUP, &id).unwrap().is_none());
+    let queued = MessageId::from_random_bytes([2; 16]);
+    assert!(
+        query::message_status(&state, GROUP, &queued)
+            .unwrap()
+            .is_some()
+    );
+    assert!(!state.entries.keys().any(|(ks, _)| *ks == Keyspace::Dedup));
+}
+
+#[test]
+fn listing_users_pages_by_name() {
+    let state = with_alice_and_bob();
+    let all = query::users(&state, GROUP, None, 10).unwrap();
+    assert_eq!(
+        all.iter().map(|u| u.user.as_str()).collect::<Vec<_>>(),
+        vec!["alice", "bob"]
+    );
+    let after = query::users(&state, GROUP, Some(&user("alice")), 10).unwrap();
+    assert_eq!(after.len(), 1);
+}
