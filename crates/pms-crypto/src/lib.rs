@@ -1,1 +1,54 @@
-//! pms-crypto
+//! pms-crypto: the only PMS crate that touches a cipher or a private key.
+//!
+//! It does three jobs:
+//! - [`keys`]: the cluster [`MasterKey`] (and its key file) and per-user [`DataKey`]s;
+//! - [`seal`]: sealing/opening message records and wrapping/unwrapping data keys with
+//!   XChaCha20-Poly1305 (guarantee 6: plaintext never touches disk), plus [`dedup_hash`];
+//! - [`certs`] and [`tls`]: a CockroachDB-style certs dir (CA, node and client
+//!   certificates) and the rustls configurations built from it (guarantee 7: nodes talk
+//!   over mutually authenticated TLS).
+//!
+//! ```
+//! use pms_crypto::{DataKey, MasterKey, open, seal, unwrap_data_key, wrap_data_key};
+//! let master = MasterKey::generate();
+//! let key = DataKey::generate();
+//! let wrapped = wrap_data_key(&master, "alice", &key); // stored in the directory group
+//! let sealed = seal(&key, "alice", "msg-1", "hi 👋".as_bytes()); // stored in the mailbox
+//! let key = unwrap_data_key(&master, "alice", &wrapped).unwrap();
+//! assert_eq!(open(&key, "alice", "msg-1", &sealed).unwrap(), "hi 👋".as_bytes());
+//! assert!(open(&key, "bob", "msg-1", &sealed).is_err());
+//! ```
+//!
+//! Invariants kept by this crate:
+//! - Invariant: key material (master keys, data keys, private-key PEM) is zeroized on drop
+//!   and never printed by `Debug`.
+//! - Invariant: every ciphertext is bound by its associated data to the format version,
+//!   the owning user and (for records) the message id, so a record cannot be moved to
+//!   another user or message without failing to open.
+//! - Invariant: nothing here panics on input read from disk or the network; failures are
+//!   [`Error`] values.
+//! - Invariant: rustls is always used with the ring provider passed explicitly, so no
+//!   process-wide provider has to be installed.
+
+pub mod certs;
+mod error;
+pub mod keys;
+pub mod seal;
+pub mod tls;
+
+pub use certs::{
+    ADMIN_CLIENT_NAME, CA_CERT_FILE, CA_KEY_FILE, NODE_CERT_FILE, NODE_COMMON_NAME, NODE_KEY_FILE,
+    client_cert_file, client_key_file, create_ca, create_client, create_node, default_dev_hosts,
+    ensure_dev_certs,
+};
+pub use error::{Error, Result};
+pub use keys::{DataKey, KEY_LEN, MASTER_KEY_FILE_LENGTH_MAX, MasterKey, permissions_too_open};
+pub use seal::{
+    SEAL_FORMAT_VERSION, SEAL_OVERHEAD, WRAP_FORMAT_VERSION, WRAPPED_KEY_LEN, dedup_hash, open,
+    rewrap_data_key, seal, unwrap_data_key, wrap_data_key,
+};
+pub use tls::{
+    PemIdentity, client_config, insecure_client_config, load_ca_pem, load_client_identity,
+    load_node_identity, mtls_client_config, mtls_server_config, node_mtls_client_config,
+    peer_common_name, sip_server_config,
+};

@@ -16,9 +16,11 @@ mod apply;
 pub mod keys;
 pub mod query;
 mod records;
+pub mod service;
 
 pub use apply::{Applied, apply};
 pub use records::*;
+pub use service::{BoxFuture, MailboxService, ProposeError};
 
 use pms_types::StorageFault;
 

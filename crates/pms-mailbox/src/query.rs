@@ -9,7 +9,7 @@ use crate::{
 };
 
 pub fn user(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     user: &UserId,
 ) -> Result<Option<UserRecord>, ApplyError> {
@@ -21,7 +21,7 @@ pub fn user(
 
 /// Users in name order, starting after `after` (exclusive), at most `limit`.
 pub fn users(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     after: Option<&UserId>,
     limit: usize,
@@ -44,7 +44,7 @@ pub fn users(
 
 /// The user's bindings that have not expired at `now`.
 pub fn bindings(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     user: &UserId,
     now: UnixMillis,
@@ -62,7 +62,7 @@ pub fn bindings(
 
 /// The user's queue in delivery order, from `from_seq` (inclusive), at most `limit`.
 pub fn queue(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     user: &UserId,
     from_seq: u64,
@@ -78,7 +78,7 @@ pub fn queue(
 }
 
 pub fn mailbox_meta(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     user: &UserId,
 ) -> Result<MailboxMeta, ApplyError> {
@@ -90,7 +90,7 @@ pub fn mailbox_meta(
 }
 
 pub fn message_status(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     message_id: &MessageId,
 ) -> Result<Option<MessageStatus>, ApplyError> {
@@ -103,7 +103,7 @@ pub fn message_status(
 /// Queued messages whose validity ends at or before `now`, earliest first, at most `limit`:
 /// `(expires_at, recipient, seq)`.
 pub fn expiring(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     now: UnixMillis,
     limit: usize,
@@ -116,7 +116,7 @@ pub fn expiring(
 
 /// The earliest `limit` entries of the expiry index.
 pub fn next_expiries(
-    state: &impl StateRead,
+    state: &(impl StateRead + ?Sized),
     group: GroupId,
     limit: usize,
 ) -> Result<Vec<(UnixMillis, UserId, u64)>, ApplyError> {
@@ -133,7 +133,7 @@ pub fn next_expiries(
 }
 
 /// Total queued messages of a group (sums the per-user counters).
-pub fn queue_depth(state: &impl StateRead, group: GroupId) -> Result<u64, ApplyError> {
+pub fn queue_depth(state: &(impl StateRead + ?Sized), group: GroupId) -> Result<u64, ApplyError> {
     let prefix = pms_types::group_key(group, &[]);
     let mut total = 0;
     let mut start = prefix.clone();

@@ -1,0 +1,495 @@
+//! Certificate authority and leaf certificates in a CockroachDB-style certs dir.
+//!
+//! Layout of a certs dir (all PEM):
+//! - `ca.crt`, `ca.key`: the cluster CA (the key may be kept offline once leaves exist);
+//! - `node.crt`, `node.key`: a node's certificate, CN `node`, usable as TLS server *and*
+//!   client (nodes dial each other), SANs from the hosts given;
+//! - `client.<name>.crt`, `client.<name>.key`: a client certificate with CN `<name>`
+//!   (`client.admin.*` authenticates `pmsctl` to the admin API).
+//!
+//! Invariants:
+//! - Invariant: nothing is overwritten. Every file is created with `create_new`; a
+//!   command whose outputs already exist fails with [`Error::AlreadyExists`] before
+//!   writing anything.
+//! - Invariant: private keys are written with mode 0600, certificates with 0644; the key
+//!   is written before its certificate, so a present `.crt` always has its `.key`.
+//! - Invariant: client names are restricted to `[A-Za-z0-9._-]` (no leading dot) so a
+//!   name can never escape the certs dir.
+
+use crate::error::{Error, Result};
+use crate::keys::{PUBLIC_FILE_MODE, SECRET_FILE_MODE, write_new_file};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+/// CA certificate file name inside a certs dir.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// CA private key file name inside a certs dir.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// Node certificate file name inside a certs dir.
+pub const NODE_CERT_FILE: &str = "node.crt";
+/// Node private key file name inside a certs dir.
+pub const NODE_KEY_FILE: &str = "node.key";
+/// Common name of node certificates.
+pub const NODE_COMMON_NAME: &str = "node";
+/// Name of the client certificate made by [`ensure_dev_certs`].
+pub const ADMIN_CLIENT_NAME: &str = "admin";
+/// Longest accepted client name.
+pub const CLIENT_NAME_LENGTH_MAX: usize = 64;
+
+const CA_VALIDITY_DAYS: i64 = 10 * 365;
+const LEAF_VALIDITY_DAYS: i64 = 5 * 365;
+/// Backdating of `not_before`, tolerating clocks that are somewhat behind.
+const CLOCK_SKEW_ALLOWANCE_HOURS: i64 = 1;
+
+/// `client.<name>.crt`
+#[must_use]
+pub fn client_cert_file(name: &str) -> String {
+    format!("client.{name}.crt")
+}
+
+/// `client.<name>.key`
+#[must_use]
+pub fn client_key_file(name: &str) -> String {
+    format!("client.{name}.key")
+}
+
+/// Hosts used for a development node certificate: `127.0.0.1`, `localhost`, `::1`.
+#[must_use]
+pub fn default_dev_hosts() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into(), "::1".into()]
+}
+
+/// Creates `ca.crt` and `ca.key` in `certs_dir` (creating the directory). Refuses to
+/// overwrite an existing CA certificate or key.
+pub fn create_ca(certs_dir: &Path) -> Result<()> {
+    let cert_path = certs_dir.join(CA_CERT_FILE);
+    let key_path = certs_dir.join(CA_KEY_FILE);
+    refuse_existing(&[&cert_path, &key_path])?;
+    let key = generate_key_pair("CA key")?;
+    let mut params = CertificateParams::default();
+    // A random suffix keeps CAs of different clusters apart by name, so a certificate
+    // from the wrong cluster fails as "unknown issuer" rather than "bad signature".
+    let mut ca_id = [0u8; 4];
+    OsRng.fill_bytes(&mut ca_id);
+    params.distinguished_name = distinguished_name(&format!("PMS CA {}", hex::encode(ca_id)));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY_DAYS);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|source| generation_error("CA certificate", source))?;
+    write_pair(&cert_path, &cert.pem(), &key_path, &key)
+}
+
+/// Creates `node.crt`/`node.key`, signed by the CA in `certs_dir`: CN `node`, server and
+/// client auth, one SAN per host (IP SAN when it parses as an IP, `[v6]` accepted; DNS
+/// SAN otherwise).
+pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+    if hosts.is_empty() {
+        return Err(Error::InvalidHost {
+            host: String::new(),
+            reason: "at least one host is required".into(),
+        });
+    }
+    let subject_alt_names = hosts
+        .iter()
+        .map(|host| parse_host(host))
+        .collect::<Result<Vec<_>>>()?;
+    create_leaf(
+        certs_dir,
+        NODE_CERT_FILE,
+        NODE_KEY_FILE,
+        NODE_COMMON_NAME,
+        subject_alt_names,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
+}
+
+/// Creates `client.<name>.crt`/`.key`, signed by the CA in `certs_dir`: CN `name`,
+/// client auth only.
+pub fn create_client(certs_dir: &Path, name: &str) -> Result<()> {
+    validate_client_name(name)?;
+    create_leaf(
+        certs_dir,
+        &client_cert_file(name),
+        &client_key_file(name),
+        name,
+        Vec::new(),
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// Development bootstrap. When `ca.crt` is missing, creates the CA; then, if the CA key
+/// is present, creates whichever of the node certificate (for `hosts`, or
+/// [`default_dev_hosts`] when empty) and `client.admin` certificate is missing.
+/// Returns whether anything was created.
+pub fn ensure_dev_certs(certs_dir: &Path, hosts: &[String]) -> Result<bool> {
+    let mut created = false;
+    if !certs_dir.join(CA_CERT_FILE).exists() {
+        create_ca(certs_dir)?;
+        created = true;
+    }
+    if !certs_dir.join(CA_KEY_FILE).exists() {
+        // A CA kept offline: the operator manages leaves by hand.
+        return Ok(created);
+    }
+    if !certs_dir.join(NODE_CERT_FILE).exists() {
+        let defaults;
+        let hosts = if hosts.is_empty() {
+            defaults = default_dev_hosts();
+            &defaults
+        } else {
+            hosts
+        };
+        create_node(certs_dir, hosts)?;
+        created = true;
+    }
+    if !certs_dir.join(client_cert_file(ADMIN_CLIENT_NAME)).exists() {
+        create_client(certs_dir, ADMIN_CLIENT_NAME)?;
+        created = true;
+    }
+    Ok(created)
+}
+
+pub(crate) fn validate_client_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("empty".to_string())
+    } else if name.len() > CLIENT_NAME_LENGTH_MAX {
+        Some(format!("longer than {CLIENT_NAME_LENGTH_MAX} bytes"))
+    } else if name.starts_with('.') {
+        Some("starts with '.'".to_string())
+    } else if !name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+    {
+        Some("only ASCII letters, digits, '.', '_' and '-' are allowed".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidClientName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parse_host(host: &str) -> Result<SanType> {
+    let trimmed = host.trim();
+    let unbracketed = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let invalid = |reason: &str| Error::InvalidHost {
+        host: host.to_string(),
+        reason: reason.to_string(),
+    };
+    if trimmed.is_empty() || trimmed.len() > 253 {
+        return Err(invalid("a DNS name must be 1 to 253 characters"));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let mut labels = trimmed.split('.');
+    let first_ok = labels
+        .next()
+        .is_some_and(|first| first == "*" || label_ok(first));
+    if !first_ok || !labels.all(label_ok) {
+        return Err(invalid("not an IP address or a valid DNS name"));
+    }
+    let name = trimmed
+        .to_string()
+        .try_into()
+        .map_err(|_| invalid("not ASCII"))?;
+    Ok(SanType::DnsName(name))
+}
+
+fn create_leaf(
+    certs_dir: &Path,
+    cert_file: &str,
+    key_file: &str,
+    common_name: &str,
+    subject_alt_names: Vec<SanType>,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<()> {
+    let cert_path = certs_dir.join(cert_file);
+    let key_path = certs_dir.join(key_file);
+    refuse_existing(&[&cert_path, &key_path])?;
+    let issuer = load_issuer(certs_dir)?;
+    let key = generate_key_pair(key_file)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name);
+    params.subject_alt_names = subject_alt_names;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = extended_key_usages;
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|source| generation_error(cert_file, source))?;
+    write_pair(&cert_path, &cert.pem(), &key_path, &key)
+}
+
+fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let cert_path = certs_dir.join(CA_CERT_FILE);
+    let key_path = certs_dir.join(CA_KEY_FILE);
+    let key_pem = Zeroizing::new(
+        fs::read_to_string(&key_path).map_err(|source| Error::io("reading", &key_path, source))?,
+    );
+    let key = KeyPair::from_pem(&key_pem).map_err(|source| Error::Pem {
+        path: key_path.clone(),
+        reason: format!("not a usable private key: {source}"),
+    })?;
+    let cert_pem = fs::read_to_string(&cert_path)
+        .map_err(|source| Error::io("reading", &cert_path, source))?;
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| Error::Pem {
+        path: cert_path,
+        reason: format!("not a usable CA certificate: {source}"),
+    })
+}
+
+fn generate_key_pair(what: &str) -> Result<KeyPair> {
+    // ECDSA P-256 with SHA-256: supported by rustls/webpki, tonic and common SIP stacks.
+    KeyPair::generate().map_err(|source| generation_error(what, source))
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "PMS");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(CLOCK_SKEW_ALLOWANCE_HOURS);
+    params.not_after = now + Duration::days(days);
+    let mut serial = [0u8; 16];
+    OsRng.fill_bytes(&mut serial);
+    // Positive and of full length when DER-encoded.
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+}
+
+fn generation_error(what: &str, source: rcgen::Error) -> Error {
+    Error::CertGeneration {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn refuse_existing(paths: &[&PathBuf]) -> Result<()> {
+    match paths.iter().find(|path| path.exists()) {
+        Some(path) => Err(Error::AlreadyExists {
+            path: (*path).clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn write_pair(cert_path: &Path, cert_pem: &str, key_path: &Path, key: &KeyPair) -> Result<()> {
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    write_new_file(key_path, key_pem.as_bytes(), SECRET_FILE_MODE)?;
+    write_new_file(cert_path, cert_pem.as_bytes(), PUBLIC_FILE_MODE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    fn read_cert(path: &Path) -> Vec<u8> {
+        let pem = fs::read(path).unwrap();
+        let mut reader = pem.as_slice();
+        rustls_pemfile::certs(&mut reader)
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn creates_ca_node_and_client_with_expected_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path()).unwrap();
+        create_node(
+            dir.path(),
+            &[
+                "10.0.0.7".into(),
+                "pms-1.example.net".into(),
+                "[::1]".into(),
+            ],
+        )
+        .unwrap();
+        create_client(dir.path(), "admin").unwrap();
+
+        let ca_der = read_cert(&dir.path().join(CA_CERT_FILE));
+        let (_, ca) = parse_x509_certificate(&ca_der).unwrap();
+        assert!(ca.is_ca());
+
+        let node_der = read_cert(&dir.path().join(NODE_CERT_FILE));
+        let (_, node) = parse_x509_certificate(&node_der).unwrap();
+        assert_eq!(crate::peer_common_name(&node_der).as_deref(), Some("node"));
+        assert_eq!(node.issuer(), ca.subject());
+        assert!(!node.is_ca());
+        let eku = node.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let sans = &node
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        let ip4 = GeneralName::IPAddress(&[10, 0, 0, 7]);
+        let mut ip6 = [0u8; 16];
+        ip6[15] = 1;
+        assert!(sans.contains(&ip4), "{sans:?}");
+        assert!(sans.contains(&GeneralName::IPAddress(&ip6)), "{sans:?}");
+        assert!(
+            sans.contains(&GeneralName::DNSName("pms-1.example.net")),
+            "{sans:?}"
+        );
+        assert_eq!(sans.len(), 3);
+
+        let client_der = read_cert(&dir.path().join("client.admin.crt"));
+        let (_, client) = parse_x509_certificate(&client_der).unwrap();
+        assert_eq!(
+            crate::peer_common_name(&client_der).as_deref(),
+            Some("admin")
+        );
+        let eku = client.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_eq!(client.issuer(), ca.subject());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_0600_and_certificates_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_dev_certs(dir.path(), &[]).unwrap());
+        let mode = |name: &str| {
+            fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for key in [CA_KEY_FILE, NODE_KEY_FILE, "client.admin.key"] {
+            assert_eq!(mode(key), 0o600, "{key}");
+        }
+        for cert in [CA_CERT_FILE, NODE_CERT_FILE, "client.admin.crt"] {
+            assert_eq!(mode(cert), 0o644, "{cert}");
+        }
+    }
+
+    #[test]
+    fn refuses_to_overwrite_existing_ca_and_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path()).unwrap();
+        let before = fs::read(dir.path().join(CA_CERT_FILE)).unwrap();
+        let key_before = fs::read(dir.path().join(CA_KEY_FILE)).unwrap();
+        assert!(matches!(
+            create_ca(dir.path()),
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert_eq!(fs::read(dir.path().join(CA_CERT_FILE)).unwrap(), before);
+        assert_eq!(fs::read(dir.path().join(CA_KEY_FILE)).unwrap(), key_before);
+
+        create_node(dir.path(), &["localhost".into()]).unwrap();
+        assert!(matches!(
+            create_node(dir.path(), &["localhost".into()]),
+            Err(Error::AlreadyExists { .. })
+        ));
+        create_client(dir.path(), "ops").unwrap();
+        assert!(matches!(
+            create_client(dir.path(), "ops"),
+            Err(Error::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn leaf_without_ca_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = create_client(dir.path(), "admin").unwrap_err();
+        assert!(matches!(error, Error::Io { .. }), "{error}");
+        assert!(!dir.path().join("client.admin.key").exists());
+    }
+
+    #[test]
+    fn rejects_bad_client_names_and_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path()).unwrap();
+        for name in ["", "../evil", "a/b", ".hidden", "sp ace", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    create_client(dir.path(), name),
+                    Err(Error::InvalidClientName { .. })
+                ),
+                "{name:?}"
+            );
+        }
+        for host in ["", "bad host", "-lead.example", "a..b", "ünï.example"] {
+            assert!(
+                matches!(
+                    create_node(dir.path(), &[host.to_string()]),
+                    Err(Error::InvalidHost { .. })
+                ),
+                "{host:?}"
+            );
+        }
+        assert!(matches!(
+            create_node(dir.path(), &[]),
+            Err(Error::InvalidHost { .. })
+        ));
+        assert!(!dir.path().join(NODE_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn ensure_dev_certs_creates_once_and_fills_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        assert!(ensure_dev_certs(&certs, &[]).unwrap());
+        let node_before = fs::read(certs.join(NODE_CERT_FILE)).unwrap();
+        assert!(!ensure_dev_certs(&certs, &[]).unwrap());
+        assert_eq!(fs::read(certs.join(NODE_CERT_FILE)).unwrap(), node_before);
+
+        fs::remove_file(certs.join("client.admin.crt")).unwrap();
+        fs::remove_file(certs.join("client.admin.key")).unwrap();
+        assert!(ensure_dev_certs(&certs, &[]).unwrap());
+        assert!(certs.join("client.admin.crt").exists());
+        assert_eq!(fs::read(certs.join(NODE_CERT_FILE)).unwrap(), node_before);
+
+        // CA key kept offline: nothing to sign with, nothing created, no error.
+        fs::remove_file(certs.join(CA_KEY_FILE)).unwrap();
+        fs::remove_file(certs.join(NODE_CERT_FILE)).unwrap();
+        assert!(!ensure_dev_certs(&certs, &[]).unwrap());
+    }
+}

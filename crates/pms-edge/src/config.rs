@@ -1,0 +1,58 @@
+//! Settings of the edge, filled by `pmsd` from its configuration.
+
+use pms_sip::digest::Algorithm;
+use pms_types::{GroupId, NodeId};
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// The SIP domain PMS serves (`sip:user@domain`); also the digest realm.
+    pub domain: String,
+    pub node: NodeId,
+    /// Random per process start; flows of earlier incarnations are dead.
+    pub incarnation: u64,
+    /// The group holding accounts and mailboxes (one group until sharding lands).
+    pub group: GroupId,
+    /// Digest algorithms offered, in order (SHA-256 first; MD5 only where policy allows).
+    pub digest_algorithms: Vec<Algorithm>,
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub message_expires_default_secs: u64,
+    pub message_expires_max_secs: u64,
+    /// A device 2xx within this window turns the sender's 202 into 200.
+    pub sync_window_ms: u64,
+    pub register_expires_min_secs: u64,
+    pub register_expires_max_secs: u64,
+    pub register_expires_default_secs: u64,
+    /// How long to wait for a device's final response to a delivered MESSAGE.
+    pub delivery_timeout_ms: u64,
+    pub delivery_backoff_min_ms: u64,
+    pub delivery_backoff_max_ms: u64,
+    /// How often the expiry sweep looks at the head of the expiry index.
+    pub expiry_tick_ms: u64,
+}
+
+impl EdgeConfig {
+    /// Defaults from `pms_types::limits` for the given domain and node.
+    pub fn new(domain: impl Into<String>, node: NodeId, incarnation: u64) -> Self {
+        use pms_types::limits::*;
+        EdgeConfig {
+            domain: domain.into(),
+            node,
+            incarnation,
+            group: GroupId(1),
+            digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            header_bytes_max: SIP_HEADER_BYTES_MAX_DEFAULT,
+            body_bytes_max: SIP_BODY_BYTES_MAX_DEFAULT,
+            message_expires_default_secs: MESSAGE_EXPIRES_DEFAULT_SECS,
+            message_expires_max_secs: MESSAGE_EXPIRES_MAX_DEFAULT_SECS,
+            sync_window_ms: SYNC_WINDOW_MS_DEFAULT,
+            register_expires_min_secs: REGISTER_EXPIRES_MIN_SECS,
+            register_expires_max_secs: REGISTER_EXPIRES_MAX_SECS,
+            register_expires_default_secs: REGISTER_EXPIRES_DEFAULT_SECS,
+            delivery_timeout_ms: DELIVERY_TIMEOUT_MS,
+            delivery_backoff_min_ms: DELIVERY_BACKOFF_MIN_MS,
+            delivery_backoff_max_ms: DELIVERY_BACKOFF_MAX_MS,
+            expiry_tick_ms: 200,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Turning a queued message back into a MESSAGE for a device, and building the IMDN
+//! notifications (RFC 5438) that report its fate to the sender.
+//!
+//! Invariant: every delivery attempt of one queued message carries the same Call-ID, CSeq,
+//! From tag, `imdn.Message-ID` and `X-PMS-Message-ID`, so a device can discard a repeat
+//! (guarantee 3). The delivered body and Content-Type are the sender's, byte for byte.
+//! Invariant: an IMDN never asks for an IMDN (no Disposition-Notification on it).
+
+use pms_mailbox::{Binding, DedupKey, MessagePayload, NewMessage, QueuedMessage, UserRecord};
+use pms_sip::imdn::{ImdnStatus, build_imdn, parse_disposition_notification};
+use pms_sip::message::{Method, Request, SipUri};
+use pms_types::{MessageId, UnixMillis, UserId};
+
+use crate::service::SipService;
+use crate::status::Refusal;
+use crate::time::rfc3339;
+
+/// The MESSAGE that delivers `message` to the device of `binding`. The session adds the Via.
+pub fn delivery_request(binding: &Binding, message: &QueuedMessage, payload: &MessagePayload, domain: &str) -> Request {
+    let mut request = Request::new(Method::Message, binding.contact.clone());
+    let headers = &mut request.headers;
+    headers.push("Max-Forwards", "70");
+    let from_tag = message.message_id.as_str().get(..16).unwrap_or(message.message_id.as_str());
+    headers.push("From", format!("<{}>;tag={from_tag}", payload.from));
+    headers.push("To", format!("<{}>", payload.to));
+    headers.push("Call-ID", format!("{}@{domain}", message.message_id));
+    headers.push("CSeq", "1 MESSAGE");
+    headers.push("Date", payload.date.clone());
+    headers.push("Content-Type", payload.content_type.clone());
+    if let Some(imdn_message_id) = &payload.imdn_message_id {
+        headers.push("imdn.Message-ID", imdn_message_id.clone());
+    }
+    if let Some(disposition) = &payload.disposition_notification {
+        headers.push("Disposition-Notification", disposition.clone());
+    }
+    headers.push("X-PMS-Message-ID", message.message_id.as_str());
+    request.body = payload.body.clone();
+    request
+}
+
+/// Whether the sender of `payload` asked to hear about `status`.
+pub fn wants_notification(payload: &MessagePayload, status: ImdnStatus) -> bool {
+    let Some(header) = &payload.disposition_notification else { return false };
+    let asked = parse_disposition_notification(header);
+    match status {
+        ImdnStatus::Delivered => asked.positive_delivery,
+        ImdnStatus::Failed | ImdnStatus::Forbidden | ImdnStatus::Error => asked.negative_delivery,
+        ImdnStatus::Processed | ImdnStatus::Stored => asked.processing,
+        _ => false,
+    }
+}
+
+/// The IMDN to queue for the sender of `message` when it reached `status`, if the sender asked
+/// for one and is a local user.
+pub fn notification(
+    service: &SipService,
+    message: &QueuedMessage,
+    payload: &MessagePayload,
+    status: ImdnStatus,
+    now: UnixMillis,
+) -> Result<Option<NewMessage>, Refusal> {
+    if !wants_notification(payload, status) {
+        return Ok(None);
+    }
+    let domain = &service.config().domain;
+    let Some(sender) = SipUri::parse(&payload.from)
+        .ok()
+        .filter(|uri| uri.host.eq_ignore_ascii_case(domain))
+        .and_then(|uri| uri.user)
+        .and_then(|user| UserId::parse(&user).ok())
+    else {
+        return Ok(None);
+    };
+    let state = service.mailboxes().state(service.config().group);
+    let Some(record): Option<UserRecord> = pms_mailbox::query::user(&*state, service.config().group, &sender)
+        .map_err(|error| Refusal::Internal(error.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let original_id = payload.imdn_message_id.clone().unwrap_or_else(|| message.message_id.to_string());
+    let body = build_imdn(&original_id, &rfc3339(now), &payload.to, &payload.to, status);
+    let notification_id = MessageId::from_random_bytes(rand::random());
+    let imdn_payload = MessagePayload {
+        from: payload.to.clone(),
+        to: payload.from.clone(),
+        content_type: "message/imdn+xml".into(),
+        body: body.into_bytes(),
+        date: crate::time::rfc1123(now),
+        imdn_message_id: Some(notification_id.to_string()),
+        disposition_notification: None,
+    };
+    let sealed = service.seal_for(&sender, &record, &notification_id, &imdn_payload)?;
+    let dedup = pms_crypto::dedup_hash(&[b"notification", message.message_id.as_str().as_bytes(), status.element_name().as_bytes()]);
+    Ok(Some(NewMessage {
+        message_id: notification_id,
+        recipient: sender,
+        sealed,
+        expires_at: now.saturating_add_ms(service.config().message_expires_default_secs.saturating_mul(1000)),
+        dedup_keys: vec![DedupKey(dedup)],
+    }))
+}
+
+/// Opens a queued message's sealed payload with its recipient's data key.
+pub fn open_payload(service: &SipService, message: &QueuedMessage) -> Result<MessagePayload, Refusal> {
+    let state = service.mailboxes().state(service.config().group);
+    let record = pms_mailbox::query::user(&*state, service.config().group, &message.recipient)
+        .map_err(|error| Refusal::Internal(error.to_string()))?
+        .ok_or_else(|| Refusal::NotFound(format!("User {} not found", message.recipient)))?;
+    let key = service
+        .keyring()
+        .data_key(&message.recipient, &record.wrapped_data_key)
+        .map_err(|error| Refusal::Internal(format!("data key of {}: {error}", message.recipient)))?;
+    let plaintext = pms_crypto::open(&key, message.recipient.as_str(), message.message_id.as_str(), &message.sealed)
+        .map_err(|error| Refusal::Internal(format!("opening {}: {error}", message.message_id)))?;
+    pms_mailbox::decode(pms_types::Keyspace::Messages, &plaintext).map_err(|error| Refusal::Internal(error.to_string()))
+}

@@ -1,0 +1,447 @@
+//! Delivery and expiry, on the leader of the user's group.
+//!
+//! - `MailboxSupervisorActor` owns one `MailboxActor` per user with pending work, starting one
+//!   on `Wake` (new message, new registration) and forgetting it when it stops.
+//! - `MailboxActor` delivers its user's queue head through the newest live binding, one
+//!   transaction at a time, and commits the outcome (`MarkDelivered` / `MarkFailed`), or backs
+//!   off and retries. It stops when there is nothing it can do (empty queue or no live device)
+//!   and is rebuilt from the state machine on the next `Wake`.
+//! - `ExpiryActor` sweeps the head of the expiry index and commits `Expire` entries.
+//!
+//! Invariant: a message is removed from the queue only by a committed `MarkDelivered` (device
+//! answered 2xx), `MarkFailed` (device answered a permanent error) or `Expire` (guarantee 2).
+//! Invariant: per user, delivery follows queue order and one attempt at a time (guarantee 4).
+//! Invariant: a message whose validity ended is never sent to a device (guarantee 5).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use pms_mailbox::{Command, CommandResponse, query};
+use pms_sip::imdn::ImdnStatus;
+use pms_types::limits::MAILBOX_ACTORS_MAX;
+use pms_types::{MessageId, UserId};
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::delivery::{delivery_request, notification, open_payload};
+use crate::service::SipService;
+use crate::session::{Deliver, DeliveryOutcome};
+
+/// Most senders waiting for the synchronous window at once; beyond it senders get 202 at once.
+pub const DELIVERY_WAITERS_MAX: usize = 100_000;
+/// Expired messages handled per sweep.
+pub const EXPIRY_SWEEP_MAX: usize = 64;
+
+/// Senders waiting to learn that their message was delivered within the synchronous window.
+#[derive(Default, Debug)]
+pub struct DeliveryWaiters {
+    waiting: Mutex<HashMap<MessageId, (Instant, oneshot::Sender<()>)>>,
+}
+
+impl DeliveryWaiters {
+    /// A receiver that fires when `message_id` is committed as delivered.
+    pub fn register(&self, message_id: &MessageId) -> oneshot::Receiver<()> {
+        let (sender, receiver) = oneshot::channel();
+        let mut waiting = self.lock();
+        if waiting.len() >= DELIVERY_WAITERS_MAX {
+            // Waiters whose sender gave up (window over) are the stale ones.
+            waiting.retain(|_, (_, sender)| !sender.is_closed());
+        }
+        if waiting.len() < DELIVERY_WAITERS_MAX {
+            waiting.insert(message_id.clone(), (Instant::now(), sender));
+        }
+        receiver
+    }
+
+    /// Tells the waiter of `message_id`, if any, that it was delivered.
+    pub fn delivered(&self, message_id: &MessageId) {
+        if let Some((_, sender)) = self.lock().remove(message_id) {
+            let _ = sender.send(());
+        }
+    }
+
+    /// Forgets a waiter whose window closed.
+    pub fn forget_older_than(&self, age: Duration) {
+        self.lock().retain(|_, (since, sender)| since.elapsed() < age && !sender.is_closed());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, (Instant, oneshot::Sender<()>)>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Look at `user`'s queue and devices now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake {
+    pub user: UserId,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Kick;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct MailboxStopped {
+    user: UserId,
+    actor: Addr<MailboxActor>,
+}
+
+pub struct MailboxSupervisorActor {
+    service: Arc<SipService>,
+    actors: HashMap<UserId, Addr<MailboxActor>>,
+}
+
+impl MailboxSupervisorActor {
+    pub fn new(service: Arc<SipService>) -> Self {
+        MailboxSupervisorActor { service, actors: HashMap::new() }
+    }
+}
+
+impl Actor for MailboxSupervisorActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        let window = Duration::from_millis(self.service.config().sync_window_ms.saturating_mul(2));
+        ctx.run_interval(Duration::from_secs(5), move |actor, _| {
+            actor.service.waiters().forget_older_than(window);
+        });
+    }
+}
+
+impl Handler<Wake> for MailboxSupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, Wake { user }: Wake, ctx: &mut Self::Context) {
+        if let Some(actor) = self.actors.get(&user) {
+            match actor.try_send(Kick) {
+                // A full mailbox already holds a kick.
+                Ok(()) | Err(SendError::Full(_)) => return,
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+        if self.actors.len() >= MAILBOX_ACTORS_MAX {
+            warn!(%user, "too many active mailboxes; delivery waits for the next wake-up");
+            return;
+        }
+        let actor = MailboxActor {
+            user: user.clone(),
+            service: self.service.clone(),
+            supervisor: ctx.address(),
+            running: false,
+            kicked: false,
+            backoff_ms: self.service.config().delivery_backoff_min_ms,
+            retry: None,
+        }
+        .start();
+        let _ = actor.try_send(Kick);
+        self.actors.insert(user, actor);
+    }
+}
+
+impl Handler<MailboxStopped> for MailboxSupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, MailboxStopped { user, actor }: MailboxStopped, _: &mut Self::Context) {
+        if self.actors.get(&user) == Some(&actor) {
+            self.actors.remove(&user);
+        }
+    }
+}
+
+/// What one delivery attempt leads to.
+enum Step {
+    /// Something was committed; look at the next message now.
+    Progress,
+    /// Try again after the backoff.
+    Retry,
+    /// Nothing to do until the next wake-up.
+    Idle,
+}
+
+pub struct MailboxActor {
+    user: UserId,
+    service: Arc<SipService>,
+    supervisor: Addr<MailboxSupervisorActor>,
+    running: bool,
+    kicked: bool,
+    backoff_ms: u64,
+    retry: Option<SpawnHandle>,
+}
+
+impl MailboxActor {
+    fn run(&mut self, ctx: &mut Context<Self>) {
+        if let Some(retry) = self.retry.take() {
+            ctx.cancel_future(retry);
+        }
+        self.running = true;
+        self.kicked = false;
+        let service = self.service.clone();
+        let user = self.user.clone();
+        let span = info_span!("mailbox", %user);
+        ctx.spawn(
+            async move { attempt(&service, &user).await }
+                .instrument(span)
+                .into_actor(self)
+                .map(|step, actor, ctx| {
+                    actor.running = false;
+                    match step {
+                        Step::Progress => {
+                            actor.backoff_ms = actor.service.config().delivery_backoff_min_ms;
+                            actor.run(ctx);
+                        }
+                        Step::Retry if actor.kicked => actor.run(ctx),
+                        Step::Retry => {
+                            let delay = Duration::from_millis(actor.backoff_ms);
+                            actor.backoff_ms =
+                                (actor.backoff_ms * 2).min(actor.service.config().delivery_backoff_max_ms);
+                            actor.retry = Some(ctx.run_later(delay, |actor, ctx| {
+                                actor.retry = None;
+                                actor.run(ctx);
+                            }));
+                        }
+                        Step::Idle if actor.kicked => actor.run(ctx),
+                        Step::Idle => ctx.stop(),
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for MailboxActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.supervisor.do_send(MailboxStopped { user: self.user.clone(), actor: ctx.address() });
+    }
+}
+
+impl Handler<Kick> for MailboxActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Self::Context) {
+        if self.running {
+            self.kicked = true;
+        } else {
+            self.backoff_ms = self.service.config().delivery_backoff_min_ms;
+            self.run(ctx);
+        }
+    }
+}
+
+/// One delivery attempt for the head of `user`'s queue.
+async fn attempt(service: &SipService, user: &UserId) -> Step {
+    match try_attempt(service, user).await {
+        Ok(step) => step,
+        Err(refusal) => {
+            warn!(%user, ?refusal, "delivery attempt failed inside PMS");
+            Step::Retry
+        }
+    }
+}
+
+async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate::status::Refusal> {
+    let config = service.config();
+    let group = config.group;
+    if !service.mailboxes().is_leader(group) {
+        return Ok(Step::Idle);
+    }
+    let now = service.clock().now();
+    let internal = |error: pms_mailbox::ApplyError| crate::status::Refusal::Internal(error.to_string());
+    let state = service.mailboxes().state(group);
+    let mut bindings = query::bindings(&*state, group, user, now).map_err(internal)?;
+    bindings.sort_by_key(|binding| std::cmp::Reverse(binding.registered_at));
+    let Some((binding, session)) = bindings
+        .into_iter()
+        .find_map(|binding| service.flows().session(binding.flow).map(|session| (binding, session)))
+    else {
+        return Ok(Step::Idle);
+    };
+    let Some(message) = query::queue(&*state, group, user, 0, 1).map_err(internal)?.into_iter().next() else {
+        return Ok(Step::Idle);
+    };
+    drop(state);
+    if message.expires_at <= now {
+        // Invariant: never sent after its validity; the expiry sweep commits `Expire`.
+        return Ok(Step::Retry);
+    }
+    let payload = match open_payload(service, &message) {
+        Ok(payload) => payload,
+        Err(refusal) => {
+            // An unreadable record must not block the rest of the queue.
+            warn!(%user, message_id = %message.message_id, ?refusal, "queued message cannot be opened; marking it failed");
+            commit_outcome(service, Command::MarkFailed {
+                recipient: user.clone(),
+                seq: message.seq,
+                message_id: message.message_id.clone(),
+                code: 500,
+                at: now,
+                notification: None,
+            })
+            .await?;
+            service.metrics().messages_failed_total.inc();
+            return Ok(Step::Progress);
+        }
+    };
+    let request = delivery_request(&binding, &message, &payload, &config.domain);
+    service.metrics().delivery_attempts_total.inc();
+    let span = info_span!("delivery_attempt", message_id = %message.message_id, seq = message.seq);
+    let outcome = async {
+        let timeout = Duration::from_millis(config.delivery_timeout_ms);
+        match session.send(Deliver { request, timeout }).await {
+            Ok(receiver) => receiver.await.unwrap_or(DeliveryOutcome::FlowClosed),
+            Err(_) => DeliveryOutcome::FlowClosed,
+        }
+    }
+    .instrument(span)
+    .await;
+    let now = service.clock().now();
+    match outcome {
+        DeliveryOutcome::Final { status: 200..=299, .. } => {
+            let imdn = notification(service, &message, &payload, ImdnStatus::Delivered, now)?;
+            let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
+            let response = commit_outcome(service, Command::MarkDelivered {
+                recipient: user.clone(),
+                seq: message.seq,
+                message_id: message.message_id.clone(),
+                at: now,
+                notification: imdn,
+            })
+            .await?;
+            service.waiters().delivered(&message.message_id);
+            if response == CommandResponse::Done {
+                service.metrics().messages_delivered_total.inc();
+                service.metrics().queue_depth.dec();
+                if let Some(sender) = notify {
+                    service.metrics().queue_depth.inc();
+                    service.wake(&sender);
+                }
+            }
+            Ok(Step::Progress)
+        }
+        DeliveryOutcome::Final { status: 408 | 480 | 503, .. }
+        | DeliveryOutcome::TimedOut
+        | DeliveryOutcome::FlowClosed
+        | DeliveryOutcome::Busy => {
+            debug!(%user, ?outcome, "delivery deferred");
+            Ok(Step::Retry)
+        }
+        DeliveryOutcome::Final { status, .. } => {
+            let imdn = notification(service, &message, &payload, ImdnStatus::Failed, now)?;
+            let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
+            let response = commit_outcome(service, Command::MarkFailed {
+                recipient: user.clone(),
+                seq: message.seq,
+                message_id: message.message_id.clone(),
+                code: status,
+                at: now,
+                notification: imdn,
+            })
+            .await?;
+            if response == CommandResponse::Done {
+                service.metrics().messages_failed_total.inc();
+                service.metrics().queue_depth.dec();
+                if let Some(sender) = notify {
+                    service.metrics().queue_depth.inc();
+                    service.wake(&sender);
+                }
+            }
+            Ok(Step::Progress)
+        }
+    }
+}
+
+async fn commit_outcome(service: &SipService, command: Command) -> Result<CommandResponse, crate::status::Refusal> {
+    let started = Instant::now();
+    let result = service.mailboxes().propose(service.config().group, command).await;
+    service.metrics().raft_commit_latency_seconds.observe(started.elapsed());
+    result.map_err(|error| crate::status::Refusal::Internal(error.to_string()))
+}
+
+/// Commits `Expire` for messages whose validity ended.
+pub struct ExpiryActor {
+    service: Arc<SipService>,
+    sweeping: bool,
+}
+
+impl ExpiryActor {
+    pub fn new(service: Arc<SipService>) -> Self {
+        ExpiryActor { service, sweeping: false }
+    }
+}
+
+impl Actor for ExpiryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let tick = Duration::from_millis(self.service.config().expiry_tick_ms);
+        ctx.run_interval(tick, |actor, ctx| {
+            if actor.sweeping || !actor.service.mailboxes().is_leader(actor.service.config().group) {
+                return;
+            }
+            actor.sweeping = true;
+            let service = actor.service.clone();
+            ctx.spawn(
+                async move { sweep(&service).await }
+                    .instrument(info_span!("expiry_sweep"))
+                    .into_actor(actor)
+                    .map(|(), actor, _| actor.sweeping = false),
+            );
+        });
+    }
+}
+
+async fn sweep(service: &SipService) {
+    let group = service.config().group;
+    let now = service.clock().now();
+    let due = {
+        let state = service.mailboxes().state(group);
+        match query::expiring(&*state, group, now, EXPIRY_SWEEP_MAX) {
+            Ok(due) => due,
+            Err(error) => {
+                warn!(%error, "expiry index unreadable");
+                return;
+            }
+        }
+    };
+    for (_, recipient, seq) in due {
+        let message = {
+            let state = service.mailboxes().state(group);
+            query::queue(&*state, group, &recipient, seq, 1)
+                .ok()
+                .and_then(|queue| queue.into_iter().next())
+                .filter(|message| message.seq == seq)
+        };
+        let Some(message) = message else { continue };
+        let imdn = open_payload(service, &message)
+            .ok()
+            .and_then(|payload| notification(service, &message, &payload, ImdnStatus::Failed, now).ok().flatten());
+        let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
+        let command = Command::Expire {
+            recipient: recipient.clone(),
+            seq,
+            message_id: message.message_id.clone(),
+            at: now,
+            notification: imdn,
+        };
+        match commit_outcome(service, command).await {
+            Ok(CommandResponse::Done) => {
+                service.metrics().messages_expired_total.inc();
+                service.metrics().queue_depth.dec();
+                if let Some(sender) = notify {
+                    service.metrics().queue_depth.inc();
+                    service.wake(&sender);
+                }
+            }
+            Ok(other) => debug!(?other, "expire not applied"),
+            Err(refusal) => {
+                warn!(?refusal, "expire could not commit; retried next sweep");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! `SipService`: what the edge does with each request — the registrar (REGISTER), MESSAGE
+//! admission (authenticate, check, seal, commit, answer), OPTIONS, and refusals.
+//!
+//! Invariant: nothing is proposed for a request that failed authentication or admission checks
+//! (guarantee 7: refused before anything is stored).
+//! Invariant: a MESSAGE is answered 200/202 only after `propose(Enqueue)` returned `Enqueued`;
+//! 200 only when the recipient's device acknowledged it within the synchronous window.
+//! Invariant: plaintext body, content type and sender exist only in memory; the proposed command
+//! carries them sealed under the recipient's data key.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use pms_mailbox::{
+    Binding, Command, CommandResponse, DedupKey, MailboxService, MessagePayload, MessageState,
+    NewMessage, ProposeError, UserRecord, query,
+};
+use pms_sip::digest::{Algorithm, DigestError, DigestServer};
+use pms_sip::imdn::imdn_fields;
+use pms_sip::message::{Contact, Method, Request, Response, response_to};
+use pms_types::metrics::Metrics;
+use pms_types::{Clock, MessageId, UnixMillis, UserId};
+use tokio::sync::oneshot;
+use tracing::{Span, debug, warn};
+
+use crate::config::EdgeConfig;
+use crate::flows::FlowRegistry;
+use crate::keyring::Keyring;
+use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
+use crate::session::{FlowInfo, Outbound};
+use crate::status::{ALLOW, Refusal};
+use crate::time::rfc1123;
+
+/// Body types PMS stores (lower-case `type/subtype`).
+const ACCEPTED_MIME_TYPES: [&str; 3] = ["text/plain", "message/cpim", "message/imdn+xml"];
+
+/// The answer to one request: now, or after the synchronous delivery window.
+pub enum Reply {
+    /// No response (ACK).
+    Nothing,
+    Now(Response),
+    /// `accepted` (202) unless `delivered` fires within `window`, then `promoted` (200).
+    AfterWindow {
+        accepted: Response,
+        promoted: Response,
+        delivered: oneshot::Receiver<()>,
+        window: Duration,
+    },
+}
+
+impl Reply {
+    /// Sends the reply through `outbound`, waiting for the window in a task of its own so that
+    /// the session's next request is not held up.
+    pub fn send(self, outbound: &Outbound, span: Span) {
+        match self {
+            Reply::Nothing => {}
+            Reply::Now(response) => {
+                let _ = outbound.send(response.to_bytes());
+            }
+            Reply::AfterWindow { accepted, promoted, delivered, window } => {
+                let outbound = outbound.clone();
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let response = match tokio::time::timeout(window, delivered).await {
+                            Ok(Ok(())) => promoted,
+                            _ => accepted,
+                        };
+                        let _ = outbound.send(response.to_bytes());
+                    },
+                    span,
+                ));
+            }
+        }
+    }
+}
+
+/// Shared state of the edge, used from session workers and mailbox actors alike.
+pub struct SipService {
+    config: EdgeConfig,
+    mailboxes: Arc<dyn MailboxService>,
+    keyring: Arc<Keyring>,
+    digest: Mutex<DigestServer>,
+    metrics: Arc<Metrics>,
+    flows: Arc<FlowRegistry>,
+    clock: Arc<dyn Clock>,
+    waiters: Arc<DeliveryWaiters>,
+    supervisor: Mutex<Option<Addr<MailboxSupervisorActor>>>,
+}
+
+impl std::fmt::Debug for SipService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipService").field("domain", &self.config.domain).finish_non_exhaustive()
+    }
+}
+
+impl SipService {
+    pub fn new(
+        config: EdgeConfig,
+        mailboxes: Arc<dyn MailboxService>,
+        keyring: Arc<Keyring>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let digest = DigestServer::new(
+            config.domain.clone(),
+            rand::random(),
+            config.digest_algorithms.clone(),
+        );
+        let flows = Arc::new(FlowRegistry::new(config.node, config.incarnation));
+        SipService {
+            config,
+            mailboxes,
+            keyring,
+            digest: Mutex::new(digest),
+            metrics,
+            flows,
+            clock,
+            waiters: Arc::new(DeliveryWaiters::default()),
+            supervisor: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &EdgeConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn flows(&self) -> &FlowRegistry {
+        &self.flows
+    }
+
+    pub fn mailboxes(&self) -> &Arc<dyn MailboxService> {
+        &self.mailboxes
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn waiters(&self) -> &DeliveryWaiters {
+        &self.waiters
+    }
+
+    /// Connects the mailbox supervisor (started after the service, inside the actix System).
+    pub fn set_supervisor(&self, supervisor: Addr<MailboxSupervisorActor>) {
+        *self.supervisor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
+    }
+
+    /// Asks the user's mailbox actor to look at its queue and devices.
+    pub fn wake(&self, user: &UserId) {
+        let supervisor = self.supervisor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(supervisor) = supervisor {
+            // The supervisor's mailbox is large; a full one means it is already busy waking
+            // actors, and every actor re-reads its queue when it runs, so a lost wake-up is
+            // only delay (the retry timers and the next REGISTER wake it again).
+            if supervisor.try_send(Wake { user: user.clone() }).is_err() {
+                debug!(%user, "mailbox supervisor busy; wake-up dropped");
+            }
+        }
+    }
+
+    /// A random To tag for responses this node creates.
+    pub fn to_tag(&self) -> String {
+        hex::encode(rand::random::<[u8; 6]>())
+    }
+
+    /// Handles one request from a flow.
+    pub async fn handle(&self, request: Request, flow: &FlowInfo) -> Reply {
+        let to_tag = self.to_tag();
+        let reply = match request.method {
+            Method::Register => self.register(&request, flow, &to_tag).await.map(Reply::Now),
+            Method::Message => self.message(&request, &to_tag).await,
+            Method::Options => {
+                let mut response = response_to(&request, 200, "OK", &to_tag);
+                response.headers.push("Allow", ALLOW);
+                response.headers.push("Accept", crate::status::ACCEPT);
+                Ok(Reply::Now(response))
+            }
+            // ACK has no response; nothing PMS sends creates a dialog to ACK.
+            Method::Ack => return Reply::Nothing,
+            _ => Err(Refusal::MethodNotAllowed),
+        };
+        match reply {
+            Ok(reply) => {
+                if let Reply::Now(response) = &reply {
+                    self.metrics.sip_requests_total.inc(&response.status.to_string());
+                }
+                reply
+            }
+            Err(refusal) => {
+                let response = refusal.response(&request, &to_tag);
+                self.metrics.sip_requests_total.inc(&response.status.to_string());
+                if let Refusal::Internal(detail) = &refusal {
+                    warn!(%detail, "request failed inside PMS");
+                }
+                Reply::Now(response)
+            }
+        }
+    }
+
+    fn check_max_forwards(request: &Request) -> Result<(), Refusal> {
+        if request.max_forwards() == Some(0) {
+            return Err(Refusal::TooManyHops);
+        }
+        Ok(())
+    }
+
+    /// The local user addressed by `uri`'s user part, when `uri` is in our domain.
+    fn local_user(&self, uri: &pms_sip::message::SipUri) -> Result<UserId, Refusal> {
+        if !uri.scheme.eq_ignore_ascii_case("sip") && !uri.scheme.eq_ignore_ascii_case("sips") {
+            return Err(Refusal::UnsupportedUriScheme);
+        }
+        if !uri.host.eq_ignore_ascii_case(&self.config.domain) {
+            return Err(Refusal::NotFound(format!("Domain {} is not served here", truncate(&uri.host))));
+        }
+        let name = uri.user.as_deref().unwrap_or_default();
+        UserId::parse(name).map_err(|_| Refusal::NotFound(format!("User {} not found", truncate(name))))
+    }
+
+    fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, Refusal> {
+        let state = self.mailboxes.state(self.config.group);
+        query::user(&*state, self.config.group, user).map_err(|error| Refusal::Internal(error.to_string()))
+    }
+
+    /// Digest authentication (RFC 8760). `Ok(None)` means "challenge": the caller answers
+    /// 401/407 with `challenges`.
+    fn authenticate(
+        &self,
+        request: &Request,
+        header: &str,
+        now: UnixMillis,
+    ) -> Result<Result<(UserId, UserRecord), Vec<String>>, Refusal> {
+        let credentials = match request.authorization(header) {
+            Ok(Some(credentials)) => credentials,
+            Ok(None) => return Ok(Err(self.digest().challenges(now, false))),
+            Err(error) => return Err(Refusal::Malformed(format!("Malformed {header}: {}", short(&error)))),
+        };
+        let user = UserId::parse(&credentials.username)
+            .map_err(|_| Refusal::Forbidden("Authentication failed".into()))?;
+        let record = self.user_record(&user)?;
+        let verified = self.digest().verify(
+            &credentials,
+            request.method.as_str(),
+            |algorithm| {
+                record.as_ref().map(|record| match algorithm {
+                    Algorithm::Sha256 => record.credentials.ha1_sha256.clone(),
+                    Algorithm::Md5 => record.credentials.ha1_md5.clone(),
+                })
+            },
+            now,
+        );
+        match verified {
+            Ok(_) => {}
+            Err(DigestError::StaleNonce | DigestError::InvalidNonce { .. }) => {
+                return Ok(Err(self.digest().challenges(now, true)));
+            }
+            Err(DigestError::UnsupportedAlgorithm { .. }) => {
+                return Ok(Err(self.digest().challenges(now, false)));
+            }
+            Err(error) => {
+                self.metrics.auth_failures_total.inc(request.method.as_str());
+                debug!(%error, "digest verification failed");
+                return Err(Refusal::Forbidden("Authentication failed".into()));
+            }
+        }
+        match record {
+            Some(record) => Ok(Ok((user, record))),
+            None => Err(Refusal::Forbidden("Authentication failed".into())),
+        }
+    }
+
+    fn digest(&self) -> std::sync::MutexGuard<'_, DigestServer> {
+        self.digest.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn challenge(request: &Request, status: u16, header: &str, challenges: Vec<String>, to_tag: &str) -> Response {
+        let reason = if status == 401 { "Unauthorized" } else { "Proxy Authentication Required" };
+        let mut response = response_to(request, status, reason, to_tag);
+        for challenge in challenges {
+            response.headers.push(header, challenge);
+        }
+        response
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandResponse, Refusal> {
+        let started = std::time::Instant::now();
+        let result = self.mailboxes.propose(self.config.group, command).await;
+        self.metrics.raft_commit_latency_seconds.observe(started.elapsed());
+        result.map_err(|error| match error {
+            ProposeError::Retry { reason } => {
+                debug!(%reason, "proposal outcome unknown");
+                Refusal::Unavailable { retry_after_secs: 1 }
+            }
+            ProposeError::Fatal { reason } => Refusal::Internal(reason),
+        })
+    }
+
+    async fn register(&self, request: &Request, flow: &FlowInfo, to_tag: &str) -> Result<Response, Refusal> {
+        Self::check_max_forwards(request)?;
+        let to = request.to().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let user = self.local_user(&to.uri)?;
+        let now = self.clock.now();
+        let (authenticated, record) = match self.authenticate(request, "Authorization", now)? {
+            Ok(found) => found,
+            Err(challenges) => return Ok(Self::challenge(request, 401, "WWW-Authenticate", challenges, to_tag)),
+        };
+        if authenticated != user {
+            self.metrics.auth_failures_total.inc("REGISTER");
+            return Err(Refusal::Forbidden("Credentials are not those of the To user".into()));
+        }
+        if !record.messaging_enabled {
+            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for {user}")));
+        }
+        let contacts = request.contacts().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let header_expires = request.expires();
+        let mut changes = Vec::new();
+        if contacts.iter().any(|contact| matches!(contact, Contact::Star)) {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return Err(Refusal::Malformed("Contact: * needs Expires: 0 and no other Contact".into()));
+            }
+            changes.push(Command::UnbindAll { user: user.clone() });
+        }
+        for contact in &contacts {
+            let Some(name_addr) = contact.name_addr() else { continue };
+            let contact_uri = name_addr.uri.to_string();
+            let key = match (contact.sip_instance(), contact.reg_id()) {
+                (Some(instance), Some(reg_id)) => format!("{instance};reg-id={reg_id}"),
+                (Some(instance), None) => instance,
+                _ => contact_uri.clone(),
+            };
+            let expires_secs = contact
+                .expires()
+                .or(header_expires)
+                .unwrap_or(self.config.register_expires_default_secs);
+            if expires_secs == 0 {
+                changes.push(Command::Unbind { user: user.clone(), key });
+                continue;
+            }
+            if expires_secs < self.config.register_expires_min_secs {
+                return Err(Refusal::IntervalTooBrief { min_secs: self.config.register_expires_min_secs });
+            }
+            let expires_secs = expires_secs.min(self.config.register_expires_max_secs);
+            changes.push(Command::Bind {
+                binding: Binding {
+                    user: user.clone(),
+                    key,
+                    contact: contact_uri,
+                    flow: flow.flow,
+                    registered_at: now,
+                    expires_at: now.saturating_add_ms(expires_secs * 1000),
+                },
+                now,
+            });
+        }
+        for command in changes {
+            match self.propose(command).await? {
+                CommandResponse::Done => {}
+                CommandResponse::TooManyBindings { .. } => {
+                    return Err(Refusal::Forbidden("Too many registered devices".into()));
+                }
+                CommandResponse::UnknownUser { .. } => return Err(Refusal::NotFound(format!("User {user} not found"))),
+                other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
+            }
+        }
+        let bindings = {
+            let state = self.mailboxes.state(self.config.group);
+            query::bindings(&*state, self.config.group, &user, now).map_err(|error| Refusal::Internal(error.to_string()))?
+        };
+        self.metrics.registrations.set(i64::try_from(self.flows.len()).unwrap_or(i64::MAX));
+        let mut response = response_to(request, 200, "OK", to_tag);
+        for binding in &bindings {
+            let remaining_secs = binding.expires_at.0.saturating_sub(now.0) / 1000;
+            response.headers.push("Contact", format!("<{}>;expires={remaining_secs}", binding.contact));
+        }
+        if !bindings.is_empty() {
+            self.wake(&user);
+        }
+        Ok(response)
+    }
+
+    async fn message(&self, request: &Request, to_tag: &str) -> Result<Reply, Refusal> {
+        Self::check_max_forwards(request)?;
+        let request_uri = request.request_uri().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let recipient = self.local_user(&request_uri)?;
+        let from = request.from().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let now = self.clock.now();
+        let (sender, sender_record) = match self.authenticate(request, "Proxy-Authorization", now)? {
+            Ok(found) => found,
+            Err(challenges) => {
+                return Ok(Reply::Now(Self::challenge(request, 407, "Proxy-Authenticate", challenges, to_tag)));
+            }
+        };
+        let from_user = self.local_user(&from.uri).ok();
+        if from_user.as_ref() != Some(&sender) {
+            self.metrics.auth_failures_total.inc("MESSAGE");
+            return Err(Refusal::Forbidden("Authenticated user is not the From user".into()));
+        }
+        if request.body.len() > self.config.body_bytes_max {
+            return Err(Refusal::TooLarge { body_bytes_max: self.config.body_bytes_max });
+        }
+        if request.body.is_empty() {
+            return Err(Refusal::Malformed("MESSAGE has no body".into()));
+        }
+        let content_type = request
+            .content_type()
+            .ok_or_else(|| Refusal::UnsupportedMediaType("Missing Content-Type".into()))?;
+        if !ACCEPTED_MIME_TYPES.contains(&content_type.mime_type.as_str()) {
+            return Err(Refusal::UnsupportedMediaType("Unsupported Media Type".into()));
+        }
+        if !sender_record.messaging_enabled {
+            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for sender {sender}")));
+        }
+        let Some(recipient_record) = self.user_record(&recipient)? else {
+            return Err(Refusal::NotFound(format!("User {recipient} not found")));
+        };
+        if !recipient_record.messaging_enabled {
+            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for recipient {recipient}")));
+        }
+        let imdn = imdn_fields(request).map_err(|error| Refusal::Malformed(format!("Malformed CPIM body: {}", short(&error))))?;
+        let validity_secs = request
+            .expires()
+            .map(|secs| secs.min(self.config.message_expires_max_secs))
+            .unwrap_or(self.config.message_expires_default_secs);
+        let payload = MessagePayload {
+            from: format!("sip:{sender}@{}", self.config.domain),
+            to: format!("sip:{recipient}@{}", self.config.domain),
+            content_type: request.headers.get("Content-Type").unwrap_or_default().to_string(),
+            body: request.body.clone(),
+            date: request.headers.get("Date").map(str::to_string).unwrap_or_else(|| rfc1123(now)),
+            imdn_message_id: imdn.message_id.clone(),
+            disposition_notification: request
+                .headers
+                .get("Disposition-Notification")
+                .or_else(|| request.headers.get("imdn.Disposition-Notification"))
+                .map(str::to_string)
+                .filter(|_| imdn.dispositions.any()),
+        };
+        let message_id = MessageId::from_random_bytes(rand::random());
+        let sealed = self.seal_for(&recipient, &recipient_record, &message_id, &payload)?;
+        let (cseq, _) = request.cseq().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let call_id = request.call_id().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let mut dedup_keys = vec![DedupKey(pms_crypto::dedup_hash(&[
+            b"transaction",
+            sender.as_str().as_bytes(),
+            from.tag().unwrap_or_default().as_bytes(),
+            call_id.as_bytes(),
+            &cseq.to_be_bytes(),
+        ]))];
+        if let Some(imdn_id) = &imdn.message_id {
+            dedup_keys.push(DedupKey(pms_crypto::dedup_hash(&[b"imdn", sender.as_str().as_bytes(), imdn_id.as_bytes()])));
+        }
+        let message = NewMessage {
+            message_id: message_id.clone(),
+            recipient: recipient.clone(),
+            sealed,
+            expires_at: now.saturating_add_ms(validity_secs.saturating_mul(1000)),
+            dedup_keys,
+        };
+        // Registered before the proposal so that a delivery faster than our own answer is seen.
+        let delivered = self.waiters.register(&message_id);
+        let (message_id, duplicate) = match self.propose(Command::Enqueue { message, accepted_at: now }).await? {
+            CommandResponse::Enqueued { message_id, duplicate, .. } => (message_id, duplicate),
+            CommandResponse::UnknownUser { user } => return Err(Refusal::NotFound(format!("User {user} not found"))),
+            CommandResponse::MailboxFull { user } => {
+                return Err(Refusal::TemporarilyUnavailable(format!("Mailbox of {user} is full")));
+            }
+            other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
+        };
+        let mut accepted = response_to(request, 202, "Accepted", to_tag);
+        accepted.headers.push("X-PMS-Message-ID", message_id.as_str());
+        let mut promoted = response_to(request, 200, "OK", to_tag);
+        promoted.headers.push("X-PMS-Message-ID", message_id.as_str());
+        if duplicate {
+            self.metrics.messages_duplicate_total.inc();
+            let state = self.mailboxes.state(self.config.group);
+            let status = query::message_status(&*state, self.config.group, &message_id)
+                .map_err(|error| Refusal::Internal(error.to_string()))?;
+            let was_delivered = status.is_some_and(|status| status.state == MessageState::Delivered);
+            self.metrics.sip_requests_total.inc(if was_delivered { "200" } else { "202" });
+            return Ok(Reply::Now(if was_delivered { promoted } else { accepted }));
+        }
+        self.metrics.messages_accepted_total.inc();
+        self.metrics.queue_depth.inc();
+        self.wake(&recipient);
+        Ok(Reply::AfterWindow {
+            accepted,
+            promoted,
+            delivered,
+            window: Duration::from_millis(self.config.sync_window_ms),
+        })
+    }
+
+    /// Seals `payload` for `user` under the user's data key.
+    pub fn seal_for(
+        &self,
+        user: &UserId,
+        record: &UserRecord,
+        message_id: &MessageId,
+        payload: &MessagePayload,
+    ) -> Result<Vec<u8>, Refusal> {
+        let key = self
+            .keyring
+            .data_key(user, &record.wrapped_data_key)
+            .map_err(|error| Refusal::Internal(format!("data key of {user}: {error}")))?;
+        Ok(pms_crypto::seal(&key, user.as_str(), message_id.as_str(), &pms_mailbox::encode(payload)))
+    }
+}
+
+fn short(error: &impl std::fmt::Display) -> String {
+    truncate(&error.to_string())
+}
+
+/// Keeps reason phrases short and single-line.
+fn truncate(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(80).collect()
+}

@@ -1,0 +1,318 @@
+//! `SessionActor`: one per connection (TLS/TCP) or per UDP peer — a *flow* in RFC 5626 terms.
+//!
+//! Inbound: frames from the connection's reader task arrive as `Inbound` messages; requests go
+//! to a per-session worker task that handles them one after another (so a device's pipelined
+//! MESSAGEs are proposed in the order they were sent); responses are matched to outstanding
+//! deliveries by their Via branch.
+//! Outbound: bytes go to a bounded writer queue (streams) or straight to the UDP socket.
+//!
+//! Invariant: at most one delivery transaction is outstanding per flow (RFC 3428 §8); a second
+//! `Deliver` while one is pending is refused with `DeliveryOutcome::Busy`.
+//! Invariant: a full outbound queue means the peer stopped reading: the session stops, and its
+//! flow leaves the registry, so nothing more is delivered through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use pms_sip::framing::Frame;
+use pms_sip::message::{Request, SipMessage, parse};
+use pms_types::FlowId;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info_span, warn};
+
+use crate::service::SipService;
+use crate::status::response_from_raw_head;
+
+/// RFC 3261 T1: first UDP retransmission interval.
+const UDP_T1_MS: u64 = 500;
+/// RFC 3261 T2: longest UDP retransmission interval for non-INVITE requests.
+const UDP_T2_MS: u64 = 4_000;
+/// Requests queued for the session's worker before the session pushes back on its reader.
+const SESSION_REQUESTS_MAX: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// The Via transport token.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Tls => "TLS",
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        }
+    }
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// Where a session's bytes go.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    Stream(mpsc::Sender<Vec<u8>>),
+    Datagram { socket: Arc<UdpSocket>, peer: SocketAddr },
+}
+
+impl Outbound {
+    /// Queues bytes for the peer. `false` when the peer cannot take them (queue full or closed).
+    pub fn send(&self, bytes: Vec<u8>) -> bool {
+        match self {
+            Outbound::Stream(sender) => sender.try_send(bytes).is_ok(),
+            // UDP is unreliable by contract: a datagram the kernel cannot take now is a lost
+            // datagram, which retransmission covers.
+            Outbound::Datagram { socket, peer } => {
+                let _ = socket.try_send_to(&bytes, *peer);
+                true
+            }
+        }
+    }
+}
+
+/// What the request handlers know about the flow a request came on.
+#[derive(Clone, Debug)]
+pub struct FlowInfo {
+    pub flow: FlowId,
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// How a delivery attempt through this flow ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The device's final response.
+    Final { status: u16, reason: String },
+    /// No final response within the delivery timeout.
+    TimedOut,
+    /// The flow closed before a final response.
+    FlowClosed,
+    /// Another delivery is outstanding on this flow.
+    Busy,
+}
+
+/// A frame read from the connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound(pub Frame);
+
+/// The reader saw the end of the stream or an error.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StreamClosed;
+
+/// Close the session (shutdown drain or idle UDP peer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+/// Send `request` to the device and report its final response.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<DeliveryOutcome>")]
+pub struct Deliver {
+    pub request: Request,
+    pub timeout: Duration,
+}
+
+struct Pending {
+    branch: String,
+    reply: oneshot::Sender<DeliveryOutcome>,
+    bytes: Vec<u8>,
+    retransmit_ms: u64,
+}
+
+pub struct SessionActor {
+    info: FlowInfo,
+    outbound: Outbound,
+    service: Arc<SipService>,
+    requests: Option<mpsc::Sender<Request>>,
+    pending: Option<Pending>,
+}
+
+impl SessionActor {
+    pub fn new(info: FlowInfo, outbound: Outbound, service: Arc<SipService>) -> Self {
+        SessionActor { info, outbound, service, requests: None, pending: None }
+    }
+
+    fn send_bytes(&mut self, bytes: Vec<u8>, ctx: &mut Context<Self>) {
+        if !self.outbound.send(bytes) {
+            warn!(peer = %self.info.peer, "outbound queue full or closed; closing flow");
+            ctx.stop();
+        }
+    }
+
+    fn on_message(&mut self, bytes: &[u8], ctx: &mut Context<Self>) {
+        match parse(bytes) {
+            Ok(SipMessage::Request(request)) => self.on_request(request, ctx),
+            Ok(SipMessage::Response(response)) => {
+                let branch = response.via_branch();
+                let Some(pending) = self.pending.take_if(|pending| Some(&pending.branch) == branch.as_ref())
+                else {
+                    debug!(status = response.status, "response matches no outstanding delivery");
+                    return;
+                };
+                if response.status < 200 {
+                    self.pending = Some(pending);
+                    return;
+                }
+                let _ = pending.reply.send(DeliveryOutcome::Final {
+                    status: response.status,
+                    reason: response.reason,
+                });
+            }
+            Err(error) => {
+                self.service.metrics().sip_requests_total.inc("400");
+                if let Some(response) = response_from_raw_head(bytes, 400, &error.reason()) {
+                    self.send_bytes(response, ctx);
+                }
+                debug!(peer = %self.info.peer, %error, "unparseable message");
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request, ctx: &mut Context<Self>) {
+        let Some(requests) = &self.requests else { return };
+        match requests.try_send(request) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                // The device sends faster than it reads answers: tell it to slow down.
+                let refusal = crate::status::Refusal::Unavailable { retry_after_secs: 1 };
+                let response = refusal.response(&request, &self.service.to_tag());
+                self.send_bytes(response.to_bytes(), ctx);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    fn retransmit(&mut self, ctx: &mut Context<Self>) {
+        let Some(pending) = &mut self.pending else { return };
+        let bytes = pending.bytes.clone();
+        let branch = pending.branch.clone();
+        pending.retransmit_ms = (pending.retransmit_ms * 2).min(UDP_T2_MS);
+        let next = Duration::from_millis(pending.retransmit_ms);
+        self.send_bytes(bytes, ctx);
+        ctx.run_later(next, move |actor, ctx| {
+            if actor.pending.as_ref().is_some_and(|pending| pending.branch == branch) {
+                actor.retransmit(ctx);
+            }
+        });
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        let (sender, mut receiver) = mpsc::channel::<Request>(SESSION_REQUESTS_MAX);
+        self.requests = Some(sender);
+        let service = self.service.clone();
+        let info = self.info.clone();
+        let outbound = self.outbound.clone();
+        // Invariant: one worker per session handles requests in arrival order.
+        tokio::spawn(async move {
+            while let Some(request) = receiver.recv().await {
+                let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
+                let reply = tracing::Instrument::instrument(service.handle(request, &info), span.clone()).await;
+                reply.send(&outbound, span);
+            }
+        });
+        self.service.flows().insert(self.info.flow, ctx.address());
+        self.service.metrics().connections_open.inc(self.info.transport.label());
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.service.flows().remove(self.info.flow);
+        self.service.metrics().connections_open.dec(self.info.transport.label());
+        if let Some(pending) = self.pending.take() {
+            let _ = pending.reply.send(DeliveryOutcome::FlowClosed);
+        }
+    }
+}
+
+impl Handler<Inbound> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(frame): Inbound, ctx: &mut Self::Context) {
+        match frame {
+            Frame::Message(bytes) => self.on_message(&bytes, ctx),
+            Frame::KeepAlivePing => self.send_bytes(b"\r\n".to_vec(), ctx),
+            Frame::KeepAlivePong => {}
+            Frame::Oversized { head, declared_body_len } => {
+                debug!(peer = %self.info.peer, declared_body_len, "oversized body refused");
+                self.service.metrics().sip_requests_total.inc("413");
+                if let Some(response) = response_from_raw_head(&head, 413, "Request Entity Too Large") {
+                    self.send_bytes(response, ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<StreamClosed> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StreamClosed, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Close> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for SessionActor {
+    type Result = MessageResult<Deliver>;
+
+    fn handle(&mut self, Deliver { mut request, timeout }: Deliver, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, receiver) = oneshot::channel();
+        if self.pending.is_some() {
+            let _ = reply.send(DeliveryOutcome::Busy);
+            return MessageResult(receiver);
+        }
+        let branch = format!("z9hG4bK{}", hex::encode(rand::random::<[u8; 12]>()));
+        request.headers.set(
+            "Via",
+            format!("SIP/2.0/{} {};branch={branch}", self.info.transport.via_token(), self.info.local),
+        );
+        let bytes = request.to_bytes();
+        self.pending = Some(Pending {
+            branch: branch.clone(),
+            reply,
+            bytes: bytes.clone(),
+            retransmit_ms: UDP_T1_MS,
+        });
+        self.send_bytes(bytes, ctx);
+        if self.info.transport == Transport::Udp {
+            let retransmit_branch = branch.clone();
+            ctx.run_later(Duration::from_millis(UDP_T1_MS), move |actor, ctx| {
+                if actor.pending.as_ref().is_some_and(|pending| pending.branch == retransmit_branch) {
+                    actor.retransmit(ctx);
+                }
+            });
+        }
+        ctx.run_later(timeout, move |actor, _| {
+            if let Some(pending) = actor.pending.take_if(|pending| pending.branch == branch) {
+                let _ = pending.reply.send(DeliveryOutcome::TimedOut);
+            }
+        });
+        MessageResult(receiver)
+    }
+}

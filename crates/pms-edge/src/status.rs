@@ -1,0 +1,135 @@
+//! The one table that maps why a request is refused to its SIP status, reason and extra headers
+//! (guarantee 8). Handlers return a [`Refusal`]; nothing else in the edge picks status codes
+//! for errors.
+
+use pms_sip::message::{Request, Response, response_to};
+
+/// Methods PMS serves (the `Allow` header of 405 responses).
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+/// Body types a MESSAGE may carry (the `Accept` header of 415 responses).
+pub const ACCEPT: &str = "text/plain, message/cpim, message/imdn+xml";
+
+/// Why a request gets an error response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: the request cannot be understood; the reason says which part.
+    Malformed(String),
+    /// 403: authenticated, but not allowed (wrong identity, service not enabled).
+    Forbidden(String),
+    /// 404: the addressed user does not exist here.
+    NotFound(String),
+    /// 405: a method PMS does not serve.
+    MethodNotAllowed,
+    /// 413: body above the configured maximum.
+    TooLarge { body_bytes_max: usize },
+    /// 415: body type PMS does not store.
+    UnsupportedMediaType(String),
+    /// 416: a Request-URI scheme other than sip/sips.
+    UnsupportedUriScheme,
+    /// 423: registration expiry below the minimum.
+    IntervalTooBrief { min_secs: u64 },
+    /// 480: the recipient cannot take more messages now.
+    TemporarilyUnavailable(String),
+    /// 483: Max-Forwards reached zero.
+    TooManyHops,
+    /// 500: an internal fault (storage, crypto) that is not the client's doing.
+    Internal(String),
+    /// 503: the replicated state could not commit now; the client may retry.
+    Unavailable { retry_after_secs: u32 },
+}
+
+impl Refusal {
+    pub fn status(&self) -> (u16, String) {
+        match self {
+            Refusal::Malformed(reason) => (400, reason.clone()),
+            Refusal::Forbidden(reason) => (403, reason.clone()),
+            Refusal::NotFound(reason) => (404, reason.clone()),
+            Refusal::MethodNotAllowed => (405, "Method Not Allowed".into()),
+            Refusal::TooLarge { .. } => (413, "Request Entity Too Large".into()),
+            Refusal::UnsupportedMediaType(reason) => (415, reason.clone()),
+            Refusal::UnsupportedUriScheme => (416, "Unsupported URI Scheme".into()),
+            Refusal::IntervalTooBrief { .. } => (423, "Interval Too Brief".into()),
+            Refusal::TemporarilyUnavailable(reason) => (480, reason.clone()),
+            Refusal::TooManyHops => (483, "Too Many Hops".into()),
+            Refusal::Internal(_) => (500, "Server Internal Error".into()),
+            Refusal::Unavailable { .. } => (503, "Service Unavailable".into()),
+        }
+    }
+
+    /// The response to `request`, with the headers the status requires.
+    pub fn response(&self, request: &Request, to_tag: &str) -> Response {
+        let (status, reason) = self.status();
+        let mut response = response_to(request, status, &reason, to_tag);
+        match self {
+            Refusal::MethodNotAllowed => response.headers.push("Allow", ALLOW),
+            Refusal::UnsupportedMediaType(_) => response.headers.push("Accept", ACCEPT),
+            Refusal::IntervalTooBrief { min_secs } => {
+                response.headers.push("Min-Expires", min_secs.to_string())
+            }
+            Refusal::Unavailable { retry_after_secs } => {
+                response.headers.push("Retry-After", retry_after_secs.to_string())
+            }
+            Refusal::TooLarge { body_bytes_max } => {
+                response.headers.push("Warning", format!("399 pms \"body limit {body_bytes_max} bytes\""))
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Builds an error response from the raw head of a request that could not be parsed or framed,
+/// copying whatever Via/From/To/Call-ID/CSeq lines it has. `None` when the head is not a request
+/// or has no Via (nothing to address a response to).
+pub fn response_from_raw_head(head: &[u8], status: u16, reason: &str) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let start = lines.next()?;
+    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+        return None;
+    }
+    let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    let mut has_via = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let canonical = match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => "Via",
+            "from" | "f" => "From",
+            "to" | "t" => "To",
+            "call-id" | "i" => "Call-ID",
+            "cseq" => "CSeq",
+            _ => continue,
+        };
+        has_via |= canonical == "Via";
+        out.push_str(canonical);
+        out.push_str(": ");
+        out.push_str(value.trim());
+        out.push_str("\r\n");
+    }
+    if !has_via {
+        return None;
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    Some(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_heads_get_a_response_with_their_transaction_headers() {
+        let head = b"MESSAGE sip:bob@localhost SIP/2.0\r\nv: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKx\r\nf: <sip:a@localhost>;tag=1\r\nt: <sip:bob@localhost>\r\ni: abc\r\nCSeq: 1 MESSAGE\r\nContent-Length: 999999\r\n\r\n";
+        let response = String::from_utf8(response_from_raw_head(head, 413, "Request Entity Too Large").unwrap()).unwrap();
+        assert!(response.starts_with("SIP/2.0 413 Request Entity Too Large\r\n"));
+        assert!(response.contains("Via: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKx\r\n"));
+        assert!(response.contains("Call-ID: abc\r\n"));
+        assert!(!response.contains("999999"));
+    }
+
+    #[test]
+    fn heads_without_via_or_that_are_responses_get_nothing() {
+        assert!(response_from_raw_head(b"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: 1\r\n\r\n", 400, "x").is_none());
+        assert!(response_from_raw_head(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x").is_none());
+    }
+}
