@@ -8,6 +8,7 @@
 //! Invariant: plaintext body, content type and sender exist only in memory; the proposed command
 //! carries them sealed under the recipient's data key.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,11 +53,12 @@ pub enum Reply {
 impl Reply {
     /// Sends the reply through `outbound`, waiting for the window in a task of its own so that
     /// the session's next request is not held up.
-    pub fn send(self, outbound: &Outbound, span: Span) {
+    pub fn send(self, outbound: &Outbound, span: Span, in_flight: InFlight) {
         match self {
-            Reply::Nothing => {}
+            Reply::Nothing => drop(in_flight),
             Reply::Now(response) => {
                 let _ = outbound.send(response.to_bytes());
+                drop(in_flight);
             }
             Reply::AfterWindow { accepted, promoted, delivered, window } => {
                 let outbound = outbound.clone();
@@ -67,11 +69,22 @@ impl Reply {
                             _ => accepted,
                         };
                         let _ = outbound.send(response.to_bytes());
+                        drop(in_flight);
                     },
                     span,
                 ));
             }
         }
+    }
+}
+
+/// Counts a transaction as in flight until dropped (after its final response is queued).
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -86,6 +99,7 @@ pub struct SipService {
     clock: Arc<dyn Clock>,
     waiters: Arc<DeliveryWaiters>,
     supervisor: Mutex<Option<Addr<MailboxSupervisorActor>>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for SipService {
@@ -118,6 +132,7 @@ impl SipService {
             clock,
             waiters: Arc::new(DeliveryWaiters::default()),
             supervisor: Mutex::new(None),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -164,6 +179,24 @@ impl SipService {
             if supervisor.try_send(Wake { user: user.clone() }).is_err() {
                 debug!(%user, "mailbox supervisor busy; wake-up dropped");
             }
+        }
+    }
+
+    /// Marks a transaction in flight (shutdown waits for it).
+    pub fn begin(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Waits until no transaction is in flight (or `timeout` passed), then closes every flow.
+    /// Called after the listeners stopped accepting.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for session in self.flows.sessions() {
+            let _ = session.send(crate::session::Close).await;
         }
     }
 

@@ -225,9 +225,10 @@ impl Actor for SessionActor {
         // Invariant: one worker per session handles requests in arrival order.
         tokio::spawn(async move {
             while let Some(request) = receiver.recv().await {
+                let in_flight = service.begin();
                 let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
                 let reply = tracing::Instrument::instrument(service.handle(request, &info), span.clone()).await;
-                reply.send(&outbound, span);
+                reply.send(&outbound, span, in_flight);
             }
         });
         self.service.flows().insert(self.info.flow, ctx.address());

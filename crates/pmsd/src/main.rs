@@ -1,1 +1,48 @@
-fn main() {}
+//! `pmsd`: one PMS node. With no arguments it runs a single-node cluster on development
+//! defaults (see `config`); `node` wires the layers together.
+//!
+//! Invariant: `anyhow` lives only here, in the binary; library crates return their own errors.
+
+mod backends;
+mod config;
+mod http;
+mod node;
+mod telemetry;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = match config::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("pmsd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("pmsd-worker")
+            .build()
+            // Invariant: without a runtime the node cannot start at all; this is startup, not input.
+            .expect("building the tokio runtime")
+    });
+    let result = system.block_on(async move {
+        let mut telemetry = telemetry::init(&config.log)?;
+        let result = node::run(config).await;
+        if let Err(error) = &result {
+            tracing::error!("{error:#}");
+        }
+        if let Err(error) = telemetry.shutdown() {
+            eprintln!("pmsd: flushing telemetry: {error:#}");
+        }
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pmsd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Wiring of one node: storage, replication, the SIP edge, the admin gRPC API and the HTTP
+//! endpoints, started in that order and stopped in reverse on SIGTERM/SIGINT.
+//!
+//! Runtimes: one multi-thread tokio runtime drives everything; the actix System runs its
+//! arbiter on the runtime's main thread (`System::with_tokio_rt`), so actors (sessions,
+//! mailboxes, expiry) live there, while openraft, RocksDB, TLS handshakes, socket reads and
+//! writes, tonic and the HTTP server run on tokio's worker threads.
+//!
+//! Invariant: SIP listeners open only after the group has a leader and stale bindings of earlier
+//! incarnations are removed; they close first on shutdown, and in-flight transactions finish
+//! (bounded by `DRAIN_TIMEOUT`) before Raft and RocksDB are flushed and stopped.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::Actor;
+use anyhow::Context as _;
+use pms_edge::listeners::{EdgeListeners, start as start_listeners};
+use pms_edge::mailbox::{ExpiryActor, MailboxSupervisorActor};
+use pms_edge::{EdgeConfig, SipService, keyring::Keyring};
+use pms_mailbox::{Command, MailboxService, query};
+use pms_replication::{GroupConfig, Replication, UnreachableNetworkFactory};
+use pms_sip::digest::Algorithm;
+use pms_storage::{RocksStore, Store};
+use pms_types::metrics::Metrics;
+use pms_types::{Clock, GroupId, SystemClock};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::backends::{AdminApi, ReplicatedMailboxes};
+use crate::config::{Config, DigestAlgorithm};
+use crate::http::{HttpState, serve_http};
+
+/// The one group that holds accounts and mailboxes until sharding lands (issue: cluster).
+pub const SINGLE_GROUP: GroupId = GroupId(1);
+/// How long shutdown waits for in-flight SIP transactions.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long startup waits for the group to elect a leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the node until SIGTERM or SIGINT. Must run inside the actix System.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    prepare_certificates(&config)?;
+    let (master_key, created) = pms_crypto::MasterKey::load_or_create(&config.master_key_file)
+        .with_context(|| format!("master key {}", config.master_key_file.display()))?;
+    if created {
+        warn!(
+            path = %config.master_key_file.display(),
+            "DEVELOPMENT ONLY: generated a new master key next to the data. Production keeps the master key away from the data dir (--master-key-file on a secret mount)."
+        );
+    } else if pms_crypto::permissions_too_open(&config.master_key_file) {
+        warn!(path = %config.master_key_file.display(), "master key file is readable by group or others");
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store: Arc<dyn Store> = Arc::new(
+        RocksStore::open(config.data_dir.join("db"))
+            .with_context(|| format!("opening RocksDB in {}", config.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let replication = Arc::new(
+        Replication::open(
+            config.node_id.0,
+            store.clone(),
+            &[SINGLE_GROUP],
+            1,
+            UnreachableNetworkFactory,
+            &GroupConfig::default(),
+        )
+        .await
+        .context("opening the Raft group")?,
+    );
+    let grpc_address = config.grpc.to_string();
+    replication.initialize_single(&grpc_address).await.context("bootstrapping the Raft group")?;
+    let group = replication.require_group(SINGLE_GROUP)?;
+    group.wait_for_leader(LEADER_TIMEOUT).await.context("waiting for a Raft leader")?;
+    {
+        let metrics = metrics.clone();
+        group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
+            metrics.raft_commit_latency_seconds.observe(elapsed)
+        }));
+    }
+
+    let incarnation: u64 = rand::random();
+    let keyring = Arc::new(Keyring::new(master_key));
+    let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes { replication: replication.clone() });
+    // Connections of an earlier run are gone: their bindings must not attract deliveries.
+    mailboxes
+        .propose(SINGLE_GROUP, Command::UnbindStaleFlows { flow_node: config.node_id, live_incarnation: incarnation })
+        .await
+        .context("removing bindings of the previous run")?;
+    metrics.queue_depth.set(
+        i64::try_from(query::queue_depth(&*mailboxes.state(SINGLE_GROUP), SINGLE_GROUP)?).unwrap_or(i64::MAX),
+    );
+
+    let edge_config = edge_config(&config, incarnation);
+    let service = Arc::new(SipService::new(edge_config, mailboxes, keyring.clone(), metrics.clone(), clock.clone()));
+    let supervisor = MailboxSupervisorActor::new(service.clone()).start();
+    service.set_supervisor(supervisor);
+    let _expiry = ExpiryActor::new(service.clone()).start();
+
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let tls_config = pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
+    let listeners = EdgeListeners {
+        tls: Some((
+            TcpListener::bind(config.sip_tls).await.with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
+            tokio_rustls::TlsAcceptor::from(tls_config),
+        )),
+        tcp: Some(TcpListener::bind(config.sip_tcp).await.with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?),
+        udp: Some(UdpSocket::bind(config.sip_udp).await.with_context(|| format!("binding SIP UDP {}", config.sip_udp))?),
+    };
+    start_listeners(listeners, service.clone(), shutdown.clone());
+
+    let admin = Arc::new(AdminApi {
+        replication: replication.clone(),
+        keyring,
+        group: SINGLE_GROUP,
+        realm: config.domain.clone(),
+        grpc_address: grpc_address.clone(),
+        clock,
+    });
+    let admin_server = pms_transport::admin::AdminServer::bind(config.grpc, &config.certs_dir, admin)
+        .await
+        .context("binding the admin gRPC API")?;
+    let admin_task = tokio::spawn(admin_server.serve(wait_for(shutdown.clone())));
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let http_state = Arc::new(HttpState {
+        metrics: metrics.clone(),
+        ready: {
+            let replication = replication.clone();
+            let draining = draining.clone();
+            Box::new(move || {
+                !draining.load(Ordering::Relaxed)
+                    && replication.groups().all(|group| group.current_leader().is_some() && group.fatal_error().is_none())
+            })
+        },
+        live: {
+            let replication = replication.clone();
+            Box::new(move || replication.groups().all(|group| group.fatal_error().is_none()))
+        },
+    });
+    let http_listener =
+        TcpListener::bind(config.http).await.with_context(|| format!("binding HTTP {}", config.http))?;
+    let http_task = tokio::spawn(serve_http(http_listener, http_state, wait_for(shutdown.clone())));
+
+    info!(
+        node = %config.node_id,
+        sip_tls = %config.sip_tls,
+        sip_tcp = %config.sip_tcp,
+        sip_udp = %config.sip_udp,
+        grpc = %config.grpc,
+        http = %config.http,
+        domain = %config.domain,
+        "pmsd ready"
+    );
+    wait_for_signal().await;
+
+    info!("shutting down: no new connections, draining in-flight transactions");
+    draining.store(true, Ordering::Relaxed);
+    let _ = shutdown_sender.send(true);
+    service.drain(DRAIN_TIMEOUT).await;
+    let _ = admin_task.await;
+    let _ = http_task.await;
+    replication.shutdown().await;
+    store.flush().context("flushing RocksDB")?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
+    let mut edge = EdgeConfig::new(config.domain.clone(), config.node_id, incarnation);
+    edge.group = SINGLE_GROUP;
+    edge.digest_algorithms = config
+        .digest_algorithms
+        .iter()
+        .map(|algorithm| match algorithm {
+            DigestAlgorithm::Sha256 => Algorithm::Sha256,
+            DigestAlgorithm::Md5 => Algorithm::Md5,
+        })
+        .collect();
+    edge.header_bytes_max = config.sip_header_bytes_max;
+    edge.body_bytes_max = config.sip_body_bytes_max;
+    edge.message_expires_default_secs = config.message_expires_default_secs;
+    edge.message_expires_max_secs = config.message_expires_max_secs;
+    edge.sync_window_ms = config.sync_window_ms;
+    edge
+}
+
+/// Creates the development certificates when the certs dir has no CA (loudly).
+fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
+    let hosts: Vec<String> = ["127.0.0.1", "localhost", "::1"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(std::iter::once(config.domain.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !config.certs_dir.join("ca.crt").exists() {
+        let created = pms_crypto::ensure_dev_certs(&config.certs_dir, &hosts)
+            .with_context(|| format!("creating development certificates in {}", config.certs_dir.display()))?;
+        if created {
+            warn!(
+                certs_dir = %config.certs_dir.display(),
+                "DEVELOPMENT ONLY: generated a CA, a node certificate and an admin client certificate. Production makes them with `pmsctl cert create-ca | create-node | create-client admin` and keeps ca.key offline."
+            );
+        }
+    }
+    for file in ["ca.crt", "node.crt", "node.key"] {
+        let path: &Path = &config.certs_dir.join(file);
+        anyhow::ensure!(path.exists(), "{} is missing", path.display());
+    }
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
