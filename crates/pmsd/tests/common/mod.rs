@@ -1,0 +1,332 @@
+//! Test harness: a real `pmsd` process on loopback ports in a temporary data dir, and the real
+//! `pmsctl` binary to drive it. Waits are on conditions with deadlines, never bare sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The directory that holds the built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let pmsd = PathBuf::from(env!("CARGO_BIN_EXE_pmsd"));
+    pmsd.parent().expect("binary has a parent dir").to_path_buf()
+}
+
+pub fn pmsctl_path() -> PathBuf {
+    let path = bin_dir().join("pmsctl");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port for both TCP and UDP (bound and released; a race with other processes is
+/// possible but unlikely on a test machine).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Ports {
+    pub sip_tls: u16,
+    pub sip_tcp: u16,
+    pub grpc: u16,
+    pub http: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports { sip_tls: free_port(), sip_tcp: free_port(), grpc: free_port(), http: free_port() }
+    }
+}
+
+pub struct Node {
+    pub data: tempfile::TempDir,
+    pub ports: Ports,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Self::start_with(Vec::new())
+    }
+
+    pub fn start_with(extra_args: Vec<String>) -> Node {
+        let data = tempfile::tempdir().expect("tempdir");
+        let log_path = data.path().join("pmsd.log");
+        let mut node = Node { data, ports: Ports::new(), extra_args, child: None, log_path };
+        node.spawn();
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.data_dir().join("certs")
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let p = &self.ports;
+        let child = Command::new(env!("CARGO_BIN_EXE_pmsd"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--sip-tls", &format!("127.0.0.1:{}", p.sip_tls)])
+            .args(["--sip-tcp", &format!("127.0.0.1:{}", p.sip_tcp)])
+            .args(["--sip-udp", &format!("127.0.0.1:{}", p.sip_tcp)])
+            .args(["--grpc", &format!("127.0.0.1:{}", p.grpc)])
+            .args(["--http", &format!("127.0.0.1:{}", p.http)])
+            .args(["--log", "info,pms_edge=debug"])
+            .args(&self.extra_args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning pmsd");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait")) {
+                panic!("pmsd exited early with {status}; log:\n{}", self.log());
+            }
+            if http_get(self.ports.http, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pmsd not ready in time; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9, as a crash.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pmsd did not stop after SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn sip_tls(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.sip_tls)
+    }
+
+    pub fn sip_tcp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.sip_tcp))
+    }
+
+    /// `pmsctl` with this node's certs dir and admin address, and the given arguments.
+    pub fn pmsctl(&self) -> Command {
+        let mut command = Command::new(pmsctl_path());
+        command
+            .arg("--certs-dir")
+            .arg(self.certs_dir())
+            .args(["--admin", &format!("127.0.0.1:{}", self.ports.grpc)]);
+        command
+    }
+
+    pub fn run_pmsctl(&self, args: &[&str]) -> Output {
+        let output = self.pmsctl().args(args).output().expect("running pmsctl");
+        output
+    }
+
+    pub fn add_user(&self, name: &str) {
+        let output = self.run_pmsctl(&["user", "add", name, "--password", PASSWORD]);
+        assert!(output.status.success(), "user add {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// `pmsctl send` against the TLS listener, returning (exit code, JSON lines).
+    pub fn send(&self, from: &str, to: &str, text: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
+        let mut args = vec!["send", "--server", &self.sip_tls_leak(), "--user", from, "--password", PASSWORD, "--to", to];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.push(text);
+        let output = self.run_pmsctl(&args);
+        (output.status.code().unwrap_or(-1), json_lines(&output.stdout, &output.stderr))
+    }
+
+    fn sip_tls_leak(&self) -> String {
+        self.sip_tls()
+    }
+
+    /// Starts `pmsctl listen` for `user` in the background.
+    pub fn listen(&self, user: &str, count: usize, timeout_secs: u64) -> Listener {
+        let child = self
+            .pmsctl()
+            .args(["listen", "--server", &self.sip_tls(), "--user", user, "--password", PASSWORD])
+            .args(["--count", &count.to_string(), "--timeout", &timeout_secs.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning pmsctl listen");
+        Listener::new(child)
+    }
+
+    /// Runs `pmsctl listen` to completion and returns (exit code, messages).
+    pub fn receive(&self, user: &str, count: usize, timeout_secs: u64) -> (i32, Vec<serde_json::Value>) {
+        self.listen(user, count, timeout_secs).finish()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A background `pmsctl` whose stdout lines are read as they come.
+pub struct Listener {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<serde_json::Value>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Listener {
+    pub fn new(mut child: Child) -> Self {
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut stderr = child.stderr.take().expect("stderr piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Listener { child, lines, seen: Vec::new(), stderr }
+    }
+
+    /// Waits for a JSON line satisfying `predicate`.
+    pub fn wait_for(&mut self, timeout: Duration, predicate: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let value: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                    self.seen.push(value.clone());
+                    if predicate(&value) {
+                        return value;
+                    }
+                }
+                Err(_) => panic!("no matching line in time; seen: {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its code and every JSON line it printed.
+    pub fn finish(mut self) -> (i32, Vec<serde_json::Value>) {
+        let status = self.child.wait().expect("wait pmsctl");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
+        }
+        let stderr = self.stderr.join().unwrap_or_default();
+        if !stderr.is_empty() {
+            eprintln!("pmsctl stderr: {stderr}");
+        }
+        (status.code().unwrap_or(-1), self.seen)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json_lines(stdout: &[u8], stderr: &[u8]) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| serde_json::Value::String(line.to_string())))
+        .collect();
+    if lines.is_empty() {
+        eprintln!("pmsctl printed nothing on stdout; stderr: {}", String::from_utf8_lossy(stderr));
+    }
+    lines
+}
+
+/// A minimal HTTP GET on loopback; `None` if the server is not answering.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
