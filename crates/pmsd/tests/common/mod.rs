@@ -225,7 +225,8 @@ pub struct Listener {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<serde_json::Value>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
 }
 
 impl Listener {
@@ -241,12 +242,34 @@ impl Listener {
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
+        let (stderr_sender, stderr_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(&mut stderr).lines() {
+                let Ok(line) = line else { break };
+                if stderr_sender.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        Listener { child, lines, seen: Vec::new(), stderr }
+        Listener { child, lines, seen: Vec::new(), stderr_lines, stderr_seen: Vec::new() }
+    }
+
+    /// Waits for a line on stderr containing `needle` (e.g. `registered`).
+    pub fn wait_for_stderr(&mut self, timeout: Duration, needle: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no stderr line with {needle:?} in time; seen: {:?}", self.stderr_seen),
+            }
+        }
     }
 
     /// Waits for a JSON line satisfying `predicate`.
@@ -273,9 +296,11 @@ impl Listener {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
         }
-        let stderr = self.stderr.join().unwrap_or_default();
-        if !stderr.is_empty() {
-            eprintln!("pmsctl stderr: {stderr}");
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(1)) {
+            self.stderr_seen.push(line);
+        }
+        if !self.stderr_seen.is_empty() {
+            eprintln!("pmsctl stderr: {:?}", self.stderr_seen);
         }
         (status.code().unwrap_or(-1), self.seen)
     }

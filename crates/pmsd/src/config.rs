@@ -1,0 +1,741 @@
+// Lead: register with `mod config;` in crates/pmsd/src/main.rs (or `pub mod config;` in a lib.rs).
+//! The node's configuration: command-line flags, `PMS_*` environment variables, a TOML file and
+//! built-in defaults, merged into one validated [`Config`].
+//!
+//! Invariant: precedence is flag > `PMS_*` environment variable > TOML file (`--config`) > default,
+//! per key. clap resolves flag-over-environment; this module then fills what clap left unset
+//! from the file, then from the defaults.
+//! Invariant: a [`Config`] that [`from_args`]/[`load`] returned is valid: expiry default <= max,
+//! peers are well-formed with unique ids, limits are within their named bounds, the log filter
+//! parses. Errors name the offending flag and value.
+//! Invariant: the TOML file is read with a size cap ([`CONFIG_FILE_BYTES_MAX`]) and unknown keys
+//! are refused, so a typo cannot silently fall back to a default.
+//!
+//! Relative paths (flags or file) are relative to the working directory, not the file.
+//! `--master-key-file` defaults to `<data-dir>/master.key`: that is for development only; in
+//! production keep the master key off the data volume (another mount, a secret store).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use pms_types::NodeId;
+use pms_types::limits;
+use serde::Deserialize;
+
+/// Largest configuration file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Most peers accepted in `--peers`.
+pub const PEERS_MAX: usize = 64;
+/// Longest SIP domain accepted.
+pub const DOMAIN_BYTES_MAX: usize = 253;
+/// Upper bound on `--sync-window-ms`: past SIP's 32 s transaction timeout (Timer F) a final
+/// response is useless to the sender, so a longer window only holds resources.
+pub const SYNC_WINDOW_MS_MAX: u64 = 30_000;
+/// Upper bound on `--sip-header-bytes-max`.
+pub const SIP_HEADER_BYTES_MAX_LIMIT: usize = 256 * 1024;
+/// Upper bound on `--sip-body-bytes-max`.
+pub const SIP_BODY_BYTES_MAX_LIMIT: usize = 16 * 1024 * 1024;
+
+const DEFAULT_DATA_DIR: &str = "./pms-data";
+const DEFAULT_SIP_TLS: &str = "0.0.0.0:5061";
+const DEFAULT_SIP_TCP: &str = "0.0.0.0:5060";
+const DEFAULT_SIP_UDP: &str = "0.0.0.0:5060";
+const DEFAULT_GRPC: &str = "0.0.0.0:50051";
+const DEFAULT_HTTP: &str = "0.0.0.0:9090";
+const DEFAULT_DOMAIN: &str = "localhost";
+const DEFAULT_NODE_ID: u64 = 1;
+const DEFAULT_DIGEST_ALGORITHMS: &str = "sha256,md5";
+const DEFAULT_LOG: &str = "info";
+
+/// A digest algorithm the registrar offers, in the order of [`Config::digest_algorithms`]
+/// (most preferred first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DigestAlgorithm {
+    /// SHA-256 (RFC 8760).
+    Sha256,
+    /// MD5 (RFC 2617): only for clients that cannot do better.
+    Md5,
+}
+
+impl DigestAlgorithm {
+    /// The name used in `--digest-algorithms` (lower case; the SIP token is upper case).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Md5 => "md5",
+        }
+    }
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Another node of the cluster, as given by `--peers 1=host:port,2=host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node_id: NodeId,
+    /// `host:port` of the peer's gRPC listener; the host may be a DNS name.
+    pub grpc_address: String,
+}
+
+/// The validated configuration of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub sip_tls: SocketAddr,
+    pub sip_tcp: SocketAddr,
+    pub sip_udp: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub domain: String,
+    pub node_id: NodeId,
+    /// Empty: a single-node cluster (or a node that waits to be added).
+    pub peers: Vec<Peer>,
+    pub certs_dir: PathBuf,
+    pub master_key_file: PathBuf,
+    /// The file the configuration was read from, if any.
+    pub config_file: Option<PathBuf>,
+    /// Non-empty, without duplicates, most preferred first.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
+    pub message_expires_default_secs: u64,
+    pub message_expires_max_secs: u64,
+    pub sync_window_ms: u64,
+    pub sip_header_bytes_max: usize,
+    pub sip_body_bytes_max: usize,
+    /// A `tracing_subscriber::EnvFilter` directive string.
+    pub log: String,
+}
+
+/// The command line. Every value is optional so that unset ones can come from the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pmsd",
+    version,
+    about = "PMS node: clustered SIP MESSAGE server"
+)]
+struct Args {
+    /// TOML file with the same keys in snake_case (e.g. `data_dir = "/var/lib/pms"`).
+    #[arg(long = "config", env = "PMS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for the database and generated dev material [default: ./pms-data].
+    #[arg(long, env = "PMS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// SIP over TLS listen address [default: 0.0.0.0:5061].
+    #[arg(long, env = "PMS_SIP_TLS", value_name = "ADDR")]
+    sip_tls: Option<SocketAddr>,
+    /// SIP over TCP listen address [default: 0.0.0.0:5060].
+    #[arg(long, env = "PMS_SIP_TCP", value_name = "ADDR")]
+    sip_tcp: Option<SocketAddr>,
+    /// SIP over UDP listen address [default: 0.0.0.0:5060].
+    #[arg(long, env = "PMS_SIP_UDP", value_name = "ADDR")]
+    sip_udp: Option<SocketAddr>,
+    /// gRPC (node-to-node and admin) listen address [default: 0.0.0.0:50051].
+    #[arg(long, env = "PMS_GRPC", value_name = "ADDR")]
+    grpc: Option<SocketAddr>,
+    /// HTTP (/metrics, /livez, /readyz) listen address [default: 0.0.0.0:9090].
+    #[arg(long, env = "PMS_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// SIP domain served [default: localhost].
+    #[arg(long, env = "PMS_DOMAIN")]
+    domain: Option<String>,
+    /// This node's id [default: 1].
+    #[arg(long, env = "PMS_NODE_ID", value_name = "ID")]
+    node_id: Option<u64>,
+    /// Cluster members' gRPC addresses: `1=host:port,2=host:port`.
+    #[arg(long, env = "PMS_PEERS", value_name = "LIST")]
+    peers: Option<String>,
+    /// Directory of CA, node and client certificates [default: <data-dir>/certs].
+    #[arg(long, env = "PMS_CERTS_DIR", value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Master key file [default: <data-dir>/master.key — development only].
+    #[arg(long, env = "PMS_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Digest algorithms offered, preferred first; "sha256" alone refuses MD5 [default: sha256,md5].
+    #[arg(long, env = "PMS_DIGEST_ALGORITHMS", value_name = "LIST")]
+    digest_algorithms: Option<String>,
+    /// Validity of a MESSAGE without `Expires`, seconds [default: 259200].
+    #[arg(long, env = "PMS_MESSAGE_EXPIRES_DEFAULT", value_name = "SECS")]
+    message_expires_default: Option<u64>,
+    /// Cap on a MESSAGE's `Expires`, seconds [default: 604800].
+    #[arg(long, env = "PMS_MESSAGE_EXPIRES_MAX", value_name = "SECS")]
+    message_expires_max: Option<u64>,
+    /// A device 2xx within this window turns the sender's 202 into 200 [default: 1000].
+    #[arg(long, env = "PMS_SYNC_WINDOW_MS", value_name = "MS")]
+    sync_window_ms: Option<u64>,
+    /// Largest SIP header block accepted, bytes [default: 16384].
+    #[arg(long, env = "PMS_SIP_HEADER_BYTES_MAX", value_name = "BYTES")]
+    sip_header_bytes_max: Option<usize>,
+    /// Largest SIP body accepted, bytes (larger: 413) [default: 65536].
+    #[arg(long, env = "PMS_SIP_BODY_BYTES_MAX", value_name = "BYTES")]
+    sip_body_bytes_max: Option<usize>,
+    /// Log filter, `RUST_LOG` syntax (e.g. "info,pms_edge=debug") [default: info].
+    #[arg(long, env = "PMS_LOG", value_name = "FILTER")]
+    log: Option<String>,
+}
+
+/// A list given either as one comma-separated string or as a TOML array of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListValue {
+    Joined(String),
+    Items(Vec<String>),
+}
+
+impl ListValue {
+    fn joined(self) -> String {
+        match self {
+            ListValue::Joined(text) => text,
+            ListValue::Items(items) => items.join(","),
+        }
+    }
+}
+
+/// The TOML file: the flags' keys in snake_case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    sip_tls: Option<SocketAddr>,
+    sip_tcp: Option<SocketAddr>,
+    sip_udp: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    domain: Option<String>,
+    node_id: Option<u64>,
+    peers: Option<ListValue>,
+    certs_dir: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+    digest_algorithms: Option<ListValue>,
+    message_expires_default: Option<u64>,
+    message_expires_max: Option<u64>,
+    sync_window_ms: Option<u64>,
+    sip_header_bytes_max: Option<usize>,
+    sip_body_bytes_max: Option<usize>,
+    log: Option<String>,
+}
+
+/// Reads the process's command line and environment. Usage errors and `--help` print and exit
+/// as clap does; file and validation errors are returned.
+pub fn load() -> anyhow::Result<Config> {
+    resolve(Args::parse())
+}
+
+/// Like [`load`] for the given arguments (the first is the program name, as in `std::env::args`).
+/// Environment variables are still read from the process. Usage errors are returned.
+pub fn from_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Config> {
+    let args = Args::try_parse_from(args).map_err(|error| anyhow::anyhow!("{error}"))?;
+    resolve(args)
+}
+
+fn resolve(args: Args) -> anyhow::Result<Config> {
+    let file = match &args.config {
+        Some(path) => read_file_config(path)?,
+        None => FileConfig::default(),
+    };
+    let file_list = |value: Option<ListValue>| value.map(ListValue::joined);
+
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let certs_dir = args
+        .certs_dir
+        .or(file.certs_dir)
+        .unwrap_or_else(|| data_dir.join("certs"));
+    let master_key_file = args
+        .master_key_file
+        .or(file.master_key_file)
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let address = |flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str| {
+        flag.or(file).map_or_else(|| default_address(default), Ok)
+    };
+    let peers_text = args.peers.or(file_list(file.peers));
+    let digest_text = args
+        .digest_algorithms
+        .or(file_list(file.digest_algorithms))
+        .unwrap_or_else(|| DEFAULT_DIGEST_ALGORITHMS.to_owned());
+
+    let config = Config {
+        sip_tls: address(args.sip_tls, file.sip_tls, DEFAULT_SIP_TLS)?,
+        sip_tcp: address(args.sip_tcp, file.sip_tcp, DEFAULT_SIP_TCP)?,
+        sip_udp: address(args.sip_udp, file.sip_udp, DEFAULT_SIP_UDP)?,
+        grpc: address(args.grpc, file.grpc, DEFAULT_GRPC)?,
+        http: address(args.http, file.http, DEFAULT_HTTP)?,
+        domain: args
+            .domain
+            .or(file.domain)
+            .unwrap_or_else(|| DEFAULT_DOMAIN.to_owned()),
+        node_id: NodeId(args.node_id.or(file.node_id).unwrap_or(DEFAULT_NODE_ID)),
+        peers: match peers_text {
+            Some(text) => parse_peers(&text)?,
+            None => Vec::new(),
+        },
+        digest_algorithms: parse_digest_algorithms(&digest_text)?,
+        message_expires_default_secs: args
+            .message_expires_default
+            .or(file.message_expires_default)
+            .unwrap_or(limits::MESSAGE_EXPIRES_DEFAULT_SECS),
+        message_expires_max_secs: args
+            .message_expires_max
+            .or(file.message_expires_max)
+            .unwrap_or(limits::MESSAGE_EXPIRES_MAX_DEFAULT_SECS),
+        sync_window_ms: args
+            .sync_window_ms
+            .or(file.sync_window_ms)
+            .unwrap_or(limits::SYNC_WINDOW_MS_DEFAULT),
+        sip_header_bytes_max: args
+            .sip_header_bytes_max
+            .or(file.sip_header_bytes_max)
+            .unwrap_or(limits::SIP_HEADER_BYTES_MAX_DEFAULT),
+        sip_body_bytes_max: args
+            .sip_body_bytes_max
+            .or(file.sip_body_bytes_max)
+            .unwrap_or(limits::SIP_BODY_BYTES_MAX_DEFAULT),
+        log: args
+            .log
+            .or(file.log)
+            .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
+        data_dir,
+        certs_dir,
+        master_key_file,
+        config_file: args.config,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn default_address(text: &str) -> anyhow::Result<SocketAddr> {
+    text.parse()
+        .with_context(|| format!("built-in default address {text:?} is invalid"))
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open config file {}", path.display()))?;
+    let mut text = String::new();
+    file.take(CONFIG_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read config file {} as UTF-8", path.display()))?;
+    if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
+        bail!(
+            "config file {} is larger than {CONFIG_FILE_BYTES_MAX} bytes",
+            path.display()
+        );
+    }
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses `1=host:port,2=host:port` (whitespace around items is ignored; empty means none).
+pub fn parse_peers(text: &str) -> anyhow::Result<Vec<Peer>> {
+    let mut peers = Vec::new();
+    let mut seen = BTreeSet::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let expected = "expected ID=HOST:PORT, e.g. --peers 1=10.0.0.1:50051,2=node2:50051";
+        let Some((id_text, address)) = item.split_once('=') else {
+            bail!("--peers: {item:?} has no '=': {expected}");
+        };
+        let id: u64 = id_text.trim().parse().map_err(|_| {
+            anyhow::anyhow!("--peers: node id {id_text:?} is not a number: {expected}")
+        })?;
+        let address = address.trim();
+        let Some((host, port)) = address.rsplit_once(':') else {
+            bail!("--peers: address {address:?} of node {id} has no port: {expected}");
+        };
+        let host_is_valid = !host.is_empty()
+            && !host
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '/' | '@' | ',' | '='));
+        if !host_is_valid {
+            bail!("--peers: address {address:?} of node {id} has an invalid host: {expected}");
+        }
+        if port.parse::<u16>().map_or(true, |port| port == 0) {
+            bail!("--peers: address {address:?} of node {id} has an invalid port: {expected}");
+        }
+        if !seen.insert(id) {
+            bail!("--peers: node id {id} appears more than once");
+        }
+        if peers.len() == PEERS_MAX {
+            bail!("--peers: more than {PEERS_MAX} peers");
+        }
+        peers.push(Peer {
+            node_id: NodeId(id),
+            grpc_address: address.to_owned(),
+        });
+    }
+    Ok(peers)
+}
+
+/// Parses `sha256,md5` (case-insensitive, order kept as preference).
+pub fn parse_digest_algorithms(text: &str) -> anyhow::Result<Vec<DigestAlgorithm>> {
+    let mut algorithms = Vec::new();
+    for name in text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        let algorithm = match name.to_ascii_lowercase().as_str() {
+            "sha256" | "sha-256" => DigestAlgorithm::Sha256,
+            "md5" => DigestAlgorithm::Md5,
+            _ => bail!("--digest-algorithms: unknown algorithm {name:?} (known: sha256, md5)"),
+        };
+        if algorithms.contains(&algorithm) {
+            bail!("--digest-algorithms: {name:?} is listed twice");
+        }
+        algorithms.push(algorithm);
+    }
+    if algorithms.is_empty() {
+        bail!("--digest-algorithms: at least one algorithm is required (sha256, md5)");
+    }
+    Ok(algorithms)
+}
+
+impl Config {
+    /// Checks the relations and bounds [`from_args`] promises.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.domain.is_empty()
+            || self.domain.len() > DOMAIN_BYTES_MAX
+            || !self
+                .domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
+            bail!(
+                "--domain {:?}: expected a host name of at most {DOMAIN_BYTES_MAX} bytes \
+                 (letters, digits, '.', '-')",
+                self.domain
+            );
+        }
+        if self.message_expires_default_secs == 0 {
+            bail!("--message-expires-default must be at least 1 second");
+        }
+        if self.message_expires_max_secs < self.message_expires_default_secs {
+            bail!(
+                "--message-expires-max ({} s) is less than --message-expires-default ({} s)",
+                self.message_expires_max_secs,
+                self.message_expires_default_secs
+            );
+        }
+        if self.sync_window_ms > SYNC_WINDOW_MS_MAX {
+            bail!(
+                "--sync-window-ms {} is above the maximum {SYNC_WINDOW_MS_MAX}",
+                self.sync_window_ms
+            );
+        }
+        if !(1..=SIP_HEADER_BYTES_MAX_LIMIT).contains(&self.sip_header_bytes_max) {
+            bail!(
+                "--sip-header-bytes-max {} must be between 1 and {SIP_HEADER_BYTES_MAX_LIMIT}",
+                self.sip_header_bytes_max
+            );
+        }
+        if !(1..=SIP_BODY_BYTES_MAX_LIMIT).contains(&self.sip_body_bytes_max) {
+            bail!(
+                "--sip-body-bytes-max {} must be between 1 and {SIP_BODY_BYTES_MAX_LIMIT}",
+                self.sip_body_bytes_max
+            );
+        }
+        if self.digest_algorithms.is_empty() {
+            bail!("--digest-algorithms: at least one algorithm is required");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|error| {
+            anyhow::anyhow!("--log {:?} is not a valid filter: {error}", self.log)
+        })?;
+        Ok(())
+    }
+
+    /// Whether MD5 digests are allowed by policy.
+    pub fn allows_md5(&self) -> bool {
+        self.digest_algorithms.contains(&DigestAlgorithm::Md5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        std::iter::once("pmsd")
+            .chain(list.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A `PMS_*` variable in the test environment would beat the files and defaults under test.
+    fn assert_no_pms_env() {
+        let set: Vec<String> = std::env::vars()
+            .map(|(key, _)| key)
+            .filter(|key| key.starts_with("PMS_") && key != "PMS_TEST_CHILD")
+            .collect();
+        assert!(set.is_empty(), "unset {set:?} to run these tests");
+    }
+
+    fn write_toml(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write as _;
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write temp file");
+        file
+    }
+
+    #[test]
+    fn no_arguments_gives_the_documented_defaults() {
+        assert_no_pms_env();
+        let config = from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(config.data_dir, PathBuf::from("./pms-data"));
+        assert_eq!(config.sip_tls, "0.0.0.0:5061".parse().expect("addr"));
+        assert_eq!(config.sip_tcp, "0.0.0.0:5060".parse().expect("addr"));
+        assert_eq!(config.sip_udp, "0.0.0.0:5060".parse().expect("addr"));
+        assert_eq!(config.grpc, "0.0.0.0:50051".parse().expect("addr"));
+        assert_eq!(config.http, "0.0.0.0:9090".parse().expect("addr"));
+        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.node_id, NodeId(1));
+        assert!(config.peers.is_empty());
+        assert_eq!(config.certs_dir, PathBuf::from("./pms-data/certs"));
+        assert_eq!(
+            config.master_key_file,
+            PathBuf::from("./pms-data/master.key")
+        );
+        assert_eq!(config.config_file, None);
+        assert_eq!(
+            config.digest_algorithms,
+            [DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
+        );
+        assert!(config.allows_md5());
+        assert_eq!(config.message_expires_default_secs, 259_200);
+        assert_eq!(config.message_expires_max_secs, 604_800);
+        assert_eq!(config.sync_window_ms, 1_000);
+        assert_eq!(
+            config.sip_header_bytes_max,
+            limits::SIP_HEADER_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(
+            config.sip_body_bytes_max,
+            limits::SIP_BODY_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(config.log, "info");
+    }
+
+    #[test]
+    fn flags_set_every_field_and_derived_paths_follow_data_dir() {
+        assert_no_pms_env();
+        let config = from_args(args(&[
+            "--data-dir=/srv/pms",
+            "--sip-tls=127.0.0.1:15061",
+            "--sip-tcp=127.0.0.1:15060",
+            "--sip-udp=[::1]:15060",
+            "--grpc=127.0.0.1:15051",
+            "--http=127.0.0.1:19090",
+            "--domain=example.org",
+            "--node-id=3",
+            "--peers=1=10.0.0.1:50051, 2=node2.example.org:50051,3=[::1]:50051",
+            "--digest-algorithms=sha256",
+            "--message-expires-default=60",
+            "--message-expires-max=120",
+            "--sync-window-ms=0",
+            "--sip-header-bytes-max=4096",
+            "--sip-body-bytes-max=1024",
+            "--log=warn,pms_edge=debug",
+        ]))
+        .expect("valid flags");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/pms"));
+        assert_eq!(config.certs_dir, PathBuf::from("/srv/pms/certs"));
+        assert_eq!(config.master_key_file, PathBuf::from("/srv/pms/master.key"));
+        assert_eq!(config.sip_udp, "[::1]:15060".parse().expect("addr"));
+        assert_eq!(config.http.port(), 19090);
+        assert_eq!(config.domain, "example.org");
+        assert_eq!(config.node_id, NodeId(3));
+        let peers: Vec<(u64, &str)> = config
+            .peers
+            .iter()
+            .map(|p| (p.node_id.0, p.grpc_address.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                (1, "10.0.0.1:50051"),
+                (2, "node2.example.org:50051"),
+                (3, "[::1]:50051")
+            ]
+        );
+        assert_eq!(config.digest_algorithms, [DigestAlgorithm::Sha256]);
+        assert!(!config.allows_md5());
+        assert_eq!(
+            (
+                config.message_expires_default_secs,
+                config.message_expires_max_secs
+            ),
+            (60, 120)
+        );
+        assert_eq!(config.sync_window_ms, 0);
+        assert_eq!(
+            (config.sip_header_bytes_max, config.sip_body_bytes_max),
+            (4096, 1024)
+        );
+        assert_eq!(config.log, "warn,pms_edge=debug");
+    }
+
+    #[test]
+    fn toml_file_fills_unset_keys_and_flags_override_it() {
+        assert_no_pms_env();
+        let file = write_toml(
+            r#"
+            data_dir = "/from/file"
+            domain = "file.example"
+            http = "127.0.0.1:1000"
+            node_id = 2
+            peers = ["1=a:1", "2=b:2"]
+            digest_algorithms = "md5,sha256"
+            message_expires_max = 700000
+            master_key_file = "/secrets/master.key"
+            "#,
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let config =
+            from_args(args(&["--config", path, "--domain", "flag.example"])).expect("valid file");
+        assert_eq!(config.config_file.as_deref(), Some(file.path()));
+        assert_eq!(config.domain, "flag.example", "flag beats file");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/from/file"),
+            "file beats default"
+        );
+        assert_eq!(config.certs_dir, PathBuf::from("/from/file/certs"));
+        assert_eq!(config.master_key_file, PathBuf::from("/secrets/master.key"));
+        assert_eq!(config.http, "127.0.0.1:1000".parse().expect("addr"));
+        assert_eq!(config.node_id, NodeId(2));
+        assert_eq!(config.peers.len(), 2);
+        assert_eq!(
+            config.digest_algorithms,
+            [DigestAlgorithm::Md5, DigestAlgorithm::Sha256]
+        );
+        assert_eq!(config.message_expires_max_secs, 700_000);
+        assert_eq!(config.sip_tls.port(), 5061, "default when neither sets it");
+    }
+
+    #[test]
+    fn toml_file_errors_are_clear() {
+        assert_no_pms_env();
+        let typo = write_toml("data_dirr = \"/x\"\n");
+        let path = typo.path().to_str().expect("utf-8 temp path");
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--config", path])).expect_err("unknown key")
+        );
+        assert!(
+            error.contains("invalid config file") && error.contains("data_dirr"),
+            "{error}"
+        );
+
+        let bad_addr = write_toml("grpc = \"not-an-address\"\n");
+        let path = bad_addr.path().to_str().expect("utf-8 temp path");
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--config", path])).expect_err("bad addr")
+        );
+        assert!(error.contains("grpc"), "{error}");
+
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--config", "/nonexistent/pms.toml"])).expect_err("missing file")
+        );
+        assert!(
+            error.contains("cannot open config file /nonexistent/pms.toml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_flag() {
+        assert_no_pms_env();
+        let error_of = |list: &[&str]| {
+            format!(
+                "{:#}",
+                from_args(args(list)).expect_err("should be refused")
+            )
+        };
+        let error = error_of(&["--message-expires-default=600", "--message-expires-max=60"]);
+        assert!(
+            error.contains("--message-expires-max (60 s) is less than"),
+            "{error}"
+        );
+        assert!(error_of(&["--message-expires-default=0"]).contains("at least 1 second"));
+        assert!(error_of(&["--peers=1:host:5"]).contains("has no '='"));
+        assert!(error_of(&["--peers=x=host:5"]).contains("is not a number"));
+        assert!(error_of(&["--peers=1=host"]).contains("has no port"));
+        assert!(error_of(&["--peers=1=host:99999"]).contains("invalid port"));
+        assert!(error_of(&["--peers=1=:5"]).contains("invalid host"));
+        assert!(error_of(&["--peers=1=a:5,1=b:5"]).contains("appears more than once"));
+        assert!(error_of(&["--digest-algorithms=sha1"]).contains("unknown algorithm \"sha1\""));
+        assert!(error_of(&["--digest-algorithms=md5,md5"]).contains("listed twice"));
+        assert!(error_of(&["--digest-algorithms=,"]).contains("at least one"));
+        assert!(error_of(&["--sync-window-ms=60000"]).contains("above the maximum"));
+        assert!(error_of(&["--sip-body-bytes-max=0"]).contains("--sip-body-bytes-max 0"));
+        assert!(error_of(&["--sip-header-bytes-max=999999999"]).contains("--sip-header-bytes-max"));
+        assert!(error_of(&["--domain=bad domain"]).contains("--domain"));
+        assert!(error_of(&["--log=info,=[[["]).contains("--log"));
+        assert!(error_of(&["--sip-tls=nonsense"]).contains("--sip-tls"));
+        assert!(error_of(&["--no-such-flag"]).contains("--no-such-flag"));
+    }
+
+    /// Runs in a child process (see below) with `PMS_*` variables set by the parent.
+    #[test]
+    #[ignore = "run by environment_beats_file_and_flag_beats_environment in a child process"]
+    fn child_environment_precedence() {
+        let Ok(file) = std::env::var("PMS_TEST_CHILD") else {
+            return;
+        };
+        let config =
+            from_args(args(&["--config", &file, "--domain", "flag.example"])).expect("valid");
+        assert_eq!(config.domain, "flag.example", "flag beats environment");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/from/env"),
+            "environment beats file"
+        );
+        assert_eq!(
+            config.sip_tls,
+            "127.0.0.1:7061".parse().expect("addr"),
+            "env beats default"
+        );
+        assert_eq!(config.node_id, NodeId(9), "file beats default");
+        assert_eq!(config.certs_dir, PathBuf::from("/from/env/certs"));
+        assert_eq!(config.digest_algorithms, [DigestAlgorithm::Sha256]);
+    }
+
+    #[test]
+    fn environment_beats_file_and_flag_beats_environment() {
+        // Setting variables in this process is unsafe (and forbidden); a child gets its own.
+        let file =
+            write_toml("data_dir = \"/from/file\"\nnode_id = 9\ndomain = \"file.example\"\n");
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "config::tests::child_environment_precedence",
+            ])
+            .env("PMS_TEST_CHILD", path)
+            .env("PMS_DATA_DIR", "/from/env")
+            .env("PMS_SIP_TLS", "127.0.0.1:7061")
+            .env("PMS_DOMAIN", "env.example")
+            .env("PMS_DIGEST_ALGORITHMS", "sha256")
+            .output()
+            .expect("run the child test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "child failed:\n{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,0 +1,316 @@
+// Lead: register with `mod telemetry;` in crates/pmsd/src/main.rs (or `pub mod telemetry;` in a lib.rs).
+//! Tracing setup for `pmsd`: human-readable logs on stderr, and — only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set — spans exported over OTLP/gRPC (tonic) with the
+//! resource `service.name = "pmsd"`.
+//!
+//! Invariant: without the endpoint variable nothing is exported, no exporter is built and no
+//! network connection is attempted.
+//! Invariant: with it, [`init`] must run inside a tokio runtime (the tonic channel needs the
+//! reactor); outside one it returns an error instead of panicking.
+//! Invariant: spans are only guaranteed to leave the process once [`TelemetryGuard::shutdown`]
+//! (or its `Drop`) has run: it flushes the batch processor and shuts the provider down. Both
+//! block the calling thread until the export finishes (bounded by [`OTLP_EXPORT_TIMEOUT`]), so
+//! call them on a multi-thread runtime or from `spawn_blocking`, never on a current-thread
+//! runtime's only thread.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The variable that turns span export on (standard OpenTelemetry name), e.g.
+/// `http://127.0.0.1:4317`.
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// `service.name` of the exported resource.
+pub const SERVICE_NAME: &str = "pmsd";
+/// Longest one OTLP export call may take (each retry included) before it is abandoned.
+pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps the span exporter alive; flushes and shuts it down on [`shutdown`](Self::shutdown) or drop.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported over OTLP.
+    pub fn is_exporting(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+
+    /// Exports every span ended so far. Blocks (see the module invariants).
+    pub fn force_flush(&self) -> anyhow::Result<()> {
+        if let Some(provider) = &self.tracer_provider {
+            provider
+                .force_flush()
+                .map_err(|error| anyhow::anyhow!("flushing spans: {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and shuts the tracer provider down; later calls do nothing. Blocks (see the
+    /// module invariants).
+    pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(provider) = self.tracer_provider.take() {
+            let flushed = provider.force_flush();
+            let shut_down = provider.shutdown();
+            flushed.map_err(|error| anyhow::anyhow!("flushing spans: {error}"))?;
+            shut_down
+                .map_err(|error| anyhow::anyhow!("shutting the tracer provider down: {error}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            // The subscriber may already be gone; stderr is the one place left to say it.
+            eprintln!("pmsd: telemetry shutdown: {error:#}");
+        }
+    }
+}
+
+/// Installs the global tracing subscriber: fmt to stderr filtered by `log_filter`
+/// (`RUST_LOG` syntax), plus OTLP span export when [`OTLP_ENDPOINT_ENV`] is set and non-empty.
+/// Call once, inside the tokio runtime; keep the guard until exit.
+pub fn init(log_filter: &str) -> anyhow::Result<TelemetryGuard> {
+    let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
+        .ok()
+        .filter(|value| !value.trim().is_empty());
+    let (subscriber, guard) = build_subscriber(log_filter, endpoint.as_deref())?;
+    subscriber
+        .try_init()
+        .context("installing the global tracing subscriber")?;
+    if let Some(endpoint) = &endpoint {
+        tracing::info!(%endpoint, "exporting spans over OTLP/gRPC");
+    }
+    Ok(guard)
+}
+
+/// Builds the subscriber without installing it (tests install it per thread).
+fn build_subscriber(
+    log_filter: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<(impl Subscriber + Send + Sync + 'static, TelemetryGuard)> {
+    let filter = EnvFilter::try_new(log_filter)
+        .map_err(|error| anyhow::anyhow!("invalid log filter {log_filter:?}: {error}"))?;
+    let tracer_provider = otlp_endpoint.map(build_tracer_provider).transpose()?;
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME)));
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(otel_layer);
+    Ok((subscriber, TelemetryGuard { tracer_provider }))
+}
+
+fn build_tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        bail!(
+            "{OTLP_ENDPOINT_ENV} is set: telemetry::init must be called inside the tokio runtime"
+        );
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(OTLP_EXPORT_TIMEOUT)
+        .build()
+        .with_context(|| format!("building the OTLP span exporter for {endpoint:?}"))?;
+    let resource = Resource::builder().with_service_name(SERVICE_NAME).build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn without_endpoint_nothing_is_exported_and_no_runtime_is_needed() {
+        let (subscriber, mut guard) = build_subscriber("info", None).expect("builds");
+        assert!(!guard.is_exporting());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("unexported").in_scope(|| tracing::info!("logged to stderr"));
+        });
+        guard.force_flush().expect("nothing to flush");
+        guard.shutdown().expect("nothing to shut down");
+    }
+
+    #[test]
+    fn init_installs_the_global_subscriber_once() {
+        // OTEL_EXPORTER_OTLP_ENDPOINT is not set in the test environment; if it is, this test
+        // would need a runtime and an exporter, which the next tests cover.
+        if std::env::var_os(OTLP_ENDPOINT_ENV).is_some() {
+            println!("note: {OTLP_ENDPOINT_ENV} is set; skipping the global init test");
+            return;
+        }
+        let guard = init("debug").expect("first init succeeds");
+        assert!(!guard.is_exporting());
+        let error = init("debug").expect_err("a second global subscriber is refused");
+        assert!(
+            format!("{error:#}").contains("global tracing subscriber"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn bad_filter_and_missing_runtime_are_errors() {
+        let error = build_subscriber("info,=[[[", None)
+            .err()
+            .expect("invalid filter refused");
+        assert!(
+            format!("{error:#}").contains("invalid log filter"),
+            "{error:#}"
+        );
+        let error = build_subscriber("info", Some("http://127.0.0.1:4317"))
+            .err()
+            .expect("no runtime refused");
+        assert!(
+            format!("{error:#}").contains("inside the tokio runtime"),
+            "{error:#}"
+        );
+    }
+
+    /// Largest HTTP/2 frame payload the fake collector accepts, and most bytes it reads.
+    const FRAME_BYTES_MAX: usize = 1 << 20;
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+
+    async fn write_frame(
+        stream: &mut TcpStream,
+        kind: u8,
+        flags: u8,
+        stream_id: u32,
+        payload: &[u8],
+    ) {
+        let length = u32::try_from(payload.len())
+            .expect("small frame")
+            .to_be_bytes();
+        let mut frame = vec![length[1], length[2], length[3], kind, flags];
+        frame.extend_from_slice(&stream_id.to_be_bytes());
+        frame.extend_from_slice(payload);
+        stream.write_all(&frame).await.expect("write frame");
+    }
+
+    /// A minimal OTLP/gRPC collector speaking just enough HTTP/2 (no HPACK decoding: the
+    /// request body is protobuf, in which strings appear verbatim). Answers one Export call with
+    /// an empty `ExportTraceServiceResponse` and returns the request body.
+    async fn collect_one_export(listener: TcpListener) -> Vec<u8> {
+        let (mut stream, _) = listener.accept().await.expect("exporter connects");
+        let mut preface = [0u8; 24];
+        stream.read_exact(&mut preface).await.expect("read preface");
+        assert_eq!(
+            &preface[..],
+            H2_PREFACE,
+            "the exporter speaks HTTP/2 (gRPC)"
+        );
+        write_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
+        let mut body = Vec::new();
+        loop {
+            let mut header = [0u8; 9];
+            stream
+                .read_exact(&mut header)
+                .await
+                .expect("read frame header");
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            assert!(
+                length <= FRAME_BYTES_MAX && body.len() <= FRAME_BYTES_MAX,
+                "frame too large"
+            );
+            let (kind, flags) = (header[3], header[4]);
+            let stream_id =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; length];
+            stream
+                .read_exact(&mut payload)
+                .await
+                .expect("read frame payload");
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await
+                }
+                PING if flags & ACK == 0 => write_frame(&mut stream, PING, ACK, 0, &payload).await,
+                HEADERS => {}
+                DATA => {
+                    body.extend_from_slice(&payload);
+                    if flags & END_STREAM != 0 {
+                        // :status 200 (static index 8); content-type (static name 31) literal.
+                        let mut headers = vec![0x88, 0x0f, 0x10, 16];
+                        headers.extend_from_slice(b"application/grpc");
+                        write_frame(&mut stream, HEADERS, END_HEADERS, stream_id, &headers).await;
+                        // One gRPC message: uncompressed, zero-length (an empty response).
+                        write_frame(&mut stream, DATA, 0, stream_id, &[0, 0, 0, 0, 0]).await;
+                        let mut trailers = vec![0x00, 11];
+                        trailers.extend_from_slice(b"grpc-status");
+                        trailers.extend_from_slice(&[1, b'0']);
+                        write_frame(
+                            &mut stream,
+                            HEADERS,
+                            END_HEADERS | END_STREAM,
+                            stream_id,
+                            &trailers,
+                        )
+                        .await;
+                        return body;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_reach_an_otlp_collector() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("local addr"));
+        let collector = tokio::spawn(collect_one_export(listener));
+
+        let (subscriber, mut guard) = build_subscriber("info", Some(&endpoint)).expect("builds");
+        assert!(guard.is_exporting());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("pms-test-span", user = "alice").in_scope(|| {
+                tracing::info!("inside the exported span");
+            });
+        });
+        // Flushing blocks until the collector answered; keep it off the runtime's workers.
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = guard.shutdown();
+            (guard, result)
+        });
+        let body = tokio::time::timeout(Duration::from_secs(30), collector)
+            .await
+            .expect("the collector received an export before the deadline")
+            .expect("collector task");
+        let (guard, result) = flushed.await.expect("shutdown task");
+        result.expect("export acknowledged and provider shut down");
+        assert!(!guard.is_exporting());
+
+        let contains = |needle: &[u8]| body.windows(needle.len()).any(|window| window == needle);
+        assert!(contains(b"pms-test-span"), "span name exported");
+        assert!(
+            contains(b"service.name") && contains(b"pmsd"),
+            "resource exported"
+        );
+        assert!(contains(b"alice"), "span attribute exported");
+    }
+}

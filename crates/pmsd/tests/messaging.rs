@@ -1,0 +1,266 @@
+//! End-to-end behaviour of one real `pmsd` process over real sockets, driven by the real
+//! `pmsctl` user agent over TLS: offline store and delivery, the online path, dedup, expiry with
+//! IMDN, IMDN delivered, ordering, crash recovery, no plaintext at rest, drain on SIGTERM,
+//! metrics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Node, PASSWORD, files_under, http_get};
+use serde_json::Value;
+
+fn status_of(lines: &[Value], status: &str) -> Option<Value> {
+    lines.iter().find(|line| line["status"] == status).cloned()
+}
+
+fn bodies(messages: &[Value]) -> Vec<String> {
+    messages.iter().filter_map(|message| message["body"].as_str().map(str::to_string)).collect()
+}
+
+fn node_with_alice_and_bob() -> Node {
+    let node = Node::start();
+    node.add_user("alice");
+    node.add_user("bob");
+    node
+}
+
+#[test]
+fn offline_message_is_stored_then_delivered_byte_for_byte_over_tls() {
+    let node = node_with_alice_and_bob();
+    let text = "Ciao 😀 — grüße, 東京 offline-delivery";
+    let (code, lines) = node.send("alice", "bob", text, &[]);
+    assert_eq!(code, 0, "send: {lines:?}");
+    assert_eq!(lines[0]["status"], "sending");
+    let enqueued = status_of(&lines, "enqueued").expect("enqueued line");
+    assert_eq!(enqueued["code"], 202);
+    let message_id = enqueued["message_id"].as_str().expect("message id").to_string();
+
+    let (code, messages) = node.receive("bob", 1, 30);
+    assert_eq!(code, 0, "listen: {messages:?}");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["body"].as_str(), Some(text));
+    assert_eq!(messages[0]["from"], "sip:alice@localhost");
+    assert_eq!(messages[0]["to"], "sip:bob@localhost");
+    assert!(messages[0]["content_type"].as_str().unwrap_or_default().starts_with("text/plain"));
+
+    let output = node.run_pmsctl(&["message", "status", &message_id]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: Value = serde_json::from_slice(&output.stdout).expect("status json");
+    assert_eq!(status["status"], "delivered");
+    assert_eq!(status["recipient"], "bob");
+}
+
+#[test]
+fn online_recipient_gets_it_within_the_window_and_the_sender_gets_200() {
+    let node = node_with_alice_and_bob();
+    let mut bob = node.listen("bob", 1, 30);
+    bob.wait_for_stderr(Duration::from_secs(20), "registered");
+    let (code, lines) = node.send("alice", "bob", "are you there? 👋", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    let delivered = status_of(&lines, "delivered").expect("200 means delivered");
+    assert_eq!(delivered["code"], 200);
+    let (code, messages) = bob.finish();
+    assert_eq!(code, 0);
+    assert_eq!(bodies(&messages), vec!["are you there? 👋"]);
+}
+
+#[test]
+fn expired_message_is_never_delivered_and_the_sender_gets_a_failed_imdn() {
+    let node = node_with_alice_and_bob();
+    let (code, lines) = node.send("alice", "bob", "too late", &["--expires", "1", "--wait", "delivered", "--timeout", "30"]);
+    assert_eq!(code, 1, "expiry is reported as an error: {lines:?}");
+    let enqueued = status_of(&lines, "enqueued").expect("enqueued first");
+    let error = status_of(&lines, "error").expect("error line from the IMDN");
+    assert_eq!(error["reason"], "failed", "{error}");
+    let message_id = enqueued["message_id"].as_str().expect("id").to_string();
+    let output = node.run_pmsctl(&["message", "status", &message_id]);
+    let status: Value = serde_json::from_slice(&output.stdout).expect("status json");
+    assert_eq!(status["status"], "expired");
+    // Bob comes online afterwards: nothing is delivered.
+    let mut bob = node.listen("bob", 1, 3);
+    bob.wait_for_stderr(Duration::from_secs(20), "registered");
+    let (code, messages) = bob.finish();
+    assert_eq!(code, 2, "nothing must arrive: {messages:?}");
+    assert!(bodies(&messages).is_empty());
+}
+
+#[test]
+fn delivered_imdn_reaches_a_sender_that_waits_for_it() {
+    let node = node_with_alice_and_bob();
+    let child = node
+        .pmsctl()
+        .args(["send", "--server", &node.sip_tls(), "--user", "alice", "--password", PASSWORD, "--to", "bob"])
+        .args(["--wait", "delivered", "--timeout", "40", "--", "tell me when you read this"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn send");
+    let mut alice = common::Listener::new(child);
+    alice.wait_for(Duration::from_secs(20), |line| line["status"] == "enqueued");
+    let (code, messages) = node.receive("bob", 1, 30);
+    assert_eq!(code, 0);
+    assert_eq!(bodies(&messages), vec!["tell me when you read this"]);
+    let (code, lines) = alice.finish();
+    assert_eq!(code, 0, "alice learns of the delivery: {lines:?}");
+    assert!(status_of(&lines, "delivered").is_some(), "{lines:?}");
+}
+
+#[test]
+fn twenty_queued_messages_arrive_in_order() {
+    let node = node_with_alice_and_bob();
+    let sent: Vec<String> = (1..=20).map(|n| format!("ordered #{n:02}")).collect();
+    for text in &sent {
+        let (code, lines) = node.send("alice", "bob", text, &[]);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    let (code, messages) = node.receive("bob", 20, 60);
+    assert_eq!(code, 0, "{messages:?}");
+    assert_eq!(bodies(&messages), sent);
+}
+
+/// A raw MESSAGE over TCP with digest auth, to control retransmissions exactly.
+struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    fn connect(node: &Node) -> Self {
+        let stream = TcpStream::connect(node.sip_tcp_addr()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        RawClient { stream }
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> pms_sip::message::Response {
+        self.stream.write_all(request).expect("write");
+        let mut framer = pms_sip::framing::StreamFramer::new(64 * 1024, 64 * 1024);
+        let mut buffer = [0u8; 8192];
+        loop {
+            if let Some(frame) = framer.next_frame() {
+                match frame.expect("framing") {
+                    pms_sip::framing::Frame::Message(bytes) => match pms_sip::message::parse(&bytes).expect("parse") {
+                        pms_sip::message::SipMessage::Response(response) => return response,
+                        pms_sip::message::SipMessage::Request(_) => continue,
+                    },
+                    _ => continue,
+                }
+            }
+            let read = self.stream.read(&mut buffer).expect("read");
+            assert!(read > 0, "server closed the connection");
+            framer.push(&buffer[..read]);
+        }
+    }
+}
+
+fn message_request(call_id: &str, cseq: u32, authorization: Option<&str>, body: &str) -> Vec<u8> {
+    let mut request = format!(
+        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{call_id}{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=fixedtag\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+    );
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    request.into_bytes()
+}
+
+#[test]
+fn a_retransmitted_message_is_answered_the_same_and_stored_once() {
+    let node = node_with_alice_and_bob();
+    let mut client = RawClient::connect(&node);
+    let challenge = client.exchange(&message_request("dedup-1", 1, None, "only once"));
+    assert_eq!(challenge.status, 407);
+    let challenge = pms_sip::digest::select_challenge(challenge.headers.get_all("Proxy-Authenticate")).expect("challenge");
+    let authorize = |nc: u32| {
+        pms_sip::digest::authorization(&challenge, "alice", PASSWORD, "MESSAGE", "sip:bob@localhost", "cnonce1", nc)
+    };
+    let first = client.exchange(&message_request("dedup-1", 2, Some(&authorize(1)), "only once"));
+    assert_eq!(first.status, 202, "{first:?}");
+    // The same request again (a retransmission after a lost response), freshly authorized.
+    let second = client.exchange(&message_request("dedup-1", 2, Some(&authorize(2)), "only once"));
+    assert_eq!(second.status, 202, "{second:?}");
+    assert_eq!(first.headers.get("X-PMS-Message-ID"), second.headers.get("X-PMS-Message-ID"));
+    let (code, messages) = node.receive("bob", 2, 3);
+    assert_eq!(code, 2, "exactly one message, so waiting for two times out");
+    assert_eq!(bodies(&messages), vec!["only once"]);
+}
+
+#[test]
+fn kill_9_loses_none_of_100_queued_messages() {
+    let mut node = node_with_alice_and_bob();
+    let sent: Vec<String> = (1..=100).map(|n| format!("survivor {n:03} 💾")).collect();
+    for text in &sent {
+        let (code, lines) = node.send("alice", "bob", text, &[]);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    node.kill();
+    node.spawn();
+    let (code, messages) = node.receive("bob", 100, 90);
+    assert_eq!(code, 0, "all 100 after the crash: got {}", messages.len());
+    assert_eq!(bodies(&messages), sent);
+}
+
+#[test]
+fn no_plaintext_marker_in_any_file_of_the_data_dir() {
+    let mut node = node_with_alice_and_bob();
+    let marker = "PLAINTEXT-MARKER-7f3a9c1e";
+    for n in 0..20 {
+        let (code, lines) = node.send("alice", "bob", &format!("{marker} #{n}"), &[]);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    // Deliver half so that delivered, queued and IMDN records all exist.
+    let (code, _) = node.receive("bob", 10, 30);
+    assert_eq!(code, 0);
+    // A clean stop flushes memtables to SST files; then scan everything, WAL and logs included.
+    assert!(node.terminate().success());
+    let files = files_under(&node.data_dir());
+    assert!(files.iter().any(|file| file.to_string_lossy().contains(".sst")), "expected SST files: {files:?}");
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read data file");
+        assert!(
+            !bytes.windows(marker.len()).any(|window| window == marker.as_bytes()),
+            "plaintext marker found in {}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_and_a_restart_keeps_the_users() {
+    let mut node = node_with_alice_and_bob();
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
+    node.spawn();
+    let output = node.run_pmsctl(&["user", "list", "--json"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.contains("alice") && listed.contains("bob"), "{listed}");
+}
+
+#[test]
+fn metrics_count_what_happened_and_pass_promtool() {
+    let node = node_with_alice_and_bob();
+    let (code, _) = node.send("alice", "bob", "count me", &[]);
+    assert_eq!(code, 0);
+    let (status, metrics) = http_get(node.ports.http, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pms_messages_accepted_total 1"), "{metrics}");
+    assert!(metrics.contains("pms_raft_commit_latency_seconds_bucket"), "{metrics}");
+    assert_eq!(http_get(node.ports.http, "/livez").map(|(status, _)| status), Some(200));
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            promtool.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("write");
+            let output = promtool.wait_with_output().expect("promtool");
+            assert!(output.status.success(), "promtool: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        }
+        Err(error) => eprintln!("promtool not installed ({error}); scripts/test installs it"),
+    }
+}
