@@ -16,11 +16,20 @@ use crate::status::Refusal;
 use crate::time::rfc3339;
 
 /// The MESSAGE that delivers `message` to the device of `binding`. The session adds the Via.
-pub fn delivery_request(binding: &Binding, message: &QueuedMessage, payload: &MessagePayload, domain: &str) -> Request {
+pub fn delivery_request(
+    binding: &Binding,
+    message: &QueuedMessage,
+    payload: &MessagePayload,
+    domain: &str,
+) -> Request {
     let mut request = Request::new(Method::Message, binding.contact.clone());
     let headers = &mut request.headers;
     headers.push("Max-Forwards", "70");
-    let from_tag = message.message_id.as_str().get(..16).unwrap_or(message.message_id.as_str());
+    let from_tag = message
+        .message_id
+        .as_str()
+        .get(..16)
+        .unwrap_or(message.message_id.as_str());
     headers.push("From", format!("<{}>;tag={from_tag}", payload.from));
     headers.push("To", format!("<{}>", payload.to));
     headers.push("Call-ID", format!("{}@{domain}", message.message_id));
@@ -40,7 +49,9 @@ pub fn delivery_request(binding: &Binding, message: &QueuedMessage, payload: &Me
 
 /// Whether the sender of `payload` asked to hear about `status`.
 pub fn wants_notification(payload: &MessagePayload, status: ImdnStatus) -> bool {
-    let Some(header) = &payload.disposition_notification else { return false };
+    let Some(header) = &payload.disposition_notification else {
+        return false;
+    };
     let asked = parse_disposition_notification(header);
     match status {
         ImdnStatus::Delivered => asked.positive_delivery,
@@ -72,13 +83,23 @@ pub fn notification(
         return Ok(None);
     };
     let state = service.mailboxes().state(service.config().group);
-    let Some(record): Option<UserRecord> = pms_mailbox::query::user(&*state, service.config().group, &sender)
-        .map_err(|error| Refusal::Internal(error.to_string()))?
+    let Some(record): Option<UserRecord> =
+        pms_mailbox::query::user(&*state, service.config().group, &sender)
+            .map_err(|error| Refusal::Internal(error.to_string()))?
     else {
         return Ok(None);
     };
-    let original_id = payload.imdn_message_id.clone().unwrap_or_else(|| message.message_id.to_string());
-    let body = build_imdn(&original_id, &rfc3339(now), &payload.to, &payload.to, status);
+    let original_id = payload
+        .imdn_message_id
+        .clone()
+        .unwrap_or_else(|| message.message_id.to_string());
+    let body = build_imdn(
+        &original_id,
+        &rfc3339(now),
+        &payload.to,
+        &payload.to,
+        status,
+    );
     let notification_id = MessageId::from_random_bytes(rand::random());
     let imdn_payload = MessagePayload {
         from: payload.to.clone(),
@@ -90,18 +111,30 @@ pub fn notification(
         disposition_notification: None,
     };
     let sealed = service.seal_for(&sender, &record, &notification_id, &imdn_payload)?;
-    let dedup = pms_crypto::dedup_hash(&[b"notification", message.message_id.as_str().as_bytes(), status.element_name().as_bytes()]);
+    let dedup = pms_crypto::dedup_hash(&[
+        b"notification",
+        message.message_id.as_str().as_bytes(),
+        status.element_name().as_bytes(),
+    ]);
     Ok(Some(NewMessage {
         message_id: notification_id,
         recipient: sender,
         sealed,
-        expires_at: now.saturating_add_ms(service.config().message_expires_default_secs.saturating_mul(1000)),
+        expires_at: now.saturating_add_ms(
+            service
+                .config()
+                .message_expires_default_secs
+                .saturating_mul(1000),
+        ),
         dedup_keys: vec![DedupKey(dedup)],
     }))
 }
 
 /// Opens a queued message's sealed payload with its recipient's data key.
-pub fn open_payload(service: &SipService, message: &QueuedMessage) -> Result<MessagePayload, Refusal> {
+pub fn open_payload(
+    service: &SipService,
+    message: &QueuedMessage,
+) -> Result<MessagePayload, Refusal> {
     let state = service.mailboxes().state(service.config().group);
     let record = pms_mailbox::query::user(&*state, service.config().group, &message.recipient)
         .map_err(|error| Refusal::Internal(error.to_string()))?
@@ -109,8 +142,16 @@ pub fn open_payload(service: &SipService, message: &QueuedMessage) -> Result<Mes
     let key = service
         .keyring()
         .data_key(&message.recipient, &record.wrapped_data_key)
-        .map_err(|error| Refusal::Internal(format!("data key of {}: {error}", message.recipient)))?;
-    let plaintext = pms_crypto::open(&key, message.recipient.as_str(), message.message_id.as_str(), &message.sealed)
-        .map_err(|error| Refusal::Internal(format!("opening {}: {error}", message.message_id)))?;
-    pms_mailbox::decode(pms_types::Keyspace::Messages, &plaintext).map_err(|error| Refusal::Internal(error.to_string()))
+        .map_err(|error| {
+            Refusal::Internal(format!("data key of {}: {error}", message.recipient))
+        })?;
+    let plaintext = pms_crypto::open(
+        &key,
+        message.recipient.as_str(),
+        message.message_id.as_str(),
+        &message.sealed,
+    )
+    .map_err(|error| Refusal::Internal(format!("opening {}: {error}", message.message_id)))?;
+    pms_mailbox::decode(pms_types::Keyspace::Messages, &plaintext)
+        .map_err(|error| Refusal::Internal(error.to_string()))
 }

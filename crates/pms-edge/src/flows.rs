@@ -24,7 +24,11 @@ pub struct FlowRegistry {
 impl FlowRegistry {
     pub fn new(node: pms_types::NodeId, incarnation: u64) -> Self {
         FlowRegistry {
-            template: FlowId { node, incarnation, connection: 0 },
+            template: FlowId {
+                node,
+                incarnation,
+                connection: 0,
+            },
             next_connection: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
         }
@@ -32,7 +36,10 @@ impl FlowRegistry {
 
     /// A fresh flow id for a new connection.
     pub fn allocate(&self) -> FlowId {
-        FlowId { connection: self.next_connection.fetch_add(1, Ordering::Relaxed), ..self.template }
+        FlowId {
+            connection: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            ..self.template
+        }
     }
 
     pub fn insert(&self, flow: FlowId, session: Addr<SessionActor>) {
@@ -48,7 +55,10 @@ impl FlowRegistry {
         if flow.node != self.template.node || flow.incarnation != self.template.incarnation {
             return None;
         }
-        self.lock().get(&flow.connection).filter(|session| session.connected()).cloned()
+        self.lock()
+            .get(&flow.connection)
+            .filter(|session| session.connected())
+            .cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -67,6 +77,8 @@ impl FlowRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Addr<SessionActor>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -26,7 +26,10 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     pub fn new(master: MasterKey) -> Self {
-        Keyring { master, keys: Mutex::new(HashMap::new()) }
+        Keyring {
+            master,
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn master(&self) -> &MasterKey {
@@ -34,11 +37,19 @@ impl Keyring {
     }
 
     /// The data key of `user`, unwrapping `wrapped` (from the user's record) on a miss.
-    pub fn data_key(&self, user: &UserId, wrapped: &[u8]) -> Result<Arc<DataKey>, pms_crypto::Error> {
+    pub fn data_key(
+        &self,
+        user: &UserId,
+        wrapped: &[u8],
+    ) -> Result<Arc<DataKey>, pms_crypto::Error> {
         if let Some(key) = self.lock().get(user) {
             return Ok(key.clone());
         }
-        let key = Arc::new(pms_crypto::unwrap_data_key(&self.master, user.as_str(), wrapped)?);
+        let key = Arc::new(pms_crypto::unwrap_data_key(
+            &self.master,
+            user.as_str(),
+            wrapped,
+        )?);
         let mut keys = self.lock();
         if keys.len() >= KEYRING_KEYS_MAX {
             keys.clear();
@@ -52,6 +63,8 @@ impl Keyring {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<DataKey>>> {
-        self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use actix::prelude::*;
 use actix::dev::ArbiterHandle;
+use actix::prelude::*;
 use pms_sip::framing::{DatagramFrame, Frame, StreamFramer, datagram};
 use pms_types::limits::{CONNECTIONS_MAX, SESSION_OUTBOUND_QUEUE_MAX, SIP_UDP_DATAGRAM_BYTES_MAX};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,10 +43,22 @@ pub struct EdgeListeners {
 pub fn start(listeners: EdgeListeners, service: Arc<SipService>, shutdown: watch::Receiver<bool>) {
     let arbiter = Arbiter::current();
     if let Some((listener, acceptor)) = listeners.tls {
-        tokio::spawn(accept_loop(listener, Some(acceptor), service.clone(), arbiter.clone(), shutdown.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            service.clone(),
+            arbiter.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some(listener) = listeners.tcp {
-        tokio::spawn(accept_loop(listener, None, service.clone(), arbiter.clone(), shutdown.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            None,
+            service.clone(),
+            arbiter.clone(),
+            shutdown.clone(),
+        ));
     }
     if let Some(socket) = listeners.udp {
         tokio::spawn(udp_loop(Arc::new(socket), service, arbiter, shutdown));
@@ -85,14 +97,20 @@ async fn accept_loop(
             Err(_) => continue,
         };
         open.fetch_add(1, Ordering::Relaxed);
-        let (service, arbiter, tls, open) = (service.clone(), arbiter.clone(), tls.clone(), open.clone());
+        let (service, arbiter, tls, open) =
+            (service.clone(), arbiter.clone(), tls.clone(), open.clone());
         tokio::spawn(async move {
             match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => run_stream(stream, Transport::Tls, peer, local, service, arbiter).await,
-                    Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            run_stream(stream, Transport::Tls, peer, local, service, arbiter).await
+                        }
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
                 None => run_stream(stream, Transport::Tcp, peer, local, service, arbiter).await,
             }
             open.fetch_sub(1, Ordering::Relaxed);
@@ -138,9 +156,16 @@ async fn run_stream<S>(
         let _ = writer.shutdown().await;
     });
     let flow = service.flows().allocate();
-    let info = FlowInfo { flow, transport, peer, local };
+    let info = FlowInfo {
+        flow,
+        transport,
+        peer,
+        local,
+    };
     let config = service.config().clone();
-    let Some(session) = start_session(info, Outbound::Stream(outbound.clone()), service, &arbiter).await else {
+    let Some(session) =
+        start_session(info, Outbound::Stream(outbound.clone()), service, &arbiter).await
+    else {
         return;
     };
     let mut framer = StreamFramer::new(config.header_bytes_max, config.body_bytes_max);
@@ -161,12 +186,21 @@ async fn run_stream<S>(
                 Err(error) => {
                     debug!(%peer, %error, "stream cannot be framed; closing");
                     let reason = match &error {
-                        pms_sip::framing::FramingError::HeaderTooLarge { .. } => "Header Block Too Large",
-                        pms_sip::framing::FramingError::MissingContentLength { .. } => "Missing Content-Length",
-                        pms_sip::framing::FramingError::BodyHardLimit { .. } => "Content-Length Too Large",
+                        pms_sip::framing::FramingError::HeaderTooLarge { .. } => {
+                            "Header Block Too Large"
+                        }
+                        pms_sip::framing::FramingError::MissingContentLength { .. } => {
+                            "Missing Content-Length"
+                        }
+                        pms_sip::framing::FramingError::BodyHardLimit { .. } => {
+                            "Content-Length Too Large"
+                        }
                         _ => "Invalid Content-Length",
                     };
-                    if let Some(response) = error.head().and_then(|head| response_from_raw_head(head, 400, reason)) {
+                    if let Some(response) = error
+                        .head()
+                        .and_then(|head| response_from_raw_head(head, 400, reason))
+                    {
                         let _ = outbound.try_send(response);
                     }
                     break 'read;
@@ -208,10 +242,19 @@ async fn udp_loop(
         let frame = match datagram(buffer.get(..length).unwrap_or_default(), body_bytes_max) {
             Ok(DatagramFrame::Message(bytes)) => Frame::Message(bytes),
             Ok(DatagramFrame::KeepAlive) => continue,
-            Ok(DatagramFrame::Oversized { head, declared_body_len }) => Frame::Oversized { head, declared_body_len },
+            Ok(DatagramFrame::Oversized {
+                head,
+                declared_body_len,
+            }) => Frame::Oversized {
+                head,
+                declared_body_len,
+            },
             Err(error) => {
                 debug!(%peer, %error, "datagram refused");
-                if let Some(response) = error.head().and_then(|head| response_from_raw_head(head, 400, "Invalid Content-Length")) {
+                if let Some(response) = error
+                    .head()
+                    .and_then(|head| response_from_raw_head(head, 400, "Invalid Content-Length"))
+                {
                     let _ = socket.try_send_to(&response, peer);
                 }
                 continue;
@@ -228,9 +271,18 @@ async fn udp_loop(
                     }
                 }
                 let flow = service.flows().allocate();
-                let info = FlowInfo { flow, transport: Transport::Udp, peer, local };
-                let outbound = Outbound::Datagram { socket: socket.clone(), peer };
-                let Some(session) = start_session(info, outbound, service.clone(), &arbiter).await else {
+                let info = FlowInfo {
+                    flow,
+                    transport: Transport::Udp,
+                    peer,
+                    local,
+                };
+                let outbound = Outbound::Datagram {
+                    socket: socket.clone(),
+                    peer,
+                };
+                let Some(session) = start_session(info, outbound, service.clone(), &arbiter).await
+                else {
                     return;
                 };
                 peers.insert(peer, session.clone());

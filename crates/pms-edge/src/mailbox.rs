@@ -64,11 +64,16 @@ impl DeliveryWaiters {
 
     /// Forgets a waiter whose window closed.
     pub fn forget_older_than(&self, age: Duration) {
-        self.lock().retain(|_, (since, sender)| since.elapsed() < age && !sender.is_closed());
+        self.lock()
+            .retain(|_, (since, sender)| since.elapsed() < age && !sender.is_closed());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, (Instant, oneshot::Sender<()>)>> {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<MessageId, (Instant, oneshot::Sender<()>)>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -97,7 +102,10 @@ pub struct MailboxSupervisorActor {
 
 impl MailboxSupervisorActor {
     pub fn new(service: Arc<SipService>) -> Self {
-        MailboxSupervisorActor { service, actors: HashMap::new() }
+        MailboxSupervisorActor {
+            service,
+            actors: HashMap::new(),
+        }
     }
 }
 
@@ -197,8 +205,8 @@ impl MailboxActor {
                         Step::Retry if actor.kicked => actor.run(ctx),
                         Step::Retry => {
                             let delay = Duration::from_millis(actor.backoff_ms);
-                            actor.backoff_ms =
-                                (actor.backoff_ms * 2).min(actor.service.config().delivery_backoff_max_ms);
+                            actor.backoff_ms = (actor.backoff_ms * 2)
+                                .min(actor.service.config().delivery_backoff_max_ms);
                             actor.retry = Some(ctx.run_later(delay, |actor, ctx| {
                                 actor.retry = None;
                                 actor.run(ctx);
@@ -216,7 +224,10 @@ impl Actor for MailboxActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        self.supervisor.do_send(MailboxStopped { user: self.user.clone(), actor: ctx.address() });
+        self.supervisor.do_send(MailboxStopped {
+            user: self.user.clone(),
+            actor: ctx.address(),
+        });
     }
 }
 
@@ -251,17 +262,24 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
         return Ok(Step::Idle);
     }
     let now = service.clock().now();
-    let internal = |error: pms_mailbox::ApplyError| crate::status::Refusal::Internal(error.to_string());
+    let internal =
+        |error: pms_mailbox::ApplyError| crate::status::Refusal::Internal(error.to_string());
     let state = service.mailboxes().state(group);
     let mut bindings = query::bindings(&*state, group, user, now).map_err(internal)?;
     bindings.sort_by_key(|binding| std::cmp::Reverse(binding.registered_at));
-    let Some((binding, session)) = bindings
-        .into_iter()
-        .find_map(|binding| service.flows().session(binding.flow).map(|session| (binding, session)))
-    else {
+    let Some((binding, session)) = bindings.into_iter().find_map(|binding| {
+        service
+            .flows()
+            .session(binding.flow)
+            .map(|session| (binding, session))
+    }) else {
         return Ok(Step::Idle);
     };
-    let Some(message) = query::queue(&*state, group, user, 0, 1).map_err(internal)?.into_iter().next() else {
+    let Some(message) = query::queue(&*state, group, user, 0, 1)
+        .map_err(internal)?
+        .into_iter()
+        .next()
+    else {
         return Ok(Step::Idle);
     };
     drop(state);
@@ -274,14 +292,17 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
         Err(refusal) => {
             // An unreadable record must not block the rest of the queue.
             warn!(%user, message_id = %message.message_id, ?refusal, "queued message cannot be opened; marking it failed");
-            commit_outcome(service, Command::MarkFailed {
-                recipient: user.clone(),
-                seq: message.seq,
-                message_id: message.message_id.clone(),
-                code: 500,
-                at: now,
-                notification: None,
-            })
+            commit_outcome(
+                service,
+                Command::MarkFailed {
+                    recipient: user.clone(),
+                    seq: message.seq,
+                    message_id: message.message_id.clone(),
+                    code: 500,
+                    at: now,
+                    notification: None,
+                },
+            )
             .await?;
             service.metrics().messages_failed_total.inc();
             return Ok(Step::Progress);
@@ -301,16 +322,21 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
     .await;
     let now = service.clock().now();
     match outcome {
-        DeliveryOutcome::Final { status: 200..=299, .. } => {
+        DeliveryOutcome::Final {
+            status: 200..=299, ..
+        } => {
             let imdn = notification(service, &message, &payload, ImdnStatus::Delivered, now)?;
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
-            let response = commit_outcome(service, Command::MarkDelivered {
-                recipient: user.clone(),
-                seq: message.seq,
-                message_id: message.message_id.clone(),
-                at: now,
-                notification: imdn,
-            })
+            let response = commit_outcome(
+                service,
+                Command::MarkDelivered {
+                    recipient: user.clone(),
+                    seq: message.seq,
+                    message_id: message.message_id.clone(),
+                    at: now,
+                    notification: imdn,
+                },
+            )
             .await?;
             service.waiters().delivered(&message.message_id);
             if response == CommandResponse::Done {
@@ -323,7 +349,10 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             }
             Ok(Step::Progress)
         }
-        DeliveryOutcome::Final { status: 408 | 480 | 503, .. }
+        DeliveryOutcome::Final {
+            status: 408 | 480 | 503,
+            ..
+        }
         | DeliveryOutcome::TimedOut
         | DeliveryOutcome::FlowClosed
         | DeliveryOutcome::Busy => {
@@ -333,14 +362,17 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
         DeliveryOutcome::Final { status, .. } => {
             let imdn = notification(service, &message, &payload, ImdnStatus::Failed, now)?;
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
-            let response = commit_outcome(service, Command::MarkFailed {
-                recipient: user.clone(),
-                seq: message.seq,
-                message_id: message.message_id.clone(),
-                code: status,
-                at: now,
-                notification: imdn,
-            })
+            let response = commit_outcome(
+                service,
+                Command::MarkFailed {
+                    recipient: user.clone(),
+                    seq: message.seq,
+                    message_id: message.message_id.clone(),
+                    code: status,
+                    at: now,
+                    notification: imdn,
+                },
+            )
             .await?;
             if response == CommandResponse::Done {
                 service.metrics().messages_failed_total.inc();
@@ -355,10 +387,19 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
     }
 }
 
-async fn commit_outcome(service: &SipService, command: Command) -> Result<CommandResponse, crate::status::Refusal> {
+async fn commit_outcome(
+    service: &SipService,
+    command: Command,
+) -> Result<CommandResponse, crate::status::Refusal> {
     let started = Instant::now();
-    let result = service.mailboxes().propose(service.config().group, command).await;
-    service.metrics().raft_commit_latency_seconds.observe(started.elapsed());
+    let result = service
+        .mailboxes()
+        .propose(service.config().group, command)
+        .await;
+    service
+        .metrics()
+        .raft_commit_latency_seconds
+        .observe(started.elapsed());
     result.map_err(|error| crate::status::Refusal::Internal(error.to_string()))
 }
 
@@ -370,7 +411,10 @@ pub struct ExpiryActor {
 
 impl ExpiryActor {
     pub fn new(service: Arc<SipService>) -> Self {
-        ExpiryActor { service, sweeping: false }
+        ExpiryActor {
+            service,
+            sweeping: false,
+        }
     }
 }
 
@@ -380,7 +424,12 @@ impl Actor for ExpiryActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let tick = Duration::from_millis(self.service.config().expiry_tick_ms);
         ctx.run_interval(tick, |actor, ctx| {
-            if actor.sweeping || !actor.service.mailboxes().is_leader(actor.service.config().group) {
+            if actor.sweeping
+                || !actor
+                    .service
+                    .mailboxes()
+                    .is_leader(actor.service.config().group)
+            {
                 return;
             }
             actor.sweeping = true;
@@ -417,9 +466,11 @@ async fn sweep(service: &SipService) {
                 .filter(|message| message.seq == seq)
         };
         let Some(message) = message else { continue };
-        let imdn = open_payload(service, &message)
-            .ok()
-            .and_then(|payload| notification(service, &message, &payload, ImdnStatus::Failed, now).ok().flatten());
+        let imdn = open_payload(service, &message).ok().and_then(|payload| {
+            notification(service, &message, &payload, ImdnStatus::Failed, now)
+                .ok()
+                .flatten()
+        });
         let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
         let command = Command::Expire {
             recipient: recipient.clone(),

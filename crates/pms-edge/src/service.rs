@@ -60,7 +60,12 @@ impl Reply {
                 let _ = outbound.send(response.to_bytes());
                 drop(in_flight);
             }
-            Reply::AfterWindow { accepted, promoted, delivered, window } => {
+            Reply::AfterWindow {
+                accepted,
+                promoted,
+                delivered,
+                window,
+            } => {
                 let outbound = outbound.clone();
                 tokio::spawn(tracing::Instrument::instrument(
                     async move {
@@ -104,7 +109,9 @@ pub struct SipService {
 
 impl std::fmt::Debug for SipService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipService").field("domain", &self.config.domain).finish_non_exhaustive()
+        f.debug_struct("SipService")
+            .field("domain", &self.config.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,12 +173,19 @@ impl SipService {
 
     /// Connects the mailbox supervisor (started after the service, inside the actix System).
     pub fn set_supervisor(&self, supervisor: Addr<MailboxSupervisorActor>) {
-        *self.supervisor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
+        *self
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
     }
 
     /// Asks the user's mailbox actor to look at its queue and devices.
     pub fn wake(&self, user: &UserId) {
-        let supervisor = self.supervisor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Some(supervisor) = supervisor {
             // The supervisor's mailbox is large; a full one means it is already busy waking
             // actors, and every actor re-reads its queue when it runs, so a lost wake-up is
@@ -224,13 +238,17 @@ impl SipService {
         match reply {
             Ok(reply) => {
                 if let Reply::Now(response) = &reply {
-                    self.metrics.sip_requests_total.inc(&response.status.to_string());
+                    self.metrics
+                        .sip_requests_total
+                        .inc(&response.status.to_string());
                 }
                 reply
             }
             Err(refusal) => {
                 let response = refusal.response(&request, &to_tag);
-                self.metrics.sip_requests_total.inc(&response.status.to_string());
+                self.metrics
+                    .sip_requests_total
+                    .inc(&response.status.to_string());
                 if let Refusal::Internal(detail) = &refusal {
                     warn!(%detail, "request failed inside PMS");
                 }
@@ -252,15 +270,20 @@ impl SipService {
             return Err(Refusal::UnsupportedUriScheme);
         }
         if !uri.host.eq_ignore_ascii_case(&self.config.domain) {
-            return Err(Refusal::NotFound(format!("Domain {} is not served here", truncate(&uri.host))));
+            return Err(Refusal::NotFound(format!(
+                "Domain {} is not served here",
+                truncate(&uri.host)
+            )));
         }
         let name = uri.user.as_deref().unwrap_or_default();
-        UserId::parse(name).map_err(|_| Refusal::NotFound(format!("User {} not found", truncate(name))))
+        UserId::parse(name)
+            .map_err(|_| Refusal::NotFound(format!("User {} not found", truncate(name))))
     }
 
     fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, Refusal> {
         let state = self.mailboxes.state(self.config.group);
-        query::user(&*state, self.config.group, user).map_err(|error| Refusal::Internal(error.to_string()))
+        query::user(&*state, self.config.group, user)
+            .map_err(|error| Refusal::Internal(error.to_string()))
     }
 
     /// Digest authentication (RFC 8760). `Ok(None)` means "challenge": the caller answers
@@ -274,7 +297,12 @@ impl SipService {
         let credentials = match request.authorization(header) {
             Ok(Some(credentials)) => credentials,
             Ok(None) => return Ok(Err(self.digest().challenges(now, false))),
-            Err(error) => return Err(Refusal::Malformed(format!("Malformed {header}: {}", short(&error)))),
+            Err(error) => {
+                return Err(Refusal::Malformed(format!(
+                    "Malformed {header}: {}",
+                    short(&error)
+                )));
+            }
         };
         let user = UserId::parse(&credentials.username)
             .map_err(|_| Refusal::Forbidden("Authentication failed".into()))?;
@@ -299,7 +327,9 @@ impl SipService {
                 return Ok(Err(self.digest().challenges(now, false)));
             }
             Err(error) => {
-                self.metrics.auth_failures_total.inc(request.method.as_str());
+                self.metrics
+                    .auth_failures_total
+                    .inc(request.method.as_str());
                 debug!(%error, "digest verification failed");
                 return Err(Refusal::Forbidden("Authentication failed".into()));
             }
@@ -311,11 +341,23 @@ impl SipService {
     }
 
     fn digest(&self) -> std::sync::MutexGuard<'_, DigestServer> {
-        self.digest.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn challenge(request: &Request, status: u16, header: &str, challenges: Vec<String>, to_tag: &str) -> Response {
-        let reason = if status == 401 { "Unauthorized" } else { "Proxy Authentication Required" };
+    fn challenge(
+        request: &Request,
+        status: u16,
+        header: &str,
+        challenges: Vec<String>,
+        to_tag: &str,
+    ) -> Response {
+        let reason = if status == 401 {
+            "Unauthorized"
+        } else {
+            "Proxy Authentication Required"
+        };
         let mut response = response_to(request, status, reason, to_tag);
         for challenge in challenges {
             response.headers.push(header, challenge);
@@ -326,43 +368,75 @@ impl SipService {
     async fn propose(&self, command: Command) -> Result<CommandResponse, Refusal> {
         let started = std::time::Instant::now();
         let result = self.mailboxes.propose(self.config.group, command).await;
-        self.metrics.raft_commit_latency_seconds.observe(started.elapsed());
+        self.metrics
+            .raft_commit_latency_seconds
+            .observe(started.elapsed());
         result.map_err(|error| match error {
             ProposeError::Retry { reason } => {
                 debug!(%reason, "proposal outcome unknown");
-                Refusal::Unavailable { retry_after_secs: 1 }
+                Refusal::Unavailable {
+                    retry_after_secs: 1,
+                }
             }
             ProposeError::Fatal { reason } => Refusal::Internal(reason),
         })
     }
 
-    async fn register(&self, request: &Request, flow: &FlowInfo, to_tag: &str) -> Result<Response, Refusal> {
+    async fn register(
+        &self,
+        request: &Request,
+        flow: &FlowInfo,
+        to_tag: &str,
+    ) -> Result<Response, Refusal> {
         Self::check_max_forwards(request)?;
-        let to = request.to().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let to = request
+            .to()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
         let user = self.local_user(&to.uri)?;
         let now = self.clock.now();
         let (authenticated, record) = match self.authenticate(request, "Authorization", now)? {
             Ok(found) => found,
-            Err(challenges) => return Ok(Self::challenge(request, 401, "WWW-Authenticate", challenges, to_tag)),
+            Err(challenges) => {
+                return Ok(Self::challenge(
+                    request,
+                    401,
+                    "WWW-Authenticate",
+                    challenges,
+                    to_tag,
+                ));
+            }
         };
         if authenticated != user {
             self.metrics.auth_failures_total.inc("REGISTER");
-            return Err(Refusal::Forbidden("Credentials are not those of the To user".into()));
+            return Err(Refusal::Forbidden(
+                "Credentials are not those of the To user".into(),
+            ));
         }
         if !record.messaging_enabled {
-            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for {user}")));
+            return Err(Refusal::Forbidden(format!(
+                "Secure messaging is not enabled for {user}"
+            )));
         }
-        let contacts = request.contacts().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let contacts = request
+            .contacts()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
         let header_expires = request.expires();
         let mut changes = Vec::new();
-        if contacts.iter().any(|contact| matches!(contact, Contact::Star)) {
+        if contacts
+            .iter()
+            .any(|contact| matches!(contact, Contact::Star))
+        {
             if contacts.len() != 1 || header_expires != Some(0) {
-                return Err(Refusal::Malformed("Contact: * needs Expires: 0 and no other Contact".into()));
+                return Err(Refusal::Malformed(
+                    "Contact: * needs Expires: 0 and no other Contact".into(),
+                ));
             }
             changes.push(Command::UnbindAll { user: user.clone() });
         }
         for contact in &contacts {
-            let Some(name_addr) = contact.name_addr() else { continue };
+            let Some(name_addr) = contact.name_addr() else {
+                continue;
+            };
             let contact_uri = name_addr.uri.to_string();
             let key = match (contact.sip_instance(), contact.reg_id()) {
                 (Some(instance), Some(reg_id)) => format!("{instance};reg-id={reg_id}"),
@@ -374,11 +448,16 @@ impl SipService {
                 .or(header_expires)
                 .unwrap_or(self.config.register_expires_default_secs);
             if expires_secs == 0 {
-                changes.push(Command::Unbind { user: user.clone(), key });
+                changes.push(Command::Unbind {
+                    user: user.clone(),
+                    key,
+                });
                 continue;
             }
             if expires_secs < self.config.register_expires_min_secs {
-                return Err(Refusal::IntervalTooBrief { min_secs: self.config.register_expires_min_secs });
+                return Err(Refusal::IntervalTooBrief {
+                    min_secs: self.config.register_expires_min_secs,
+                });
             }
             let expires_secs = expires_secs.min(self.config.register_expires_max_secs);
             changes.push(Command::Bind {
@@ -399,19 +478,27 @@ impl SipService {
                 CommandResponse::TooManyBindings { .. } => {
                     return Err(Refusal::Forbidden("Too many registered devices".into()));
                 }
-                CommandResponse::UnknownUser { .. } => return Err(Refusal::NotFound(format!("User {user} not found"))),
+                CommandResponse::UnknownUser { .. } => {
+                    return Err(Refusal::NotFound(format!("User {user} not found")));
+                }
                 other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
             }
         }
         let bindings = {
             let state = self.mailboxes.state(self.config.group);
-            query::bindings(&*state, self.config.group, &user, now).map_err(|error| Refusal::Internal(error.to_string()))?
+            query::bindings(&*state, self.config.group, &user, now)
+                .map_err(|error| Refusal::Internal(error.to_string()))?
         };
-        self.metrics.registrations.set(i64::try_from(self.flows.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .registrations
+            .set(i64::try_from(self.flows.len()).unwrap_or(i64::MAX));
         let mut response = response_to(request, 200, "OK", to_tag);
         for binding in &bindings {
             let remaining_secs = binding.expires_at.0.saturating_sub(now.0) / 1000;
-            response.headers.push("Contact", format!("<{}>;expires={remaining_secs}", binding.contact));
+            response.headers.push(
+                "Contact",
+                format!("<{}>;expires={remaining_secs}", binding.contact),
+            );
         }
         if !bindings.is_empty() {
             self.wake(&user);
@@ -421,23 +508,38 @@ impl SipService {
 
     async fn message(&self, request: &Request, to_tag: &str) -> Result<Reply, Refusal> {
         Self::check_max_forwards(request)?;
-        let request_uri = request.request_uri().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let request_uri = request
+            .request_uri()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
         let recipient = self.local_user(&request_uri)?;
-        let from = request.from().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let from = request
+            .from()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
         let now = self.clock.now();
-        let (sender, sender_record) = match self.authenticate(request, "Proxy-Authorization", now)? {
-            Ok(found) => found,
-            Err(challenges) => {
-                return Ok(Reply::Now(Self::challenge(request, 407, "Proxy-Authenticate", challenges, to_tag)));
-            }
-        };
+        let (sender, sender_record) =
+            match self.authenticate(request, "Proxy-Authorization", now)? {
+                Ok(found) => found,
+                Err(challenges) => {
+                    return Ok(Reply::Now(Self::challenge(
+                        request,
+                        407,
+                        "Proxy-Authenticate",
+                        challenges,
+                        to_tag,
+                    )));
+                }
+            };
         let from_user = self.local_user(&from.uri).ok();
         if from_user.as_ref() != Some(&sender) {
             self.metrics.auth_failures_total.inc("MESSAGE");
-            return Err(Refusal::Forbidden("Authenticated user is not the From user".into()));
+            return Err(Refusal::Forbidden(
+                "Authenticated user is not the From user".into(),
+            ));
         }
         if request.body.len() > self.config.body_bytes_max {
-            return Err(Refusal::TooLarge { body_bytes_max: self.config.body_bytes_max });
+            return Err(Refusal::TooLarge {
+                body_bytes_max: self.config.body_bytes_max,
+            });
         }
         if request.body.is_empty() {
             return Err(Refusal::Malformed("MESSAGE has no body".into()));
@@ -446,18 +548,26 @@ impl SipService {
             .content_type()
             .ok_or_else(|| Refusal::UnsupportedMediaType("Missing Content-Type".into()))?;
         if !ACCEPTED_MIME_TYPES.contains(&content_type.mime_type.as_str()) {
-            return Err(Refusal::UnsupportedMediaType("Unsupported Media Type".into()));
+            return Err(Refusal::UnsupportedMediaType(
+                "Unsupported Media Type".into(),
+            ));
         }
         if !sender_record.messaging_enabled {
-            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for sender {sender}")));
+            return Err(Refusal::Forbidden(format!(
+                "Secure messaging is not enabled for sender {sender}"
+            )));
         }
         let Some(recipient_record) = self.user_record(&recipient)? else {
             return Err(Refusal::NotFound(format!("User {recipient} not found")));
         };
         if !recipient_record.messaging_enabled {
-            return Err(Refusal::Forbidden(format!("Secure messaging is not enabled for recipient {recipient}")));
+            return Err(Refusal::Forbidden(format!(
+                "Secure messaging is not enabled for recipient {recipient}"
+            )));
         }
-        let imdn = imdn_fields(request).map_err(|error| Refusal::Malformed(format!("Malformed CPIM body: {}", short(&error))))?;
+        let imdn = imdn_fields(request).map_err(|error| {
+            Refusal::Malformed(format!("Malformed CPIM body: {}", short(&error)))
+        })?;
         let validity_secs = request
             .expires()
             .map(|secs| secs.min(self.config.message_expires_max_secs))
@@ -465,9 +575,17 @@ impl SipService {
         let payload = MessagePayload {
             from: format!("sip:{sender}@{}", self.config.domain),
             to: format!("sip:{recipient}@{}", self.config.domain),
-            content_type: request.headers.get("Content-Type").unwrap_or_default().to_string(),
+            content_type: request
+                .headers
+                .get("Content-Type")
+                .unwrap_or_default()
+                .to_string(),
             body: request.body.clone(),
-            date: request.headers.get("Date").map(str::to_string).unwrap_or_else(|| rfc1123(now)),
+            date: request
+                .headers
+                .get("Date")
+                .map(str::to_string)
+                .unwrap_or_else(|| rfc1123(now)),
             imdn_message_id: imdn.message_id.clone(),
             disposition_notification: request
                 .headers
@@ -478,8 +596,12 @@ impl SipService {
         };
         let message_id = MessageId::from_random_bytes(rand::random());
         let sealed = self.seal_for(&recipient, &recipient_record, &message_id, &payload)?;
-        let (cseq, _) = request.cseq().map_err(|error| Refusal::Malformed(error.reason()))?;
-        let call_id = request.call_id().map_err(|error| Refusal::Malformed(error.reason()))?;
+        let (cseq, _) = request
+            .cseq()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
+        let call_id = request
+            .call_id()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
         let mut dedup_keys = vec![DedupKey(pms_crypto::dedup_hash(&[
             b"transaction",
             sender.as_str().as_bytes(),
@@ -488,7 +610,11 @@ impl SipService {
             &cseq.to_be_bytes(),
         ]))];
         if let Some(imdn_id) = &imdn.message_id {
-            dedup_keys.push(DedupKey(pms_crypto::dedup_hash(&[b"imdn", sender.as_str().as_bytes(), imdn_id.as_bytes()])));
+            dedup_keys.push(DedupKey(pms_crypto::dedup_hash(&[
+                b"imdn",
+                sender.as_str().as_bytes(),
+                imdn_id.as_bytes(),
+            ])));
         }
         let message = NewMessage {
             message_id: message_id.clone(),
@@ -499,25 +625,46 @@ impl SipService {
         };
         // Registered before the proposal so that a delivery faster than our own answer is seen.
         let delivered = self.waiters.register(&message_id);
-        let (message_id, duplicate) = match self.propose(Command::Enqueue { message, accepted_at: now }).await? {
-            CommandResponse::Enqueued { message_id, duplicate, .. } => (message_id, duplicate),
-            CommandResponse::UnknownUser { user } => return Err(Refusal::NotFound(format!("User {user} not found"))),
+        let (message_id, duplicate) = match self
+            .propose(Command::Enqueue {
+                message,
+                accepted_at: now,
+            })
+            .await?
+        {
+            CommandResponse::Enqueued {
+                message_id,
+                duplicate,
+                ..
+            } => (message_id, duplicate),
+            CommandResponse::UnknownUser { user } => {
+                return Err(Refusal::NotFound(format!("User {user} not found")));
+            }
             CommandResponse::MailboxFull { user } => {
-                return Err(Refusal::TemporarilyUnavailable(format!("Mailbox of {user} is full")));
+                return Err(Refusal::TemporarilyUnavailable(format!(
+                    "Mailbox of {user} is full"
+                )));
             }
             other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
         };
         let mut accepted = response_to(request, 202, "Accepted", to_tag);
-        accepted.headers.push("X-PMS-Message-ID", message_id.as_str());
+        accepted
+            .headers
+            .push("X-PMS-Message-ID", message_id.as_str());
         let mut promoted = response_to(request, 200, "OK", to_tag);
-        promoted.headers.push("X-PMS-Message-ID", message_id.as_str());
+        promoted
+            .headers
+            .push("X-PMS-Message-ID", message_id.as_str());
         if duplicate {
             self.metrics.messages_duplicate_total.inc();
             let state = self.mailboxes.state(self.config.group);
             let status = query::message_status(&*state, self.config.group, &message_id)
                 .map_err(|error| Refusal::Internal(error.to_string()))?;
-            let was_delivered = status.is_some_and(|status| status.state == MessageState::Delivered);
-            self.metrics.sip_requests_total.inc(if was_delivered { "200" } else { "202" });
+            let was_delivered =
+                status.is_some_and(|status| status.state == MessageState::Delivered);
+            self.metrics
+                .sip_requests_total
+                .inc(if was_delivered { "200" } else { "202" });
             return Ok(Reply::Now(if was_delivered { promoted } else { accepted }));
         }
         self.metrics.messages_accepted_total.inc();
@@ -543,7 +690,12 @@ impl SipService {
             .keyring
             .data_key(user, &record.wrapped_data_key)
             .map_err(|error| Refusal::Internal(format!("data key of {user}: {error}")))?;
-        Ok(pms_crypto::seal(&key, user.as_str(), message_id.as_str(), &pms_mailbox::encode(payload)))
+        Ok(pms_crypto::seal(
+            &key,
+            user.as_str(),
+            message_id.as_str(),
+            &pms_mailbox::encode(payload),
+        ))
     }
 }
 

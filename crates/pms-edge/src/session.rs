@@ -64,7 +64,10 @@ impl Transport {
 #[derive(Clone, Debug)]
 pub enum Outbound {
     Stream(mpsc::Sender<Vec<u8>>),
-    Datagram { socket: Arc<UdpSocket>, peer: SocketAddr },
+    Datagram {
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+    },
 }
 
 impl Outbound {
@@ -144,7 +147,13 @@ pub struct SessionActor {
 
 impl SessionActor {
     pub fn new(info: FlowInfo, outbound: Outbound, service: Arc<SipService>) -> Self {
-        SessionActor { info, outbound, service, requests: None, pending: None }
+        SessionActor {
+            info,
+            outbound,
+            service,
+            requests: None,
+            pending: None,
+        }
     }
 
     fn send_bytes(&mut self, bytes: Vec<u8>, ctx: &mut Context<Self>) {
@@ -159,9 +168,14 @@ impl SessionActor {
             Ok(SipMessage::Request(request)) => self.on_request(request, ctx),
             Ok(SipMessage::Response(response)) => {
                 let branch = response.via_branch();
-                let Some(pending) = self.pending.take_if(|pending| Some(&pending.branch) == branch.as_ref())
+                let Some(pending) = self
+                    .pending
+                    .take_if(|pending| Some(&pending.branch) == branch.as_ref())
                 else {
-                    debug!(status = response.status, "response matches no outstanding delivery");
+                    debug!(
+                        status = response.status,
+                        "response matches no outstanding delivery"
+                    );
                     return;
                 };
                 if response.status < 200 {
@@ -184,12 +198,16 @@ impl SessionActor {
     }
 
     fn on_request(&mut self, request: Request, ctx: &mut Context<Self>) {
-        let Some(requests) = &self.requests else { return };
+        let Some(requests) = &self.requests else {
+            return;
+        };
         match requests.try_send(request) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(request)) => {
                 // The device sends faster than it reads answers: tell it to slow down.
-                let refusal = crate::status::Refusal::Unavailable { retry_after_secs: 1 };
+                let refusal = crate::status::Refusal::Unavailable {
+                    retry_after_secs: 1,
+                };
                 let response = refusal.response(&request, &self.service.to_tag());
                 self.send_bytes(response.to_bytes(), ctx);
             }
@@ -198,14 +216,20 @@ impl SessionActor {
     }
 
     fn retransmit(&mut self, ctx: &mut Context<Self>) {
-        let Some(pending) = &mut self.pending else { return };
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
         let bytes = pending.bytes.clone();
         let branch = pending.branch.clone();
         pending.retransmit_ms = (pending.retransmit_ms * 2).min(UDP_T2_MS);
         let next = Duration::from_millis(pending.retransmit_ms);
         self.send_bytes(bytes, ctx);
         ctx.run_later(next, move |actor, ctx| {
-            if actor.pending.as_ref().is_some_and(|pending| pending.branch == branch) {
+            if actor
+                .pending
+                .as_ref()
+                .is_some_and(|pending| pending.branch == branch)
+            {
                 actor.retransmit(ctx);
             }
         });
@@ -227,17 +251,25 @@ impl Actor for SessionActor {
             while let Some(request) = receiver.recv().await {
                 let in_flight = service.begin();
                 let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
-                let reply = tracing::Instrument::instrument(service.handle(request, &info), span.clone()).await;
+                let reply =
+                    tracing::Instrument::instrument(service.handle(request, &info), span.clone())
+                        .await;
                 reply.send(&outbound, span, in_flight);
             }
         });
         self.service.flows().insert(self.info.flow, ctx.address());
-        self.service.metrics().connections_open.inc(self.info.transport.label());
+        self.service
+            .metrics()
+            .connections_open
+            .inc(self.info.transport.label());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.service.flows().remove(self.info.flow);
-        self.service.metrics().connections_open.dec(self.info.transport.label());
+        self.service
+            .metrics()
+            .connections_open
+            .dec(self.info.transport.label());
         if let Some(pending) = self.pending.take() {
             let _ = pending.reply.send(DeliveryOutcome::FlowClosed);
         }
@@ -252,10 +284,15 @@ impl Handler<Inbound> for SessionActor {
             Frame::Message(bytes) => self.on_message(&bytes, ctx),
             Frame::KeepAlivePing => self.send_bytes(b"\r\n".to_vec(), ctx),
             Frame::KeepAlivePong => {}
-            Frame::Oversized { head, declared_body_len } => {
+            Frame::Oversized {
+                head,
+                declared_body_len,
+            } => {
                 debug!(peer = %self.info.peer, declared_body_len, "oversized body refused");
                 self.service.metrics().sip_requests_total.inc("413");
-                if let Some(response) = response_from_raw_head(&head, 413, "Request Entity Too Large") {
+                if let Some(response) =
+                    response_from_raw_head(&head, 413, "Request Entity Too Large")
+                {
                     self.send_bytes(response, ctx);
                 }
             }
@@ -282,7 +319,14 @@ impl Handler<Close> for SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = MessageResult<Deliver>;
 
-    fn handle(&mut self, Deliver { mut request, timeout }: Deliver, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        Deliver {
+            mut request,
+            timeout,
+        }: Deliver,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         let (reply, receiver) = oneshot::channel();
         if self.pending.is_some() {
             let _ = reply.send(DeliveryOutcome::Busy);
@@ -291,7 +335,11 @@ impl Handler<Deliver> for SessionActor {
         let branch = format!("z9hG4bK{}", hex::encode(rand::random::<[u8; 12]>()));
         request.headers.set(
             "Via",
-            format!("SIP/2.0/{} {};branch={branch}", self.info.transport.via_token(), self.info.local),
+            format!(
+                "SIP/2.0/{} {};branch={branch}",
+                self.info.transport.via_token(),
+                self.info.local
+            ),
         );
         let bytes = request.to_bytes();
         self.pending = Some(Pending {
@@ -304,7 +352,11 @@ impl Handler<Deliver> for SessionActor {
         if self.info.transport == Transport::Udp {
             let retransmit_branch = branch.clone();
             ctx.run_later(Duration::from_millis(UDP_T1_MS), move |actor, ctx| {
-                if actor.pending.as_ref().is_some_and(|pending| pending.branch == retransmit_branch) {
+                if actor
+                    .pending
+                    .as_ref()
+                    .is_some_and(|pending| pending.branch == retransmit_branch)
+                {
                     actor.retransmit(ctx);
                 }
             });

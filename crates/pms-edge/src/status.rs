@@ -66,12 +66,13 @@ impl Refusal {
             Refusal::IntervalTooBrief { min_secs } => {
                 response.headers.push("Min-Expires", min_secs.to_string())
             }
-            Refusal::Unavailable { retry_after_secs } => {
-                response.headers.push("Retry-After", retry_after_secs.to_string())
-            }
-            Refusal::TooLarge { body_bytes_max } => {
-                response.headers.push("Warning", format!("399 pms \"body limit {body_bytes_max} bytes\""))
-            }
+            Refusal::Unavailable { retry_after_secs } => response
+                .headers
+                .push("Retry-After", retry_after_secs.to_string()),
+            Refusal::TooLarge { body_bytes_max } => response.headers.push(
+                "Warning",
+                format!("399 pms \"body limit {body_bytes_max} bytes\""),
+            ),
             _ => {}
         }
         response
@@ -91,7 +92,9 @@ pub fn response_from_raw_head(head: &[u8], status: u16, reason: &str) -> Option<
     let mut out = format!("SIP/2.0 {status} {reason}\r\n");
     let mut has_via = false;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let canonical = match name.trim().to_ascii_lowercase().as_str() {
             "via" | "v" => "Via",
             "from" | "f" => "From",
@@ -120,7 +123,10 @@ mod tests {
     #[test]
     fn raw_heads_get_a_response_with_their_transaction_headers() {
         let head = b"MESSAGE sip:bob@localhost SIP/2.0\r\nv: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKx\r\nf: <sip:a@localhost>;tag=1\r\nt: <sip:bob@localhost>\r\ni: abc\r\nCSeq: 1 MESSAGE\r\nContent-Length: 999999\r\n\r\n";
-        let response = String::from_utf8(response_from_raw_head(head, 413, "Request Entity Too Large").unwrap()).unwrap();
+        let response = String::from_utf8(
+            response_from_raw_head(head, 413, "Request Entity Too Large").unwrap(),
+        )
+        .unwrap();
         assert!(response.starts_with("SIP/2.0 413 Request Entity Too Large\r\n"));
         assert!(response.contains("Via: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKx\r\n"));
         assert!(response.contains("Call-ID: abc\r\n"));
@@ -129,7 +135,10 @@ mod tests {
 
     #[test]
     fn heads_without_via_or_that_are_responses_get_nothing() {
-        assert!(response_from_raw_head(b"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: 1\r\n\r\n", 400, "x").is_none());
+        assert!(
+            response_from_raw_head(b"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: 1\r\n\r\n", 400, "x")
+                .is_none()
+        );
         assert!(response_from_raw_head(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x").is_none());
     }
 }

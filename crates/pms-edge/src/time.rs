@@ -9,11 +9,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = u32::try_from(day_of_year - (153 * month_index + 2) / 5 + 1).unwrap_or(1);
-    let month = u32::try_from(if month_index < 10 { month_index + 3 } else { month_index - 9 }).unwrap_or(1);
+    let month = u32::try_from(if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    })
+    .unwrap_or(1);
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -48,17 +54,25 @@ fn parts(at: UnixMillis) -> Parts {
 /// `Fri, 27 Nov 2026 17:35:17 GMT`.
 pub fn rfc1123(at: UnixMillis) -> String {
     const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let p = parts(at);
     let weekday = WEEKDAYS.get(p.weekday).copied().unwrap_or("Thu");
     let month = MONTHS.get(p.month as usize - 1).copied().unwrap_or("Jan");
-    format!("{weekday}, {:02} {month} {} {:02}:{:02}:{:02} GMT", p.day, p.year, p.hour, p.minute, p.second)
+    format!(
+        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} GMT",
+        p.day, p.year, p.hour, p.minute, p.second
+    )
 }
 
 /// `2026-11-27T17:35:17Z`.
 pub fn rfc3339(at: UnixMillis) -> String {
     let p = parts(at);
-    format!("{}-{:02}-{:02}T{:02}:{:02}:{:02}Z", p.year, p.month, p.day, p.hour, p.minute, p.second)
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        p.year, p.month, p.day, p.hour, p.minute, p.second
+    )
 }
 
 #[cfg(test)]
@@ -69,8 +83,14 @@ mod tests {
     fn known_instants_format_as_expected() {
         assert_eq!(rfc1123(UnixMillis(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
         // 2026-11-27T17:35:17Z
-        assert_eq!(rfc1123(UnixMillis(1_795_800_917_000)), "Fri, 27 Nov 2026 17:35:17 GMT");
-        assert_eq!(rfc3339(UnixMillis(1_795_800_917_000)), "2026-11-27T17:35:17Z");
+        assert_eq!(
+            rfc1123(UnixMillis(1_795_800_917_000)),
+            "Fri, 27 Nov 2026 17:35:17 GMT"
+        );
+        assert_eq!(
+            rfc3339(UnixMillis(1_795_800_917_000)),
+            "2026-11-27T17:35:17Z"
+        );
         // Leap day.
         assert_eq!(rfc3339(UnixMillis(951_782_400_000)), "2000-02-29T00:00:00Z");
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use pms_types::limits::{APPLY_BATCH_MAX, BINDINGS_PER_USER_MAX, MAILBOX_MESSAGES_MAX};
-use pms_types::{GroupId, Keyspace, MessageId, Mutation, StateRead, UnixMillis, UserId};
+use pms_types::{GroupId, KeyValue, Keyspace, MessageId, Mutation, StateRead, UnixMillis, UserId};
 
 use crate::{
     ApplyError, Binding, Command, CommandResponse, DedupEntry, MailboxMeta, MessageState,
@@ -168,11 +168,7 @@ impl<S: StateRead> Transaction<'_, S> {
 
     /// Every stored entry under `prefix`, in pages. Does not see this command's pending writes:
     /// callers scan before they write under the same prefix.
-    fn scan_all(
-        &self,
-        keyspace: Keyspace,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApplyError> {
+    fn scan_all(&self, keyspace: Keyspace, prefix: &[u8]) -> Result<Vec<KeyValue>, ApplyError> {
         let mut entries = Vec::new();
         let mut start = prefix.to_vec();
         loop {

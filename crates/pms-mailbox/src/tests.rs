@@ -29,7 +29,7 @@ impl StateRead for MemoryState {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageFault> {
+    ) -> Result<Vec<pms_types::KeyValue>, StorageFault> {
         let start = if start.is_empty() { prefix } else { start };
         Ok(self
             .entries

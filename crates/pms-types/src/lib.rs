@@ -17,7 +17,9 @@ pub mod limits;
 pub mod metrics;
 
 /// A PMS node (one `pmsd` process). Raft node ids are these.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
@@ -27,7 +29,9 @@ impl fmt::Display for NodeId {
 }
 
 /// A Raft group. Group 0 is the directory; groups 1..N hold mailboxes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct GroupId(pub u32);
 
 impl GroupId {
@@ -126,7 +130,9 @@ impl fmt::Display for MessageId {
 
 /// Identifies one connection (flow) on one node incarnation. A binding whose flow is not
 /// live on its node is unusable for delivery.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct FlowId {
     pub node: NodeId,
     /// Random per process start, so flows of an earlier incarnation never match.
@@ -136,7 +142,9 @@ pub struct FlowId {
 
 /// Milliseconds since the Unix epoch. Time enters the state machine only as values of this type
 /// carried inside commands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
@@ -171,7 +179,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: UnixMillis) -> Self {
-        ManualClock { now_ms: Arc::new(AtomicU64::new(start.0)) }
+        ManualClock {
+            now_ms: Arc::new(AtomicU64::new(start.0)),
+        }
     }
 
     pub fn advance_ms(&self, ms: u64) {
@@ -263,14 +273,24 @@ pub fn group_key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
 /// One change to the stored state. A list of these is applied atomically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
-    Put { keyspace: Keyspace, key: Vec<u8>, value: Vec<u8> },
-    Delete { keyspace: Keyspace, key: Vec<u8> },
+    Put {
+        keyspace: Keyspace,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        keyspace: Keyspace,
+        key: Vec<u8>,
+    },
 }
 
 /// A storage read failed: the node cannot continue applying and must stop (fatal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("storage fault: {0}")]
 pub struct StorageFault(pub String);
+
+/// One stored entry: key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Read access to the stored state, as the state machine sees it.
 pub trait StateRead {
@@ -284,7 +304,7 @@ pub trait StateRead {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageFault>;
+    ) -> Result<Vec<KeyValue>, StorageFault>;
 }
 
 #[cfg(test)]
