@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info_span, warn};
 
-use crate::service::SipService;
+use crate::service::{Reply, SipService};
 use crate::status::response_from_raw_head;
 
 /// RFC 3261 T1: first UDP retransmission interval.
@@ -128,6 +128,35 @@ pub struct Close;
 pub struct Deliver {
     pub request: Request,
     pub timeout: Duration,
+}
+
+/// Most recent answers a session remembers for retransmissions.
+const ANSWERED_MAX: usize = 32;
+
+/// The last answers of a session by transaction key (Via branch + CSeq), bounded.
+#[derive(Default)]
+struct AnsweredCache {
+    entries: std::collections::VecDeque<(String, Vec<u8>)>,
+}
+
+impl AnsweredCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.entries.iter().find(|(known, _)| known == key).map(|(_, bytes)| bytes.clone())
+    }
+
+    fn insert(&mut self, key: String, bytes: Vec<u8>) {
+        if self.entries.len() >= ANSWERED_MAX {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, bytes));
+    }
+}
+
+/// Identifies a server transaction (RFC 3261 §17.2.3): top Via branch and CSeq.
+fn transaction_key(request: &Request) -> Option<String> {
+    let branch = request.via_branch()?;
+    let cseq = request.headers.get("CSeq")?;
+    Some(format!("{branch} {cseq}"))
 }
 
 struct Pending {
@@ -248,12 +277,23 @@ impl Actor for SessionActor {
         let outbound = self.outbound.clone();
         // Invariant: one worker per session handles requests in arrival order.
         tokio::spawn(async move {
+            let mut answered = AnsweredCache::default();
             while let Some(request) = receiver.recv().await {
+                let key = transaction_key(&request);
+                if let Some(bytes) = key.as_ref().and_then(|key| answered.get(key)) {
+                    // A retransmission of a request already answered: the same answer again,
+                    // without re-running it (its digest nonce count would look like a replay).
+                    let _ = outbound.send(bytes);
+                    continue;
+                }
                 let in_flight = service.begin();
                 let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
                 let reply =
                     tracing::Instrument::instrument(service.handle(request, &info), span.clone())
                         .await;
+                if let (Some(key), Reply::Now(response)) = (key, &reply) {
+                    answered.insert(key, response.to_bytes());
+                }
                 reply.send(&outbound, span, in_flight);
             }
         });

@@ -126,6 +126,13 @@ impl<T: Default> LabeledSeries<T> {
         Arc::clone(series.entry(key.to_owned()).or_default())
     }
 
+    fn read<R>(&self, value: &str, read: impl Fn(&T) -> R) -> Option<R> {
+        let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        series
+            .get(truncate_label_value(value))
+            .map(|item| read(item))
+    }
+
     fn snapshot<R>(&self, read: impl Fn(&T) -> R) -> Vec<(String, R)> {
         let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
         series
@@ -160,12 +167,9 @@ impl LabeledCounter {
         self.0.series(label_value).add(n);
     }
 
-    /// The count for `label_value` (0 if never counted; values beyond the max read the overflow).
+    /// The count for `label_value` (0 if it has no series of its own).
     pub fn get(&self, label_value: &str) -> u64 {
-        let value = truncate_label_value(label_value);
-        let snapshot = self.0.snapshot(Counter::get);
-        let lookup = |key: &str| snapshot.iter().find(|(v, _)| v == key).map(|(_, n)| *n);
-        lookup(value).unwrap_or(0)
+        self.0.read(label_value, Counter::get).unwrap_or(0)
     }
 
     /// How many series (label values) exist.
@@ -196,13 +200,9 @@ impl LabeledGauge {
         self.0.series(label_value).set(value);
     }
 
+    /// The value for `label_value` (0 if it has no series of its own).
     pub fn get(&self, label_value: &str) -> i64 {
-        let value = truncate_label_value(label_value);
-        let snapshot = self.0.snapshot(Gauge::get);
-        snapshot
-            .iter()
-            .find(|(v, _)| v == value)
-            .map_or(0, |(_, n)| *n)
+        self.0.read(label_value, Gauge::get).unwrap_or(0)
     }
 
     /// How many series (label values) exist.

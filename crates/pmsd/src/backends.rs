@@ -11,14 +11,14 @@ use std::sync::Arc;
 use pms_crypto::{DataKey, wrap_data_key};
 use pms_edge::keyring::Keyring;
 use pms_mailbox::{
-    BoxFuture, Command, CommandResponse, Credentials, MailboxService, MessageState as StoredState, ProposeError,
-    UserRecord, query,
+    BoxFuture, Command, CommandResponse, Credentials, MailboxService, MessageState as StoredState,
+    ProposeError, UserRecord, query,
 };
 use pms_replication::{Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
 use pms_transport::admin::{
-    AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole, MessageState,
-    MessageStatusReport, NewUser, NodeStatus, UserSummary,
+    AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
+    MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary,
 };
 use pms_types::{Clock, GroupId, MessageId, NodeId, StateRead, UserId};
 
@@ -28,11 +28,21 @@ pub struct ReplicatedMailboxes {
 }
 
 impl MailboxService for ReplicatedMailboxes {
-    fn propose(&self, group: GroupId, command: Command) -> BoxFuture<'_, Result<CommandResponse, ProposeError>> {
+    fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> BoxFuture<'_, Result<CommandResponse, ProposeError>> {
         Box::pin(async move {
             let group = self.replication.require_group(group).map_err(fatal)?;
             group.propose(command).await.map_err(|error| {
-                if error.is_retryable() { ProposeError::Retry { reason: error.to_string() } } else { fatal(error) }
+                if error.is_retryable() {
+                    ProposeError::Retry {
+                        reason: error.to_string(),
+                    }
+                } else {
+                    fatal(error)
+                }
             })
         })
     }
@@ -46,12 +56,16 @@ impl MailboxService for ReplicatedMailboxes {
     }
 
     fn is_leader(&self, group: GroupId) -> bool {
-        self.replication.group(group).is_some_and(|group| group.is_leader())
+        self.replication
+            .group(group)
+            .is_some_and(|group| group.is_leader())
     }
 }
 
 fn fatal(error: ReplicationError) -> ProposeError {
-    ProposeError::Fatal { reason: error.to_string() }
+    ProposeError::Fatal {
+        reason: error.to_string(),
+    }
 }
 
 /// The admin API over the replicated directory.
@@ -69,12 +83,18 @@ impl AdminApi {
         let group = self
             .replication
             .require_group(self.group)
-            .map_err(|error| AdminError::Internal { reason: error.to_string() })?;
+            .map_err(|error| AdminError::Internal {
+                reason: error.to_string(),
+            })?;
         group.propose(command).await.map_err(|error| {
             if error.is_retryable() {
-                AdminError::Unavailable { reason: error.to_string() }
+                AdminError::Unavailable {
+                    reason: error.to_string(),
+                }
             } else {
-                AdminError::Internal { reason: error.to_string() }
+                AdminError::Internal {
+                    reason: error.to_string(),
+                }
             }
         })
     }
@@ -83,21 +103,31 @@ impl AdminApi {
         self.replication
             .require_group(self.group)
             .map(|group| group.store().clone())
-            .map_err(|error| AdminError::Internal { reason: error.to_string() })
+            .map_err(|error| AdminError::Internal {
+                reason: error.to_string(),
+            })
     }
 }
 
 fn expect_done(response: CommandResponse) -> Result<(), AdminError> {
     match response {
         CommandResponse::Done => Ok(()),
-        CommandResponse::UserExists { user } => Err(AdminError::AlreadyExists { what: format!("user {user}") }),
-        CommandResponse::UnknownUser { user } => Err(AdminError::NotFound { what: format!("user {user}") }),
-        other => Err(AdminError::Internal { reason: format!("unexpected response {other:?}") }),
+        CommandResponse::UserExists { user } => Err(AdminError::AlreadyExists {
+            what: format!("user {user}"),
+        }),
+        CommandResponse::UnknownUser { user } => Err(AdminError::NotFound {
+            what: format!("user {user}"),
+        }),
+        other => Err(AdminError::Internal {
+            reason: format!("unexpected response {other:?}"),
+        }),
     }
 }
 
 fn internal(error: impl std::fmt::Display) -> AdminError {
-    AdminError::Internal { reason: error.to_string() }
+    AdminError::Internal {
+        reason: error.to_string(),
+    }
 }
 
 impl AdminBackend for AdminApi {
@@ -123,23 +153,39 @@ impl AdminBackend for AdminApi {
 
     fn remove_user(&self, user: UserId) -> BackendFuture<'_, ()> {
         Box::pin(async move {
-            let result = expect_done(self.propose(Command::RemoveUser { user: user.clone() }).await?);
+            let result = expect_done(
+                self.propose(Command::RemoveUser { user: user.clone() })
+                    .await?,
+            );
             self.keyring.forget(&user);
             result
         })
     }
 
     fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()> {
-        Box::pin(async move { expect_done(self.propose(Command::SetMessagingEnabled { user, enabled }).await?) })
+        Box::pin(async move {
+            expect_done(
+                self.propose(Command::SetMessagingEnabled { user, enabled })
+                    .await?,
+            )
+        })
     }
 
-    fn list_users(&self, after: Option<UserId>, limit: usize) -> BackendFuture<'_, Vec<UserSummary>> {
+    fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> BackendFuture<'_, Vec<UserSummary>> {
         Box::pin(async move {
             let state = self.state()?;
-            let users = query::users(&*state, self.group, after.as_ref(), limit).map_err(internal)?;
+            let users =
+                query::users(&*state, self.group, after.as_ref(), limit).map_err(internal)?;
             Ok(users
                 .into_iter()
-                .map(|record| UserSummary { user: record.user, messaging_enabled: record.messaging_enabled })
+                .map(|record| UserSummary {
+                    user: record.user,
+                    messaging_enabled: record.messaging_enabled,
+                })
                 .collect())
         })
     }
@@ -149,7 +195,9 @@ impl AdminBackend for AdminApi {
             let state = self.state()?;
             let status = query::message_status(&*state, self.group, &message_id)
                 .map_err(internal)?
-                .ok_or_else(|| AdminError::NotFound { what: format!("message {message_id}") })?;
+                .ok_or_else(|| AdminError::NotFound {
+                    what: format!("message {message_id}"),
+                })?;
             Ok(MessageStatusReport {
                 message_id: status.message_id,
                 state: match status.state {
@@ -173,14 +221,22 @@ impl AdminBackend for AdminApi {
                 .groups()
                 .map(|group| GroupMemberStatus {
                     group: group.id(),
-                    role: if group.is_leader() { GroupRole::Leader } else { GroupRole::Follower },
+                    role: if group.is_leader() {
+                        GroupRole::Leader
+                    } else {
+                        GroupRole::Follower
+                    },
                     last_applied_index: group.last_applied_index(),
                     leader: group.current_leader().map(NodeId),
                 })
                 .collect();
             Ok(ClusterStatus {
                 reporting_node: node,
-                nodes: vec![NodeStatus { node, address: self.grpc_address.clone(), groups }],
+                nodes: vec![NodeStatus {
+                    node,
+                    address: self.grpc_address.clone(),
+                    groups,
+                }],
             })
         })
     }

@@ -360,7 +360,7 @@ pub fn parse_peers(text: &str) -> anyhow::Result<Vec<Peer>> {
         if !host_is_valid {
             bail!("--peers: address {address:?} of node {id} has an invalid host: {expected}");
         }
-        if port.parse::<u16>().map_or(true, |port| port == 0) {
+        if !matches!(port.parse::<u16>(), Ok(port) if port != 0) {
             bail!("--peers: address {address:?} of node {id} has an invalid port: {expected}");
         }
         if !seen.insert(id) {

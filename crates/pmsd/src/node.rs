@@ -75,9 +75,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the Raft group")?,
     );
     let grpc_address = config.grpc.to_string();
-    replication.initialize_single(&grpc_address).await.context("bootstrapping the Raft group")?;
+    replication
+        .initialize_single(&grpc_address)
+        .await
+        .context("bootstrapping the Raft group")?;
     let group = replication.require_group(SINGLE_GROUP)?;
-    group.wait_for_leader(LEADER_TIMEOUT).await.context("waiting for a Raft leader")?;
+    group
+        .wait_for_leader(LEADER_TIMEOUT)
+        .await
+        .context("waiting for a Raft leader")?;
     {
         let metrics = metrics.clone();
         group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
@@ -87,31 +93,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let incarnation: u64 = rand::random();
     let keyring = Arc::new(Keyring::new(master_key));
-    let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes { replication: replication.clone() });
+    let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes {
+        replication: replication.clone(),
+    });
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
     mailboxes
-        .propose(SINGLE_GROUP, Command::UnbindStaleFlows { flow_node: config.node_id, live_incarnation: incarnation })
+        .propose(
+            SINGLE_GROUP,
+            Command::UnbindStaleFlows {
+                flow_node: config.node_id,
+                live_incarnation: incarnation,
+            },
+        )
         .await
         .context("removing bindings of the previous run")?;
     metrics.queue_depth.set(
-        i64::try_from(query::queue_depth(&*mailboxes.state(SINGLE_GROUP), SINGLE_GROUP)?).unwrap_or(i64::MAX),
+        i64::try_from(query::queue_depth(
+            &*mailboxes.state(SINGLE_GROUP),
+            SINGLE_GROUP,
+        )?)
+        .unwrap_or(i64::MAX),
     );
 
     let edge_config = edge_config(&config, incarnation);
-    let service = Arc::new(SipService::new(edge_config, mailboxes, keyring.clone(), metrics.clone(), clock.clone()));
+    let service = Arc::new(SipService::new(
+        edge_config,
+        mailboxes,
+        keyring.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
     let supervisor = MailboxSupervisorActor::new(service.clone()).start();
     service.set_supervisor(supervisor);
     let _expiry = ExpiryActor::new(service.clone()).start();
 
     let (shutdown_sender, shutdown) = watch::channel(false);
-    let tls_config = pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
+    let tls_config =
+        pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
     let listeners = EdgeListeners {
         tls: Some((
-            TcpListener::bind(config.sip_tls).await.with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
+            TcpListener::bind(config.sip_tls)
+                .await
+                .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
             tokio_rustls::TlsAcceptor::from(tls_config),
         )),
-        tcp: Some(TcpListener::bind(config.sip_tcp).await.with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?),
-        udp: Some(UdpSocket::bind(config.sip_udp).await.with_context(|| format!("binding SIP UDP {}", config.sip_udp))?),
+        tcp: Some(
+            TcpListener::bind(config.sip_tcp)
+                .await
+                .with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?,
+        ),
+        udp: Some(
+            UdpSocket::bind(config.sip_udp)
+                .await
+                .with_context(|| format!("binding SIP UDP {}", config.sip_udp))?,
+        ),
     };
     start_listeners(listeners, service.clone(), shutdown.clone());
 
@@ -123,9 +158,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grpc_address: grpc_address.clone(),
         clock,
     });
-    let admin_server = pms_transport::admin::AdminServer::bind(config.grpc, &config.certs_dir, admin)
-        .await
-        .context("binding the admin gRPC API")?;
+    let admin_server =
+        pms_transport::admin::AdminServer::bind(config.grpc, &config.certs_dir, admin)
+            .await
+            .context("binding the admin gRPC API")?;
     let admin_task = tokio::spawn(admin_server.serve(wait_for(shutdown.clone())));
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -136,17 +172,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let draining = draining.clone();
             Box::new(move || {
                 !draining.load(Ordering::Relaxed)
-                    && replication.groups().all(|group| group.current_leader().is_some() && group.fatal_error().is_none())
+                    && replication.groups().all(|group| {
+                        group.current_leader().is_some() && group.fatal_error().is_none()
+                    })
             })
         },
         live: {
             let replication = replication.clone();
-            Box::new(move || replication.groups().all(|group| group.fatal_error().is_none()))
+            Box::new(move || {
+                replication
+                    .groups()
+                    .all(|group| group.fatal_error().is_none())
+            })
         },
     });
-    let http_listener =
-        TcpListener::bind(config.http).await.with_context(|| format!("binding HTTP {}", config.http))?;
-    let http_task = tokio::spawn(serve_http(http_listener, http_state, wait_for(shutdown.clone())));
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", config.http))?;
+    let http_task = tokio::spawn(serve_http(
+        http_listener,
+        http_state,
+        wait_for(shutdown.clone()),
+    ));
 
     info!(
         node = %config.node_id,
@@ -201,8 +248,13 @@ fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
         .into_iter()
         .collect();
     if !config.certs_dir.join("ca.crt").exists() {
-        let created = pms_crypto::ensure_dev_certs(&config.certs_dir, &hosts)
-            .with_context(|| format!("creating development certificates in {}", config.certs_dir.display()))?;
+        let created =
+            pms_crypto::ensure_dev_certs(&config.certs_dir, &hosts).with_context(|| {
+                format!(
+                    "creating development certificates in {}",
+                    config.certs_dir.display()
+                )
+            })?;
         if created {
             warn!(
                 certs_dir = %config.certs_dir.display(),

@@ -157,9 +157,9 @@ mod tests {
             println!("note: {OTLP_ENDPOINT_ENV} is set; skipping the global init test");
             return;
         }
-        let guard = init("debug").expect("first init succeeds");
+        let guard = init("warn").expect("first init succeeds");
         assert!(!guard.is_exporting());
-        let error = init("debug").expect_err("a second global subscriber is refused");
+        let error = init("warn").expect_err("a second global subscriber is refused");
         assert!(
             format!("{error:#}").contains("global tracing subscriber"),
             "{error:#}"
@@ -225,12 +225,18 @@ mod tests {
         );
         write_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
         let mut body = Vec::new();
+        let mut answered = false;
         loop {
             let mut header = [0u8; 9];
-            stream
-                .read_exact(&mut header)
-                .await
-                .expect("read frame header");
+            if let Err(error) = stream.read_exact(&mut header).await {
+                // Once answered, the exporter closing its connection ends the exchange.
+                // Closing first would reset the connection under the unread response.
+                assert!(
+                    answered,
+                    "connection ended before the export completed: {error}"
+                );
+                return body;
+            }
             let length =
                 usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
             assert!(
@@ -247,13 +253,13 @@ mod tests {
                 .expect("read frame payload");
             match kind {
                 SETTINGS if flags & ACK == 0 => {
-                    write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await
+                    write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await;
                 }
                 PING if flags & ACK == 0 => write_frame(&mut stream, PING, ACK, 0, &payload).await,
-                HEADERS => {}
-                DATA => {
+                DATA if !answered => {
                     body.extend_from_slice(&payload);
                     if flags & END_STREAM != 0 {
+                        answered = true;
                         // :status 200 (static index 8); content-type (static name 31) literal.
                         let mut headers = vec![0x88, 0x0f, 0x10, 16];
                         headers.extend_from_slice(b"application/grpc");
@@ -263,15 +269,8 @@ mod tests {
                         let mut trailers = vec![0x00, 11];
                         trailers.extend_from_slice(b"grpc-status");
                         trailers.extend_from_slice(&[1, b'0']);
-                        write_frame(
-                            &mut stream,
-                            HEADERS,
-                            END_HEADERS | END_STREAM,
-                            stream_id,
-                            &trailers,
-                        )
-                        .await;
-                        return body;
+                        let flags = END_HEADERS | END_STREAM;
+                        write_frame(&mut stream, HEADERS, flags, stream_id, &trailers).await;
                     }
                 }
                 _ => {}

@@ -17,7 +17,10 @@ fn status_of(lines: &[Value], status: &str) -> Option<Value> {
 }
 
 fn bodies(messages: &[Value]) -> Vec<String> {
-    messages.iter().filter_map(|message| message["body"].as_str().map(str::to_string)).collect()
+    messages
+        .iter()
+        .filter_map(|message| message["body"].as_str().map(str::to_string))
+        .collect()
 }
 
 fn node_with_alice_and_bob() -> Node {
@@ -36,7 +39,10 @@ fn offline_message_is_stored_then_delivered_byte_for_byte_over_tls() {
     assert_eq!(lines[0]["status"], "sending");
     let enqueued = status_of(&lines, "enqueued").expect("enqueued line");
     assert_eq!(enqueued["code"], 202);
-    let message_id = enqueued["message_id"].as_str().expect("message id").to_string();
+    let message_id = enqueued["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_string();
 
     let (code, messages) = node.receive("bob", 1, 30);
     assert_eq!(code, 0, "listen: {messages:?}");
@@ -44,10 +50,19 @@ fn offline_message_is_stored_then_delivered_byte_for_byte_over_tls() {
     assert_eq!(messages[0]["body"].as_str(), Some(text));
     assert_eq!(messages[0]["from"], "sip:alice@localhost");
     assert_eq!(messages[0]["to"], "sip:bob@localhost");
-    assert!(messages[0]["content_type"].as_str().unwrap_or_default().starts_with("text/plain"));
+    assert!(
+        messages[0]["content_type"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("text/plain")
+    );
 
     let output = node.run_pmsctl(&["message", "status", &message_id]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let status: Value = serde_json::from_slice(&output.stdout).expect("status json");
     assert_eq!(status["status"], "delivered");
     assert_eq!(status["recipient"], "bob");
@@ -70,7 +85,12 @@ fn online_recipient_gets_it_within_the_window_and_the_sender_gets_200() {
 #[test]
 fn expired_message_is_never_delivered_and_the_sender_gets_a_failed_imdn() {
     let node = node_with_alice_and_bob();
-    let (code, lines) = node.send("alice", "bob", "too late", &["--expires", "1", "--wait", "delivered", "--timeout", "30"]);
+    let (code, lines) = node.send(
+        "alice",
+        "bob",
+        "too late",
+        &["--expires", "1", "--wait", "delivered", "--timeout", "30"],
+    );
     assert_eq!(code, 1, "expiry is reported as an error: {lines:?}");
     let enqueued = status_of(&lines, "enqueued").expect("enqueued first");
     let error = status_of(&lines, "error").expect("error line from the IMDN");
@@ -92,8 +112,25 @@ fn delivered_imdn_reaches_a_sender_that_waits_for_it() {
     let node = node_with_alice_and_bob();
     let child = node
         .pmsctl()
-        .args(["send", "--server", &node.sip_tls(), "--user", "alice", "--password", PASSWORD, "--to", "bob"])
-        .args(["--wait", "delivered", "--timeout", "40", "--", "tell me when you read this"])
+        .args([
+            "send",
+            "--server",
+            &node.sip_tls(),
+            "--user",
+            "alice",
+            "--password",
+            PASSWORD,
+            "--to",
+            "bob",
+        ])
+        .args([
+            "--wait",
+            "delivered",
+            "--timeout",
+            "40",
+            "--",
+            "tell me when you read this",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -129,7 +166,9 @@ struct RawClient {
 impl RawClient {
     fn connect(node: &Node) -> Self {
         let stream = TcpStream::connect(node.sip_tcp_addr()).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         RawClient { stream }
     }
 
@@ -140,10 +179,12 @@ impl RawClient {
         loop {
             if let Some(frame) = framer.next_frame() {
                 match frame.expect("framing") {
-                    pms_sip::framing::Frame::Message(bytes) => match pms_sip::message::parse(&bytes).expect("parse") {
-                        pms_sip::message::SipMessage::Response(response) => return response,
-                        pms_sip::message::SipMessage::Request(_) => continue,
-                    },
+                    pms_sip::framing::Frame::Message(bytes) => {
+                        match pms_sip::message::parse(&bytes).expect("parse") {
+                            pms_sip::message::SipMessage::Response(response) => return response,
+                            pms_sip::message::SipMessage::Request(_) => continue,
+                        }
+                    }
                     _ => continue,
                 }
             }
@@ -154,9 +195,9 @@ impl RawClient {
     }
 }
 
-fn message_request(call_id: &str, cseq: u32, authorization: Option<&str>, body: &str) -> Vec<u8> {
+fn message_request(branch: &str, call_id: &str, cseq: u32, authorization: Option<&str>, body: &str) -> Vec<u8> {
     let mut request = format!(
-        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{call_id}{cseq}\r\n\
+        "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{branch}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=fixedtag\r\nTo: <sip:bob@localhost>\r\n\
          Call-ID: {call_id}\r\nCSeq: {cseq} MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
     );
@@ -167,22 +208,29 @@ fn message_request(call_id: &str, cseq: u32, authorization: Option<&str>, body: 
     request.into_bytes()
 }
 
-#[test]
-fn a_retransmitted_message_is_answered_the_same_and_stored_once() {
-    let node = node_with_alice_and_bob();
-    let mut client = RawClient::connect(&node);
-    let challenge = client.exchange(&message_request("dedup-1", 1, None, "only once"));
+/// Sends the MESSAGE on a new connection, answering the digest challenge.
+fn send_authenticated(node: &Node, branch: &str, call_id: &str, body: &str) -> pms_sip::message::Response {
+    let mut client = RawClient::connect(node);
+    let challenge = client.exchange(&message_request(&format!("{branch}a"), call_id, 1, None, body));
     assert_eq!(challenge.status, 407);
-    let challenge = pms_sip::digest::select_challenge(challenge.headers.get_all("Proxy-Authenticate")).expect("challenge");
-    let authorize = |nc: u32| {
-        pms_sip::digest::authorization(&challenge, "alice", PASSWORD, "MESSAGE", "sip:bob@localhost", "cnonce1", nc)
-    };
-    let first = client.exchange(&message_request("dedup-1", 2, Some(&authorize(1)), "only once"));
+    let challenge =
+        pms_sip::digest::select_challenge(challenge.headers.get_all("Proxy-Authenticate")).expect("challenge");
+    let authorization =
+        pms_sip::digest::authorization(&challenge, "alice", PASSWORD, "MESSAGE", "sip:bob@localhost", "cnonce1", 1);
+    client.exchange(&message_request(branch, call_id, 2, Some(&authorization), body))
+}
+
+#[test]
+fn a_retried_message_is_answered_the_same_and_stored_once() {
+    let node = node_with_alice_and_bob();
+    let first = send_authenticated(&node, "first", "dedup-1", "only once");
     assert_eq!(first.status, 202, "{first:?}");
-    // The same request again (a retransmission after a lost response), freshly authorized.
-    let second = client.exchange(&message_request("dedup-1", 2, Some(&authorize(2)), "only once"));
-    assert_eq!(second.status, 202, "{second:?}");
-    assert_eq!(first.headers.get("X-PMS-Message-ID"), second.headers.get("X-PMS-Message-ID"));
+    // The client did not get the answer and retries the same request (same From tag, Call-ID
+    // and CSeq) on a new connection, as a new transaction: Raft-level dedup must catch it.
+    let retry = send_authenticated(&node, "retry", "dedup-1", "only once");
+    assert_eq!(retry.status, 202, "{retry:?}");
+    assert!(first.headers.get("X-PMS-Message-ID").is_some());
+    assert_eq!(first.headers.get("X-PMS-Message-ID"), retry.headers.get("X-PMS-Message-ID"));
     let (code, messages) = node.receive("bob", 2, 3);
     assert_eq!(code, 2, "exactly one message, so waiting for two times out");
     assert_eq!(bodies(&messages), vec!["only once"]);
@@ -217,11 +265,18 @@ fn no_plaintext_marker_in_any_file_of_the_data_dir() {
     // A clean stop flushes memtables to SST files; then scan everything, WAL and logs included.
     assert!(node.terminate().success());
     let files = files_under(&node.data_dir());
-    assert!(files.iter().any(|file| file.to_string_lossy().contains(".sst")), "expected SST files: {files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|file| file.to_string_lossy().contains(".sst")),
+        "expected SST files: {files:?}"
+    );
     for file in files {
         let bytes = std::fs::read(&file).expect("read data file");
         assert!(
-            !bytes.windows(marker.len()).any(|window| window == marker.as_bytes()),
+            !bytes
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes()),
             "plaintext marker found in {}",
             file.display()
         );
@@ -232,11 +287,18 @@ fn no_plaintext_marker_in_any_file_of_the_data_dir() {
 fn sigterm_drains_and_exits_zero_and_a_restart_keeps_the_users() {
     let mut node = node_with_alice_and_bob();
     let status = node.terminate();
-    assert!(status.success(), "exit status {status}; log:\n{}", node.log());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        node.log()
+    );
     node.spawn();
     let output = node.run_pmsctl(&["user", "list", "--json"]);
     let listed = String::from_utf8_lossy(&output.stdout);
-    assert!(listed.contains("alice") && listed.contains("bob"), "{listed}");
+    assert!(
+        listed.contains("alice") && listed.contains("bob"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -246,9 +308,18 @@ fn metrics_count_what_happened_and_pass_promtool() {
     assert_eq!(code, 0);
     let (status, metrics) = http_get(node.ports.http, "/metrics").expect("metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("pms_messages_accepted_total 1"), "{metrics}");
-    assert!(metrics.contains("pms_raft_commit_latency_seconds_bucket"), "{metrics}");
-    assert_eq!(http_get(node.ports.http, "/livez").map(|(status, _)| status), Some(200));
+    assert!(
+        metrics.contains("pms_messages_accepted_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pms_raft_commit_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(
+        http_get(node.ports.http, "/livez").map(|(status, _)| status),
+        Some(200)
+    );
     match std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -257,9 +328,19 @@ fn metrics_count_what_happened_and_pass_promtool() {
         .spawn()
     {
         Ok(mut promtool) => {
-            promtool.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("write");
+            promtool
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(metrics.as_bytes())
+                .expect("write");
             let output = promtool.wait_with_output().expect("promtool");
-            assert!(output.status.success(), "promtool: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Err(error) => eprintln!("promtool not installed ({error}); scripts/test installs it"),
     }

@@ -15,7 +15,9 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// The directory that holds the built binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let pmsd = PathBuf::from(env!("CARGO_BIN_EXE_pmsd"));
-    pmsd.parent().expect("binary has a parent dir").to_path_buf()
+    pmsd.parent()
+        .expect("binary has a parent dir")
+        .to_path_buf()
 }
 
 pub fn pmsctl_path() -> PathBuf {
@@ -49,7 +51,12 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Self {
-        Ports { sip_tls: free_port(), sip_tcp: free_port(), grpc: free_port(), http: free_port() }
+        Ports {
+            sip_tls: free_port(),
+            sip_tcp: free_port(),
+            grpc: free_port(),
+            http: free_port(),
+        }
     }
 }
 
@@ -69,7 +76,13 @@ impl Node {
     pub fn start_with(extra_args: Vec<String>) -> Node {
         let data = tempfile::tempdir().expect("tempdir");
         let log_path = data.path().join("pmsd.log");
-        let mut node = Node { data, ports: Ports::new(), extra_args, child: None, log_path };
+        let mut node = Node {
+            data,
+            ports: Ports::new(),
+            extra_args,
+            child: None,
+            log_path,
+        };
         node.spawn();
         node
     }
@@ -84,7 +97,11 @@ impl Node {
 
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "node already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let p = &self.ports;
         let child = Command::new(env!("CARGO_BIN_EXE_pmsd"))
             .arg("--data-dir")
@@ -109,13 +126,21 @@ impl Node {
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait")) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().expect("try_wait"))
+            {
                 panic!("pmsd exited early with {status}; log:\n{}", self.log());
             }
             if http_get(self.ports.http, "/readyz").is_some_and(|(status, _)| status == 200) {
                 return;
             }
-            assert!(Instant::now() < deadline, "pmsd not ready in time; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "pmsd not ready in time; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -138,14 +163,21 @@ impl Node {
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "pmsd did not stop after SIGTERM; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "pmsd did not stop after SIGTERM; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -175,17 +207,40 @@ impl Node {
 
     pub fn add_user(&self, name: &str) {
         let output = self.run_pmsctl(&["user", "add", name, "--password", PASSWORD]);
-        assert!(output.status.success(), "user add {name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "user add {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `pmsctl send` against the TLS listener, returning (exit code, JSON lines).
-    pub fn send(&self, from: &str, to: &str, text: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
-        let mut args = vec!["send", "--server", &self.sip_tls_leak(), "--user", from, "--password", PASSWORD, "--to", to];
+    pub fn send(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+        extra: &[&str],
+    ) -> (i32, Vec<serde_json::Value>) {
+        let mut args = vec![
+            "send",
+            "--server",
+            &self.sip_tls_leak(),
+            "--user",
+            from,
+            "--password",
+            PASSWORD,
+            "--to",
+            to,
+        ];
         args.extend_from_slice(extra);
         args.push("--");
         args.push(text);
         let output = self.run_pmsctl(&args);
-        (output.status.code().unwrap_or(-1), json_lines(&output.stdout, &output.stderr))
+        (
+            output.status.code().unwrap_or(-1),
+            json_lines(&output.stdout, &output.stderr),
+        )
     }
 
     fn sip_tls_leak(&self) -> String {
@@ -196,8 +251,21 @@ impl Node {
     pub fn listen(&self, user: &str, count: usize, timeout_secs: u64) -> Listener {
         let child = self
             .pmsctl()
-            .args(["listen", "--server", &self.sip_tls(), "--user", user, "--password", PASSWORD])
-            .args(["--count", &count.to_string(), "--timeout", &timeout_secs.to_string()])
+            .args([
+                "listen",
+                "--server",
+                &self.sip_tls(),
+                "--user",
+                user,
+                "--password",
+                PASSWORD,
+            ])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--timeout",
+                &timeout_secs.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -206,7 +274,12 @@ impl Node {
     }
 
     /// Runs `pmsctl listen` to completion and returns (exit code, messages).
-    pub fn receive(&self, user: &str, count: usize, timeout_secs: u64) -> (i32, Vec<serde_json::Value>) {
+    pub fn receive(
+        &self,
+        user: &str,
+        count: usize,
+        timeout_secs: u64,
+    ) -> (i32, Vec<serde_json::Value>) {
         self.listen(user, count, timeout_secs).finish()
     }
 }
@@ -251,7 +324,13 @@ impl Listener {
                 }
             }
         });
-        Listener { child, lines, seen: Vec::new(), stderr_lines, stderr_seen: Vec::new() }
+        Listener {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr_lines,
+            stderr_seen: Vec::new(),
+        }
     }
 
     /// Waits for a line on stderr containing `needle` (e.g. `registered`).
@@ -267,19 +346,27 @@ impl Listener {
                         return;
                     }
                 }
-                Err(_) => panic!("no stderr line with {needle:?} in time; seen: {:?}", self.stderr_seen),
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} in time; seen: {:?}",
+                    self.stderr_seen
+                ),
             }
         }
     }
 
     /// Waits for a JSON line satisfying `predicate`.
-    pub fn wait_for(&mut self, timeout: Duration, predicate: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let value: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                    let value: serde_json::Value =
+                        serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
                     self.seen.push(value.clone());
                     if predicate(&value) {
                         return value;
@@ -294,7 +381,8 @@ impl Listener {
     pub fn finish(mut self) -> (i32, Vec<serde_json::Value>) {
         let status = self.child.wait().expect("wait pmsctl");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
+            self.seen
+                .push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
         }
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(1)) {
             self.stderr_seen.push(line);
@@ -318,23 +406,40 @@ pub fn json_lines(stdout: &[u8], stderr: &[u8]) -> Vec<serde_json::Value> {
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| serde_json::Value::String(line.to_string())))
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|_| serde_json::Value::String(line.to_string()))
+        })
         .collect();
     if lines.is_empty() {
-        eprintln!("pmsctl printed nothing on stdout; stderr: {}", String::from_utf8_lossy(stderr));
+        eprintln!(
+            "pmsctl printed nothing on stdout; stderr: {}",
+            String::from_utf8_lossy(stderr)
+        );
     }
     lines
 }
 
 /// A minimal HTTP GET on loopback; `None` if the server is not answering.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).ok()?;
+    let mut stream = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -343,7 +448,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
