@@ -1,1 +1,14 @@
-fn main() { }
+//! Generates the protobuf messages and tonic stubs for `proto/*.proto` into `OUT_DIR`.
+//! Invariant: the generated code is included only by `src/proto.rs` and never re-exported, so no
+//! crate but this one sees a protobuf type.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let admin_proto = proto_dir.join("pms_admin.proto");
+    println!("cargo:rerun-if-changed={}", admin_proto.display());
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[admin_proto], &[proto_dir])?;
+    Ok(())
+}

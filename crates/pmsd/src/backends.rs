@@ -16,7 +16,7 @@ use pms_mailbox::{
 };
 use pms_replication::{Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
-use pms_transport::admin::{
+use pms_transport::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
     MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary,
 };

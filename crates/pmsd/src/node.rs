@@ -159,7 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock,
     });
     let admin_server =
-        pms_transport::admin::AdminServer::bind(config.grpc, &config.certs_dir, admin)
+        pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
             .await
             .context("binding the admin gRPC API")?;
     let admin_task = tokio::spawn(admin_server.serve(wait_for(shutdown.clone())));

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use common::{Node, PASSWORD};
 
 const DOMAIN: &str = "localhost";
-/// Never provisioned (field3 of the injection file).
+/// Never provisioned (field2 of the injection file).
 const NOBODY: &str = "nobody";
 
 fn sipp_installed() -> bool {
@@ -71,22 +71,23 @@ fn sipp_node() -> Node {
     )
 }
 
-/// Runs one scenario as one call: `user` is field0, `peer` field1, the password field2 and a
-/// user that does not exist field3. `Err` carries SIPp's output and traces.
+/// Runs one scenario as one call: `user` is field0 of the injection file and the digest
+/// username (`-au`), `peer` field1, a user that does not exist field2; `password` is the digest
+/// password (`-ap`). SIPp 3.6.1 cannot take `[fieldN]` inside `[authentication ...]` (it
+/// expands the field first and breaks the keyword), hence `-au`/`-ap`.
+/// `Err` carries SIPp's output and traces.
 fn run_sipp(
     node: &Node,
     file: &str,
     transport: Transport,
     user: &str,
     peer: &str,
+    password: &str,
 ) -> Result<(), String> {
     let work = tempfile::tempdir().expect("tempdir");
     let csv = work.path().join("users.csv");
-    std::fs::write(
-        &csv,
-        format!("SEQUENTIAL\n{user};{peer};{PASSWORD};{NOBODY};\n"),
-    )
-    .expect("writing injection file");
+    std::fs::write(&csv, format!("SEQUENTIAL\n{user};{peer};{NOBODY};\n"))
+        .expect("writing injection file");
     let local_port = common::free_port();
     let output = Command::new("sipp")
         .current_dir(work.path())
@@ -95,7 +96,7 @@ fn run_sipp(
         .arg(scenario(file))
         .arg("-inf")
         .arg(&csv)
-        .args(["-key", "domain", DOMAIN])
+        .args(["-key", "domain", DOMAIN, "-au", user, "-ap", password])
         .args([
             "-t",
             transport.flag(),
@@ -105,7 +106,8 @@ fn run_sipp(
             "20s",
             "-timeout_error",
         ])
-        .args(["-trace_err", "-trace_msg", "-nostdin"])
+        // -nd: no BYE/CANCEL of SIPp's own when a call fails.
+        .args(["-trace_err", "-trace_msg", "-nostdin", "-nd"])
         .args(["-i", "127.0.0.1", "-p", &local_port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -133,7 +135,7 @@ fn run_sipp(
 }
 
 fn expect_ok(node: &Node, file: &str, transport: Transport, user: &str, peer: &str) {
-    if let Err(report) = run_sipp(node, file, transport, user, peer) {
+    if let Err(report) = run_sipp(node, file, transport, user, peer, PASSWORD) {
         panic!("{report}\n--- pmsd log ---\n{}", node.log());
     }
 }
@@ -203,38 +205,50 @@ fn message_to_registered_but_disconnected_user_is_stored_then_delivered() {
     );
 }
 
-/// (scenario, what it checks). Every scenario encodes its exact expected status code.
-const REFUSALS: &[(&str, &str)] = &[
-    ("options.xml", "OPTIONS → 200 with Allow and Accept"),
-    ("max_forwards_zero.xml", "Max-Forwards: 0 → 483"),
+/// (scenario, what it checks, digest password). Every scenario encodes its exact expected
+/// status code.
+const REFUSALS: &[(&str, &str, &str)] = &[
+    (
+        "options.xml",
+        "OPTIONS → 200 with Allow and Accept",
+        PASSWORD,
+    ),
+    ("max_forwards_zero.xml", "Max-Forwards: 0 → 483", PASSWORD),
     (
         "method_not_allowed.xml",
         "SUBSCRIBE and INFO → 405 with Allow",
+        PASSWORD,
     ),
-    ("bad_cseq.xml", "non-numeric CSeq → 400"),
+    ("bad_cseq.xml", "non-numeric CSeq → 400", PASSWORD),
     (
         "too_large.xml",
         "1300-byte body over a 1024-byte limit → 413, then OPTIONS → 200",
+        PASSWORD,
     ),
     (
         "unsupported_type.xml",
         "application/octet-stream → 407, then 415 with Accept",
+        PASSWORD,
     ),
     (
         "unknown_user.xml",
         "MESSAGE to a user that does not exist → 407, then 404",
+        PASSWORD,
     ),
     (
         "wrong_from.xml",
         "From another user than the authenticated one → 407, then 403",
+        PASSWORD,
     ),
     (
         "register_too_brief.xml",
         "REGISTER Expires: 10 → 401, then 423 with Min-Expires: 60",
+        PASSWORD,
     ),
     (
         "register_wrong_password.xml",
         "REGISTER with a wrong password → 401, then 403",
+        "not-the-password",
     ),
 ];
 
@@ -247,8 +261,8 @@ fn refusals(transport: Transport) {
     node.add_user("bob");
     let failures: Vec<String> = REFUSALS
         .iter()
-        .filter_map(|(file, what)| {
-            run_sipp(&node, file, transport, "alice", "bob")
+        .filter_map(|(file, what, password)| {
+            run_sipp(&node, file, transport, "alice", "bob", password)
                 .err()
                 .map(|report| format!("=== {what} ===\n{report}"))
         })

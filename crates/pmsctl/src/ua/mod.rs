@@ -1,7 +1,40 @@
-//! A small SIP user agent over TLS (or TCP/UDP for tests): `send` one MESSAGE and follow its
+//! A small SIP user agent over TLS (or plain TCP for tests): `send` one MESSAGE and follow its
 //! status, `listen` for incoming MESSAGEs as a registered device.
+//!
+//! Layout: `transport` (connection, framing) → `agent` (event loop, registration, routine
+//! answers) → `send` / `listen` (what each command waits for); `requests` builds the wire
+//! requests, `output` the JSON lines, `ids` the random identifiers.
+//!
+//! Invariants:
+//! - Invariant: stdout carries JSON lines only, one object per line, flushed as written;
+//!   human notes go to stderr.
+//! - Invariant: exit codes are 0 (awaited status reached), 1 (error), 2 (timeout).
 
 use std::path::PathBuf;
+
+mod agent;
+mod ids;
+mod listen;
+mod output;
+mod requests;
+mod send;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+/// Exit code: the awaited status was reached (`send`), or `count` messages arrived (`listen`).
+pub const EXIT_OK: i32 = 0;
+/// Exit code: an error response, a negative report, or a connection failure.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: `timeout_secs` passed first.
+pub const EXIT_TIMEOUT: i32 = 2;
+
+/// A note for the human at the terminal (stderr). Never panics, even when stderr is gone.
+fn note(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "pmsctl: {text}");
+}
 
 /// How the UA trusts the server's TLS certificate.
 #[derive(Clone, Debug)]
@@ -10,12 +43,15 @@ pub enum TlsTrust {
     CaFile(PathBuf),
     /// Accept any certificate (development only).
     Insecure,
+    /// No TLS at all: SIP over plain TCP (tests and local debugging only).
+    PlainTcp,
 }
 
 /// Where the UA connects.
 #[derive(Clone, Debug)]
 pub struct SipTarget {
-    /// `HOST:PORT` of the server's SIP TLS listener.
+    /// `HOST:PORT` of the server's SIP TLS listener (its TCP listener with
+    /// [`TlsTrust::PlainTcp`]). The host is also the TLS server name; an IP address works.
     pub server: String,
     pub trust: TlsTrust,
     /// SIP domain used in AoRs (`sip:user@domain`).
@@ -36,7 +72,7 @@ pub struct SendOptions {
     pub password: String,
     pub to: String,
     pub text: String,
-    /// Defaults to `text/plain;charset=UTF-8`.
+    /// Defaults to `text/plain;charset=UTF-8` (an empty string means the default too).
     pub content_type: String,
     /// Validity in seconds (`Expires` header), when given.
     pub expires_secs: Option<u64>,
@@ -58,13 +94,11 @@ pub struct ListenOptions {
 /// Sends one MESSAGE and prints one JSON line per status change to `out`.
 /// Returns the process exit code: 0 awaited status reached, 1 error, 2 timeout.
 pub async fn send(options: SendOptions, out: &mut (dyn std::io::Write + Send)) -> i32 {
-    let _ = (options, out);
-    1
+    send::run(options, out).await
 }
 
 /// Registers and prints one JSON line per received MESSAGE to `out`.
 /// Returns the process exit code: 0 done (count reached), 1 error, 2 timeout.
 pub async fn listen(options: ListenOptions, out: &mut (dyn std::io::Write + Send)) -> i32 {
-    let _ = (options, out);
-    1
+    listen::run(options, out).await
 }

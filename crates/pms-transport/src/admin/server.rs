@@ -1,0 +1,220 @@
+//! The admin gRPC service: validates requests, checks the caller is the admin, and delegates to
+//! an [`AdminBackend`].
+//!
+//! Invariant: a handler runs only for a TLS peer whose certificate chains to `ca.crt` (rustls
+//! refuses the handshake otherwise) and whose leaf certificate's common name is `admin` (the
+//! interceptor answers `PERMISSION_DENIED` otherwise). The backend sees only validated values.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    cluster_status_to_proto, message_status_to_proto, parse_message_id, parse_user, user_to_proto,
+};
+use super::{
+    AdminBackend, AdminError, NewUser, Password, USERS_PAGE_SIZE_DEFAULT, USERS_PAGE_SIZE_MAX,
+};
+use crate::TransportError;
+use crate::proto::admin_v1 as pb;
+use crate::tls::{ADMIN_CLIENT_NAME, peer_common_name, server_tls_config};
+
+/// Longest an admin call may run on the server before it answers `CANCELLED`.
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most concurrent admin calls per connection.
+pub const ADMIN_CONCURRENT_CALLS_PER_CONNECTION_MAX: usize = 64;
+
+struct AdminService {
+    backend: Arc<dyn AdminBackend>,
+}
+
+/// Refuses every call whose peer certificate is not the admin's.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature fixes the error type.
+fn require_admin(request: Request<()>) -> Result<Request<()>, Status> {
+    match peer_common_name(&request) {
+        Some(name) if name == ADMIN_CLIENT_NAME => Ok(request),
+        other => {
+            tracing::warn!(
+                peer = ?request.remote_addr(),
+                common_name = ?other,
+                "admin call refused: client certificate is not the admin's"
+            );
+            Err(Status::permission_denied(format!(
+                "the admin API requires a client certificate with common name {ADMIN_CLIENT_NAME:?}, got {}",
+                other.map_or_else(|| "none".to_owned(), |name| format!("{name:?}"))
+            )))
+        }
+    }
+}
+
+/// The admin service with its permission check, ready to be added to a node's gRPC server
+/// (which must use [`server_tls_config`](crate::server_tls_config) so that peers have
+/// certificates). `pmsd` uses this to serve admin and internal services on one port.
+pub fn admin_routes(backend: Arc<dyn AdminBackend>) -> Routes {
+    let service =
+        pb::admin_server::AdminServer::with_interceptor(AdminService { backend }, require_admin);
+    Routes::new(service)
+}
+
+/// A bound, not yet serving, admin gRPC server. Binding first lets callers learn the port
+/// (tests bind port 0).
+pub struct AdminServer {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    tls: ServerTlsConfig,
+    backend: Arc<dyn AdminBackend>,
+}
+
+impl AdminServer {
+    /// Loads `node.crt`/`node.key`/`ca.crt` from `certs_dir` and binds `addr`.
+    pub async fn bind(
+        addr: SocketAddr,
+        certs_dir: &Path,
+        backend: Arc<dyn AdminBackend>,
+    ) -> Result<Self, TransportError> {
+        let tls = server_tls_config(certs_dir)?;
+        let bind_error = |source| TransportError::Bind {
+            address: addr,
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(AdminServer {
+            listener,
+            local_addr,
+            tls,
+            backend,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and drains in-flight calls.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), TransportError> {
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        Server::builder()
+            .tls_config(self.tls)
+            .map_err(TransportError::Tls)?
+            .timeout(ADMIN_REQUEST_TIMEOUT)
+            .concurrency_limit_per_connection(ADMIN_CONCURRENT_CALLS_PER_CONNECTION_MAX)
+            .add_routes(admin_routes(self.backend))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(TransportError::Serve)
+    }
+}
+
+/// Serves the admin API on `addr` with mutual TLS from `certs_dir` until `shutdown` completes.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    certs_dir: &Path,
+    backend: Arc<dyn AdminBackend>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError> {
+    AdminServer::bind(addr, certs_dir, backend)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn add_user(
+        &self,
+        request: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::AddUserResponse>, Status> {
+        let request = request.into_inner();
+        let user = NewUser {
+            user: parse_user(&request.user)?,
+            password: Password::new(request.password)?,
+            messaging_enabled: request.messaging_enabled.unwrap_or(true),
+        };
+        self.backend.add_user(user).await?;
+        Ok(Response::new(pb::AddUserResponse {}))
+    }
+
+    async fn remove_user(
+        &self,
+        request: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserResponse>, Status> {
+        let user = parse_user(&request.into_inner().user)?;
+        self.backend.remove_user(user).await?;
+        Ok(Response::new(pb::RemoveUserResponse {}))
+    }
+
+    async fn set_messaging_enabled(
+        &self,
+        request: Request<pb::SetMessagingEnabledRequest>,
+    ) -> Result<Response<pb::SetMessagingEnabledResponse>, Status> {
+        let request = request.into_inner();
+        let user = parse_user(&request.user)?;
+        self.backend
+            .set_messaging_enabled(user, request.enabled)
+            .await?;
+        Ok(Response::new(pb::SetMessagingEnabledResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                parse_user(&request.page_token).map_err(|_| AdminError::InvalidArgument {
+                    reason: "invalid page token".to_owned(),
+                })?,
+            )
+        };
+        let limit = match usize::try_from(request.page_size) {
+            Ok(0) => USERS_PAGE_SIZE_DEFAULT,
+            Ok(size) => size.min(USERS_PAGE_SIZE_MAX),
+            Err(_) => USERS_PAGE_SIZE_MAX,
+        };
+        let mut users = self.backend.list_users(after, limit).await?;
+        // Invariant: a page never exceeds the limit, whatever the backend returned.
+        users.truncate(limit);
+        let next_page_token = match users.last() {
+            Some(last) if users.len() == limit => last.user.as_str().to_owned(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(user_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn message_status(
+        &self,
+        request: Request<pb::MessageStatusRequest>,
+    ) -> Result<Response<pb::MessageStatusResponse>, Status> {
+        let message_id = parse_message_id(&request.into_inner().message_id)?;
+        let report = self.backend.message_status(message_id).await?;
+        Ok(Response::new(message_status_to_proto(&report)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let status = self.backend.cluster_status().await?;
+        Ok(Response::new(cluster_status_to_proto(&status)))
+    }
+}

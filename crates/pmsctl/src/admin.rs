@@ -1,0 +1,492 @@
+//! `pmsctl user …`, `pmsctl message status` and `pmsctl cluster status`: parse the arguments,
+//! call a node's admin API through `pms_transport::AdminClient`, and print the answer.
+//!
+//! Invariants: arguments are validated before connecting (a typo never needs a server);
+//! machine-readable output is JSON (one object per line for lists) and goes to `out`, never
+//! mixed with diagnostics; timestamps are printed as RFC 3339 UTC with milliseconds.
+
+use std::io::Write;
+use std::path::Path;
+
+use pms_transport::{
+    AdminClient, AdminError, ClusterStatus, MessageState, MessageStatusReport, NewUser, Password,
+    TransportError, UserSummary,
+};
+use pms_types::{MessageId, UnixMillis, UserId};
+use serde::Serialize;
+
+/// Users fetched per page by `user list` (printed as they arrive, so memory stays bounded).
+pub const USER_LIST_PAGE_SIZE: u32 = 1_000;
+/// Most pages `user list` fetches before it gives up on a server that never ends the list.
+pub const USER_LIST_PAGES_MAX: usize = 100_000;
+
+/// One admin subcommand, with its arguments still as typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    UserAdd {
+        user: String,
+        password: String,
+        messaging_enabled: bool,
+    },
+    UserRemove {
+        user: String,
+    },
+    UserSetMessagingEnabled {
+        user: String,
+        enabled: bool,
+    },
+    UserList {
+        json: bool,
+    },
+    MessageStatus {
+        message_id: String,
+    },
+    ClusterStatus {
+        json: bool,
+    },
+}
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCommandError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Connect(#[from] TransportError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// A validated command, ready to send.
+enum Validated {
+    UserAdd(NewUser),
+    UserRemove(UserId),
+    UserSetMessagingEnabled(UserId, bool),
+    UserList { json: bool },
+    MessageStatus(MessageId),
+    ClusterStatus { json: bool },
+}
+
+fn parse_user(name: &str) -> Result<UserId, AdminCommandError> {
+    UserId::parse(name)
+        .map_err(|e| AdminCommandError::InvalidArgument(format!("user {name:?}: {e}")))
+}
+
+fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
+    Ok(match command {
+        AdminCommand::UserAdd {
+            user,
+            password,
+            messaging_enabled,
+        } => Validated::UserAdd(NewUser {
+            user: parse_user(&user)?,
+            password: Password::new(password)
+                .map_err(|e| AdminCommandError::InvalidArgument(e.to_string()))?,
+            messaging_enabled,
+        }),
+        AdminCommand::UserRemove { user } => Validated::UserRemove(parse_user(&user)?),
+        AdminCommand::UserSetMessagingEnabled { user, enabled } => {
+            Validated::UserSetMessagingEnabled(parse_user(&user)?, enabled)
+        }
+        AdminCommand::UserList { json } => Validated::UserList { json },
+        AdminCommand::MessageStatus { message_id } => {
+            Validated::MessageStatus(MessageId::parse(&message_id).ok_or_else(|| {
+                AdminCommandError::InvalidArgument(format!(
+                    "message id {message_id:?} is not 1..=64 printable ASCII characters"
+                ))
+            })?)
+        }
+        AdminCommand::ClusterStatus { json } => Validated::ClusterStatus { json },
+    })
+}
+
+/// Validates `command`, connects to the admin API at `admin_address` with the admin certificate
+/// from `certs_dir`, runs the command and prints its result to `out`.
+pub async fn run(
+    admin_address: &str,
+    certs_dir: &Path,
+    command: AdminCommand,
+    out: &mut (dyn Write + Send),
+) -> Result<(), AdminCommandError> {
+    let command = validate(command)?;
+    let client = AdminClient::connect(admin_address, certs_dir).await?;
+    match command {
+        Validated::UserAdd(new_user) => {
+            let (user, enabled) = (new_user.user.clone(), new_user.messaging_enabled);
+            client.add_user(new_user).await?;
+            writeln!(
+                out,
+                "added user {user} (messaging {})",
+                if enabled { "enabled" } else { "disabled" }
+            )?;
+        }
+        Validated::UserRemove(user) => {
+            client.remove_user(&user).await?;
+            writeln!(out, "removed user {user}")?;
+        }
+        Validated::UserSetMessagingEnabled(user, enabled) => {
+            client.set_messaging_enabled(&user, enabled).await?;
+            let verb = if enabled { "enabled" } else { "disabled" };
+            writeln!(out, "{verb} messaging for user {user}")?;
+        }
+        Validated::UserList { json } => list_users(&client, json, out).await?,
+        Validated::MessageStatus(message_id) => {
+            let report = client.message_status(&message_id).await?;
+            write_message_status(&report, out)?;
+        }
+        Validated::ClusterStatus { json } => {
+            let status = client.cluster_status().await?;
+            write_cluster_status(&status, json, out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn list_users(
+    client: &AdminClient,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), AdminCommandError> {
+    if !json {
+        write_user_table_header(out)?;
+    }
+    let mut after: Option<UserId> = None;
+    for _ in 0..USER_LIST_PAGES_MAX {
+        let page = client
+            .list_users_page(after.as_ref(), USER_LIST_PAGE_SIZE)
+            .await?;
+        for user in &page.users {
+            write_user(user, json, out)?;
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(()),
+        }
+    }
+    Err(AdminError::Internal {
+        reason: format!("the server returned more than {USER_LIST_PAGES_MAX} pages of users"),
+    }
+    .into())
+}
+
+#[derive(Serialize)]
+struct UserLine<'a> {
+    user: &'a str,
+    messaging_enabled: bool,
+}
+
+/// The header of the human-readable user table.
+pub fn write_user_table_header(out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "{:<32} MESSAGING", "USER")
+}
+
+/// One user: a JSON line (`{"user":…,"messaging_enabled":…}`) or a table row.
+pub fn write_user(user: &UserSummary, json: bool, out: &mut dyn Write) -> std::io::Result<()> {
+    if json {
+        let line = UserLine {
+            user: user.user.as_str(),
+            messaging_enabled: user.messaging_enabled,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)
+    } else {
+        let enabled = if user.messaging_enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        writeln!(out, "{:<32} {enabled}", user.user)
+    }
+}
+
+#[derive(Serialize)]
+struct MessageStatusLine<'a> {
+    message_id: &'a str,
+    status: &'static str,
+    recipient: &'a str,
+    enqueued_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sip_code: Option<u16>,
+}
+
+/// `{"message_id","status","recipient","enqueued_at","updated_at"}` on one line, plus
+/// `sip_code` when the message failed.
+pub fn write_message_status(
+    report: &MessageStatusReport,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let line = MessageStatusLine {
+        message_id: report.message_id.as_str(),
+        status: report.state.as_str(),
+        recipient: report.recipient.as_str(),
+        enqueued_at: rfc3339_millis(report.enqueued_at),
+        updated_at: rfc3339_millis(report.updated_at),
+        sip_code: match report.state {
+            MessageState::Failed { sip_code } => Some(sip_code),
+            _ => None,
+        },
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    writeln!(out)
+}
+
+#[derive(Serialize)]
+struct ClusterJson<'a> {
+    reporting_node: u64,
+    nodes: Vec<NodeJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    node: u64,
+    address: &'a str,
+    groups: Vec<GroupJson>,
+}
+
+#[derive(Serialize)]
+struct GroupJson {
+    group: u32,
+    role: &'static str,
+    last_applied_index: Option<u64>,
+    leader: Option<u64>,
+}
+
+/// The cluster as the answering node sees it: one JSON document, or a table with one row per
+/// node and group.
+pub fn write_cluster_status(
+    status: &ClusterStatus,
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if json {
+        let document = ClusterJson {
+            reporting_node: status.reporting_node.0,
+            nodes: status
+                .nodes
+                .iter()
+                .map(|node| NodeJson {
+                    node: node.node.0,
+                    address: &node.address,
+                    groups: node
+                        .groups
+                        .iter()
+                        .map(|member| GroupJson {
+                            group: member.group.0,
+                            role: member.role.as_str(),
+                            last_applied_index: member.last_applied_index,
+                            leader: member.leader.map(|leader| leader.0),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut *out, &document)?;
+        return writeln!(out);
+    }
+    writeln!(out, "as seen by node {}", status.reporting_node)?;
+    writeln!(
+        out,
+        "{:<6} {:<24} {:<6} {:<10} {:<10} LEADER",
+        "NODE", "ADDRESS", "GROUP", "ROLE", "APPLIED"
+    )?;
+    let or_dash = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for node in &status.nodes {
+        if node.groups.is_empty() {
+            writeln!(out, "{:<6} {:<24} -", node.node, node.address)?;
+        }
+        for member in &node.groups {
+            writeln!(
+                out,
+                "{:<6} {:<24} {:<6} {:<10} {:<10} {}",
+                node.node,
+                node.address,
+                member.group,
+                member.role.as_str(),
+                or_dash(member.last_applied_index),
+                or_dash(member.leader.map(|leader| leader.0)),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds (proleptic Gregorian, UTC).
+pub fn rfc3339_millis(time: UnixMillis) -> String {
+    let seconds = time.0 / 1000;
+    let millis = time.0 % 1000;
+    let days = seconds / 86_400;
+    let second_of_day = seconds % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Howard Hinnant's `civil_from_days` for days since 1970-01-01 (non-negative only).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pms_transport::{GroupMemberStatus, GroupRole, NodeStatus};
+    use pms_types::{GroupId, NodeId};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339_millis(UnixMillis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(UnixMillis(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(UnixMillis(1_700_000_000_123)),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            rfc3339_millis(UnixMillis(4_107_542_399_999)),
+            "2100-02-28T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn message_status_is_one_json_object_with_the_documented_keys() {
+        let report = MessageStatusReport {
+            message_id: MessageId::parse("abc123").unwrap(),
+            state: MessageState::Expired,
+            recipient: UserId::parse("bob").unwrap(),
+            enqueued_at: UnixMillis(0),
+            updated_at: UnixMillis(1_000),
+        };
+        let mut out = Vec::new();
+        write_message_status(&report, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "message_id": "abc123",
+                "status": "expired",
+                "recipient": "bob",
+                "enqueued_at": "1970-01-01T00:00:00.000Z",
+                "updated_at": "1970-01-01T00:00:01.000Z",
+            })
+        );
+    }
+
+    #[test]
+    fn users_print_as_json_lines_or_a_table() {
+        let users = [
+            UserSummary {
+                user: UserId::parse("alice").unwrap(),
+                messaging_enabled: true,
+            },
+            UserSummary {
+                user: UserId::parse("bob").unwrap(),
+                messaging_enabled: false,
+            },
+        ];
+        let mut json = Vec::new();
+        for user in &users {
+            write_user(user, true, &mut json).unwrap();
+        }
+        let lines: Vec<serde_json::Value> = String::from_utf8(json)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            lines[1],
+            serde_json::json!({"user": "bob", "messaging_enabled": false})
+        );
+
+        let mut table = Vec::new();
+        write_user_table_header(&mut table).unwrap();
+        for user in &users {
+            write_user(user, false, &mut table).unwrap();
+        }
+        let table = String::from_utf8(table).unwrap();
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["USER", "MESSAGING"],
+                vec!["alice", "enabled"],
+                vec!["bob", "disabled"]
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_status_json_names_roles_and_unknowns() {
+        let status = ClusterStatus {
+            reporting_node: NodeId(2),
+            nodes: vec![NodeStatus {
+                node: NodeId(2),
+                address: "10.0.0.2:50051".into(),
+                groups: vec![GroupMemberStatus {
+                    group: GroupId(0),
+                    role: GroupRole::Follower,
+                    last_applied_index: None,
+                    leader: Some(NodeId(1)),
+                }],
+            }],
+        };
+        let mut out = Vec::new();
+        write_cluster_status(&status, true, &mut out).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["nodes"][0]["groups"][0]["role"], "follower");
+        assert_eq!(
+            value["nodes"][0]["groups"][0]["last_applied_index"],
+            serde_json::Value::Null
+        );
+        assert_eq!(value["nodes"][0]["groups"][0]["leader"], 1);
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_fail_before_connecting() {
+        let nowhere = Path::new("/nonexistent-certs-dir");
+        let bad_user = AdminCommand::UserRemove {
+            user: "no spaces".into(),
+        };
+        let result = run("127.0.0.1:1", nowhere, bad_user, &mut Vec::new()).await;
+        assert!(
+            matches!(result, Err(AdminCommandError::InvalidArgument(_))),
+            "{result:?}"
+        );
+        let bad_id = AdminCommand::MessageStatus {
+            message_id: String::new(),
+        };
+        let result = run("127.0.0.1:1", nowhere, bad_id, &mut Vec::new()).await;
+        assert!(
+            matches!(result, Err(AdminCommandError::InvalidArgument(_))),
+            "{result:?}"
+        );
+    }
+}
