@@ -121,10 +121,14 @@ impl Conn {
                             "a request from the server: {}",
                             request.method.as_str()
                         ))),
-                        Err(error) => Err(ReadEnd::Garbage(format!(
-                            "{error}: {:?}",
-                            String::from_utf8_lossy(&bytes)
-                        ))),
+                        // An error response echoes the request's broken headers (e.g. two
+                        // Call-IDs), so it need not parse strictly: read it leniently.
+                        Err(error) => lenient_response(&bytes).ok_or_else(|| {
+                            ReadEnd::Garbage(format!(
+                                "{error}: {:?}",
+                                String::from_utf8_lossy(&bytes)
+                            ))
+                        }),
                     };
                 }
             }
@@ -171,6 +175,31 @@ impl Conn {
             Err(end) => Err(format!("probe OPTIONS got no answer: {end:?}")),
         }
     }
+}
+
+/// A response whose status line is valid but whose headers may not be (`name: value` lines are
+/// kept as they are).
+fn lenient_response(bytes: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let mut start = lines.next()?.splitn(3, ' ');
+    if start.next()? != "SIP/2.0" {
+        return None;
+    }
+    let status = start.next()?.parse().ok()?;
+    let reason = start.next().unwrap_or_default().to_string();
+    let mut headers = pms_sip::message::Headers::new();
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        headers.push(name.trim(), value.trim());
+    }
+    Some(Response {
+        status,
+        reason,
+        headers,
+        body: body.as_bytes().to_vec(),
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -219,7 +219,11 @@ const REFUSALS: &[(&str, &str, &str)] = &[
         "SUBSCRIBE and INFO → 405 with Allow",
         PASSWORD,
     ),
-    ("bad_cseq.xml", "non-numeric CSeq → 400", PASSWORD),
+    (
+        "bad_uri.xml",
+        "Request-URI without a scheme → 400",
+        PASSWORD,
+    ),
     (
         "too_large.xml",
         "1300-byte body over a 1024-byte limit → 413, then OPTIONS → 200",

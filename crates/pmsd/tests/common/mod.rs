@@ -24,7 +24,7 @@ pub fn pmsctl_path() -> PathBuf {
     let path = bin_dir().join("pmsctl");
     assert!(
         path.exists(),
-        "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test), which builds it",
         path.display()
     );
     path
@@ -243,10 +243,6 @@ impl Node {
         )
     }
 
-    fn sip_tls_leak(&self) -> String {
-        self.sip_tls()
-    }
-
     /// Starts `pmsctl listen` for `user` in the background.
     pub fn listen(&self, user: &str, count: usize, timeout_secs: u64) -> Listener {
         let child = self
@@ -390,7 +386,7 @@ impl Listener {
         if !self.stderr_seen.is_empty() {
             eprintln!("pmsctl stderr: {:?}", self.stderr_seen);
         }
-        (status.code().unwrap_or(-1), self.seen)
+        (status.code().unwrap_or(-1), std::mem::take(&mut self.seen))
     }
 }
 
