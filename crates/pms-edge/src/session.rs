@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use pms_sip::framing::Frame;
-use pms_sip::message::{Request, SipMessage, parse};
+use pms_sip::message::{ParseError, Request, SipMessage, parse};
 use pms_types::FlowId;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -141,7 +141,10 @@ struct AnsweredCache {
 
 impl AnsweredCache {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.entries.iter().find(|(known, _)| known == key).map(|(_, bytes)| bytes.clone())
+        self.entries
+            .iter()
+            .find(|(known, _)| known == key)
+            .map(|(_, bytes)| bytes.clone())
     }
 
     fn insert(&mut self, key: String, bytes: Vec<u8>) {
@@ -217,8 +220,17 @@ impl SessionActor {
                 });
             }
             Err(error) => {
-                self.service.metrics().sip_requests_total.inc("400");
-                if let Some(response) = response_from_raw_head(bytes, 400, &error.reason()) {
+                let (status, reason) = match &error {
+                    ParseError::UnsupportedVersion { .. } => {
+                        (505, "Version Not Supported".to_string())
+                    }
+                    _ => (400, error.reason()),
+                };
+                self.service
+                    .metrics()
+                    .sip_requests_total
+                    .inc(&status.to_string());
+                if let Some(response) = response_from_raw_head(bytes, status, &reason) {
                     self.send_bytes(response, ctx);
                 }
                 debug!(peer = %self.info.peer, %error, "unparseable message");

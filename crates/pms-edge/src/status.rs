@@ -86,11 +86,13 @@ pub fn response_from_raw_head(head: &[u8], status: u16, reason: &str) -> Option<
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let start = lines.next()?;
-    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+    let version = start.rsplit_once(' ').map(|(_, version)| version)?;
+    if start.starts_with("SIP/") || !version.starts_with("SIP/") {
         return None;
     }
     let mut out = format!("SIP/2.0 {status} {reason}\r\n");
     let mut has_via = false;
+    let mut copied: Vec<&str> = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -103,6 +105,11 @@ pub fn response_from_raw_head(head: &[u8], status: u16, reason: &str) -> Option<
             "cseq" => "CSeq",
             _ => continue,
         };
+        // Via may repeat; the others are copied once so the response itself stays valid.
+        if canonical != "Via" && copied.contains(&canonical) {
+            continue;
+        }
+        copied.push(canonical);
         has_via |= canonical == "Via";
         out.push_str(canonical);
         out.push_str(": ");
@@ -131,6 +138,16 @@ mod tests {
         assert!(response.contains("Via: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKx\r\n"));
         assert!(response.contains("Call-ID: abc\r\n"));
         assert!(!response.contains("999999"));
+    }
+
+    #[test]
+    fn duplicate_headers_are_copied_once_and_other_versions_are_answered() {
+        let head = b"MESSAGE sip:b@x SIP/3.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nCall-ID: 1\r\nCall-ID: 2\r\n\r\n";
+        let response =
+            String::from_utf8(response_from_raw_head(head, 505, "Version Not Supported").unwrap())
+                .unwrap();
+        assert!(response.starts_with("SIP/2.0 505 Version Not Supported\r\n"));
+        assert_eq!(response.matches("Call-ID").count(), 1);
     }
 
     #[test]

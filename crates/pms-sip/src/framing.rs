@@ -42,7 +42,11 @@ pub enum Frame {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
     #[error("SIP header block exceeds {header_bytes_max} bytes")]
-    HeaderTooLarge { header_bytes_max: usize },
+    HeaderTooLarge {
+        header_bytes_max: usize,
+        /// The complete header lines that fit in the limit (so a 400 can still be addressed).
+        head: Vec<u8>,
+    },
     #[error("message on a stream transport has no Content-Length")]
     MissingContentLength { head: Vec<u8> },
     #[error("invalid Content-Length {value:?}")]
@@ -74,6 +78,7 @@ impl FramingError {
     pub fn head(&self) -> Option<&[u8]> {
         match self {
             FramingError::MissingContentLength { head }
+            | FramingError::HeaderTooLarge { head, .. }
             | FramingError::InvalidContentLength { head, .. }
             | FramingError::BodyHardLimit { head, .. } => Some(head),
             _ => None,
@@ -155,6 +160,19 @@ impl StreamFramer {
     }
 
     /// The next complete frame, `None` if more bytes are needed.
+    /// The buffered header lines that end within `header_bytes_max`, up to the last CRLF.
+    fn complete_lines_within_limit(&self) -> Vec<u8> {
+        let window = self
+            .buffer
+            .get(..self.header_bytes_max)
+            .unwrap_or(&self.buffer);
+        let end = window
+            .windows(2)
+            .rposition(|pair| pair == b"\r\n")
+            .map_or(0, |at| at + 2);
+        window.get(..end).unwrap_or_default().to_vec()
+    }
+
     pub fn next_frame(&mut self) -> Option<Result<Frame, FramingError>> {
         loop {
             match self.state.clone() {
@@ -216,8 +234,10 @@ impl StreamFramer {
         }
         let Some(end) = find_bytes(&self.buffer, b"\r\n\r\n", scanned) else {
             if self.buffer.len() > self.header_bytes_max {
+                let head = self.complete_lines_within_limit();
                 return self.fail(FramingError::HeaderTooLarge {
                     header_bytes_max: self.header_bytes_max,
+                    head,
                 });
             }
             self.state = State::Head {
@@ -227,8 +247,10 @@ impl StreamFramer {
         };
         let head_len = end + 4;
         if head_len > self.header_bytes_max {
+            let head = self.complete_lines_within_limit();
             return self.fail(FramingError::HeaderTooLarge {
                 header_bytes_max: self.header_bytes_max,
+                head,
             });
         }
         let head = self.buffer.get(..head_len).unwrap_or_default().to_vec();
@@ -488,8 +510,22 @@ mod tests {
         assert_eq!(
             framer.next_frame(),
             Some(Err(FramingError::HeaderTooLarge {
-                header_bytes_max: 16
+                header_bytes_max: 16,
+                head: Vec::new(),
             }))
+        );
+    }
+
+    #[test]
+    fn header_too_large_keeps_the_complete_lines_for_a_response() {
+        let mut framer = StreamFramer::new(40, 16);
+        framer.push(b"MESSAGE sip:a SIP/2.0\r\nVia: x\r\nSubject: aaaaaaaaaaaaaaaaaaaaaaaaa");
+        let Some(Err(error)) = framer.next_frame() else {
+            panic!("expected an error")
+        };
+        assert_eq!(
+            error.head(),
+            Some(&b"MESSAGE sip:a SIP/2.0\r\nVia: x\r\n"[..])
         );
     }
 

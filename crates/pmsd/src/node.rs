@@ -158,10 +158,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grpc_address: grpc_address.clone(),
         clock,
     });
-    let admin_server =
-        pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
-            .await
-            .context("binding the admin gRPC API")?;
+    let admin_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
+        .await
+        .context("binding the admin gRPC API")?;
     let admin_task = tokio::spawn(admin_server.serve(wait_for(shutdown.clone())));
 
     let draining = Arc::new(AtomicBool::new(false));

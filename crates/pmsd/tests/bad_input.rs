@@ -18,10 +18,6 @@
 //! response, or a dead connection, is caught). At the end a normal authenticated MESSAGE on a
 //! new connection still gets 202 and `/readyz` answers 200.
 //!
-//! Raw cases listed in `KNOWN_DEVIATIONS` (oversized header block → 400, tel: → 416,
-//! SIP/3.0 → 505) are where pmsd currently answers otherwise; they run in the ignored
-//! `known_deviations` test until the server is fixed.
-//!
 //! Digest responses are computed with `pms_sip::digest` (SHA-256, the node's first offer).
 //! Every wait is a socket read with a timeout; there are no sleeps.
 
@@ -678,20 +674,6 @@ fn auth_cases() -> Vec<AuthCase> {
 // ---------------------------------------------------------------------------------------------
 // Framing and parsing cases (no authentication).
 
-/// Raw cases where pmsd (as of this writing) answers differently from the expectation; reported
-/// to the lead. The main test skips them; `known_deviations` (ignored until fixed) runs them.
-const KNOWN_DEVIATIONS: &[&str] = &[
-    "20 KiB header block",
-    "tel: Request-URI",
-    "request line with SIP/3.0",
-];
-
-fn is_known_deviation(name: &str) -> bool {
-    KNOWN_DEVIATIONS
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-}
-
 /// Runs the raw cases selected by `keep`, each on a fresh connection; returns (count, failures).
 fn run_raw_cases(node: &Node, keep: impl Fn(&str) -> bool) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
@@ -1223,7 +1205,7 @@ fn hostile_and_malformed_requests_get_exact_answers_and_the_node_survives() {
     node.add_user("alice");
     node.add_user("bob");
 
-    let (mut count, mut failures) = run_raw_cases(&node, |name| !is_known_deviation(name));
+    let (mut count, mut failures) = run_raw_cases(&node, |_| true);
     for case in auth_cases() {
         count += 1;
         let mut conn = Conn::open(&node);
@@ -1331,27 +1313,4 @@ fn hostile_and_malformed_requests_get_exact_answers_and_the_node_survives() {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-#[test]
-#[ignore = "known pmsd deviations (reported to the lead): a too-large header block is closed \
-            without a 400, a tel: Request-URI gets 400 instead of 416, SIP/3.0 gets no response \
-            instead of 505"]
-fn known_deviations() {
-    let node = Node::start_with(vec![
-        "--sip-body-bytes-max".into(),
-        BODY_BYTES_MAX.to_string(),
-    ]);
-    let (count, failures) = run_raw_cases(&node, is_known_deviation);
-    assert_eq!(
-        count,
-        KNOWN_DEVIATIONS.len(),
-        "every known deviation names a raw case"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {count} deviations remain:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }

@@ -195,7 +195,13 @@ impl RawClient {
     }
 }
 
-fn message_request(branch: &str, call_id: &str, cseq: u32, authorization: Option<&str>, body: &str) -> Vec<u8> {
+fn message_request(
+    branch: &str,
+    call_id: &str,
+    cseq: u32,
+    authorization: Option<&str>,
+    body: &str,
+) -> Vec<u8> {
     let mut request = format!(
         "MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{branch}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=fixedtag\r\nTo: <sip:bob@localhost>\r\n\
@@ -209,15 +215,40 @@ fn message_request(branch: &str, call_id: &str, cseq: u32, authorization: Option
 }
 
 /// Sends the MESSAGE on a new connection, answering the digest challenge.
-fn send_authenticated(node: &Node, branch: &str, call_id: &str, body: &str) -> pms_sip::message::Response {
+fn send_authenticated(
+    node: &Node,
+    branch: &str,
+    call_id: &str,
+    body: &str,
+) -> pms_sip::message::Response {
     let mut client = RawClient::connect(node);
-    let challenge = client.exchange(&message_request(&format!("{branch}a"), call_id, 1, None, body));
+    let challenge = client.exchange(&message_request(
+        &format!("{branch}a"),
+        call_id,
+        1,
+        None,
+        body,
+    ));
     assert_eq!(challenge.status, 407);
     let challenge =
-        pms_sip::digest::select_challenge(challenge.headers.get_all("Proxy-Authenticate")).expect("challenge");
-    let authorization =
-        pms_sip::digest::authorization(&challenge, "alice", PASSWORD, "MESSAGE", "sip:bob@localhost", "cnonce1", 1);
-    client.exchange(&message_request(branch, call_id, 2, Some(&authorization), body))
+        pms_sip::digest::select_challenge(challenge.headers.get_all("Proxy-Authenticate"))
+            .expect("challenge");
+    let authorization = pms_sip::digest::authorization(
+        &challenge,
+        "alice",
+        PASSWORD,
+        "MESSAGE",
+        "sip:bob@localhost",
+        "cnonce1",
+        1,
+    );
+    client.exchange(&message_request(
+        branch,
+        call_id,
+        2,
+        Some(&authorization),
+        body,
+    ))
 }
 
 #[test]
@@ -230,7 +261,10 @@ fn a_retried_message_is_answered_the_same_and_stored_once() {
     let retry = send_authenticated(&node, "retry", "dedup-1", "only once");
     assert_eq!(retry.status, 202, "{retry:?}");
     assert!(first.headers.get("X-PMS-Message-ID").is_some());
-    assert_eq!(first.headers.get("X-PMS-Message-ID"), retry.headers.get("X-PMS-Message-ID"));
+    assert_eq!(
+        first.headers.get("X-PMS-Message-ID"),
+        retry.headers.get("X-PMS-Message-ID")
+    );
     let (code, messages) = node.receive("bob", 2, 3);
     assert_eq!(code, 2, "exactly one message, so waiting for two times out");
     assert_eq!(bodies(&messages), vec!["only once"]);
