@@ -90,7 +90,8 @@ impl UserId {
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad` honours width and alignment (`{:<32}` in tables).
+        f.pad(&self.0)
     }
 }
 
@@ -124,7 +125,7 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -314,6 +315,7 @@ mod tests {
     #[test]
     fn user_ids_are_lower_cased_and_validated() {
         assert_eq!(UserId::parse("Alice").unwrap().as_str(), "alice");
+        assert_eq!(format!("{:<6}|", UserId::parse("bob").unwrap()), "bob   |");
         assert_eq!(UserId::parse(""), Err(UserIdError::Empty));
         assert_eq!(
             UserId::parse("al ice"),
