@@ -175,6 +175,7 @@ pub struct SessionActor {
     service: Arc<SipService>,
     requests: Option<mpsc::Sender<Request>>,
     pending: Option<Pending>,
+    last_inbound: std::time::Instant,
 }
 
 impl SessionActor {
@@ -185,6 +186,7 @@ impl SessionActor {
             service,
             requests: None,
             pending: None,
+            last_inbound: std::time::Instant::now(),
         }
     }
 
@@ -309,6 +311,16 @@ impl Actor for SessionActor {
                 reply.send(&outbound, span, in_flight);
             }
         });
+        if self.info.transport == Transport::Udp {
+            // A UDP "flow" has no close: it ends when the peer has been silent for longer than
+            // any registration it could hold (its refreshes count as activity).
+            let idle = Duration::from_secs(self.service.config().register_expires_max_secs + 60);
+            ctx.run_interval(Duration::from_secs(30), move |actor, ctx| {
+                if actor.last_inbound.elapsed() > idle && actor.pending.is_none() {
+                    ctx.stop();
+                }
+            });
+        }
         self.service.flows().insert(self.info.flow, ctx.address());
         self.service
             .metrics()
@@ -332,6 +344,7 @@ impl Handler<Inbound> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, Inbound(frame): Inbound, ctx: &mut Self::Context) {
+        self.last_inbound = std::time::Instant::now();
         match frame {
             Frame::Message(bytes) => self.on_message(&bytes, ctx),
             Frame::KeepAlivePing => self.send_bytes(b"\r\n".to_vec(), ctx),
