@@ -65,7 +65,7 @@ pub fn wants_notification(payload: &MessagePayload, status: ImdnStatus) -> bool 
 /// for one and is a local user.
 pub fn notification(
     service: &SipService,
-    message: &QueuedMessage,
+    message_id: &MessageId,
     payload: &MessagePayload,
     status: ImdnStatus,
     now: UnixMillis,
@@ -92,7 +92,7 @@ pub fn notification(
     let original_id = payload
         .imdn_message_id
         .clone()
-        .unwrap_or_else(|| message.message_id.to_string());
+        .unwrap_or_else(|| message_id.to_string());
     let body = build_imdn(
         &original_id,
         &rfc3339(now),
@@ -113,7 +113,7 @@ pub fn notification(
     let sealed = service.seal_for(&sender, &record, &notification_id, &imdn_payload)?;
     let dedup = pms_crypto::dedup_hash(&[
         b"notification",
-        message.message_id.as_str().as_bytes(),
+        message_id.as_str().as_bytes(),
         status.element_name().as_bytes(),
     ]);
     Ok(Some(NewMessage {

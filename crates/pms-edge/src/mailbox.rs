@@ -325,7 +325,13 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
         DeliveryOutcome::Final {
             status: 200..=299, ..
         } => {
-            let imdn = notification(service, &message, &payload, ImdnStatus::Delivered, now)?;
+            let imdn = notification(
+                service,
+                &message.message_id,
+                &payload,
+                ImdnStatus::Delivered,
+                now,
+            )?;
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
             let response = commit_outcome(
                 service,
@@ -360,7 +366,13 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             Ok(Step::Retry)
         }
         DeliveryOutcome::Final { status, .. } => {
-            let imdn = notification(service, &message, &payload, ImdnStatus::Failed, now)?;
+            let imdn = notification(
+                service,
+                &message.message_id,
+                &payload,
+                ImdnStatus::Failed,
+                now,
+            )?;
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
             let response = commit_outcome(
                 service,
@@ -467,9 +479,15 @@ async fn sweep(service: &SipService) {
         };
         let Some(message) = message else { continue };
         let imdn = open_payload(service, &message).ok().and_then(|payload| {
-            notification(service, &message, &payload, ImdnStatus::Failed, now)
-                .ok()
-                .flatten()
+            notification(
+                service,
+                &message.message_id,
+                &payload,
+                ImdnStatus::Failed,
+                now,
+            )
+            .ok()
+            .flatten()
         });
         let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
         let command = Command::Expire {

@@ -616,6 +616,14 @@ impl SipService {
                 imdn_id.as_bytes(),
             ])));
         }
+        let stored_notification = crate::delivery::notification(
+            self,
+            &message_id,
+            &payload,
+            pms_sip::imdn::ImdnStatus::Stored,
+            now,
+        )?;
+        let notify_sender = stored_notification.is_some();
         let message = NewMessage {
             message_id: message_id.clone(),
             recipient: recipient.clone(),
@@ -629,6 +637,7 @@ impl SipService {
             .propose(Command::Enqueue {
                 message,
                 accepted_at: now,
+                notification: stored_notification,
             })
             .await?
         {
@@ -670,6 +679,10 @@ impl SipService {
         self.metrics.messages_accepted_total.inc();
         self.metrics.queue_depth.inc();
         self.wake(&recipient);
+        if notify_sender {
+            self.metrics.queue_depth.inc();
+            self.wake(&sender);
+        }
         Ok(Reply::AfterWindow {
             accepted,
             promoted,

@@ -72,7 +72,22 @@ pub fn apply(
         Command::Enqueue {
             message,
             accepted_at,
-        } => tx.enqueue(message, *accepted_at)?,
+            notification,
+        } => {
+            let response = tx.enqueue(message, *accepted_at)?;
+            if let (
+                CommandResponse::Enqueued {
+                    duplicate: false, ..
+                },
+                Some(notification),
+            ) = (&response, notification)
+            {
+                // Dropped silently when it cannot be queued: the sender's state must not
+                // refuse the recipient's message.
+                tx.enqueue(notification, *accepted_at)?;
+            }
+            response
+        }
         Command::MarkDelivered {
             recipient,
             seq,

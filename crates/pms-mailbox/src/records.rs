@@ -150,9 +150,12 @@ pub enum Command {
         flow_node: pms_types::NodeId,
         live_incarnation: u64,
     },
+    /// Queues `message`; when it is new (not a duplicate), also queues `notification` (the
+    /// sender's IMDN `stored`, RFC 5438 `processing`) in the same entry.
     Enqueue {
         message: NewMessage,
         accepted_at: UnixMillis,
+        notification: Option<NewMessage>,
     },
     MarkDelivered {
         recipient: UserId,

@@ -124,6 +124,7 @@ fn enqueue_assigns_sequence_numbers_in_order() {
         let applied = state.run(Command::Enqueue {
             message: message(id, "bob", 100, id),
             accepted_at: UnixMillis(10),
+            notification: None,
         });
         assert_eq!(
             applied.response,
@@ -154,11 +155,13 @@ fn a_retransmission_is_stored_once() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 9),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     // Same dedup key, new server id (a retransmission that reached the leader again).
     let applied = state.run(Command::Enqueue {
         message: message(2, "bob", 100, 9),
         accepted_at: UnixMillis(11),
+        notification: None,
     });
     assert_eq!(
         applied.response,
@@ -173,6 +176,7 @@ fn a_retransmission_is_stored_once() {
     let applied = state.run(Command::Enqueue {
         message: message(1, "bob", 100, 8),
         accepted_at: UnixMillis(12),
+        notification: None,
     });
     assert!(matches!(
         applied.response,
@@ -191,11 +195,47 @@ fn a_retransmission_is_stored_once() {
 }
 
 #[test]
+fn a_stored_notification_is_queued_with_a_new_message_only() {
+    let mut state = with_alice_and_bob();
+    let stored = Some(message(70, "alice", 300, 70));
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+        notification: stored.clone(),
+    });
+    assert_eq!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    // The retry of the same request queues neither the message nor a second notification.
+    state.run(Command::Enqueue {
+        message: message(2, "bob", 100, 1),
+        accepted_at: UnixMillis(11),
+        notification: Some(message(71, "alice", 300, 71)),
+    });
+    assert_eq!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        query::queue(&state, GROUP, &user("bob"), 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn enqueue_to_an_unknown_user_changes_nothing() {
     let mut state = with_alice_and_bob();
     let applied = state.run(Command::Enqueue {
         message: message(1, "carol", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     assert_eq!(
         applied.response,
@@ -212,6 +252,7 @@ fn delivered_leaves_the_queue_and_queues_the_notification() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     let applied = state.run(Command::MarkDelivered {
@@ -269,6 +310,7 @@ fn expire_is_refused_before_the_validity_ends() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     let early = state.run(Command::Expire {
@@ -328,6 +370,7 @@ fn failed_records_the_device_status_code() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     state.run(Command::MarkFailed {
@@ -424,6 +467,7 @@ fn remove_user_deletes_the_wrapped_key_first_and_everything_else() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     state.run(Command::Bind {
         binding: binding("phone", 100),
@@ -483,10 +527,12 @@ fn prune_forgets_old_dedup_entries_and_final_statuses_only() {
     state.run(Command::Enqueue {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     state.run(Command::Enqueue {
         message: message(2, "bob", 100, 2),
         accepted_at: UnixMillis(10),
+        notification: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     state.run(Command::MarkDelivered {

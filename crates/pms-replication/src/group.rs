@@ -185,6 +185,7 @@ impl Group {
     /// Replicates `command` and waits until it is committed and applied here; returns what
     /// applying it produced. See [`ReplicationError::is_retryable`] and
     /// [`ReplicationError::outcome_unknown`] for what to do on failure.
+    #[tracing::instrument(name = "raft_proposal", skip_all, fields(group = %self.group, command = crate::types::command_name(&command)))]
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ReplicationError> {
         let started = Instant::now();
         let write = self.raft.client_write(LogCommand(GroupCommand {

@@ -45,6 +45,7 @@ pub fn enqueue(recipient: &str, id_byte: u8) -> Command {
             dedup_keys: Vec::new(),
         },
         accepted_at: UnixMillis(2_000),
+        notification: None,
     }
 }
 
