@@ -13,7 +13,7 @@ use pms_types::{MessageId, UnixMillis, UserId};
 
 use crate::service::SipService;
 use crate::status::Refusal;
-use crate::time::rfc3339;
+use pms_types::time::rfc3339;
 
 /// The MESSAGE that delivers `message` to the device of `binding`. The session adds the Via.
 pub fn delivery_request(
@@ -106,7 +106,7 @@ pub fn notification(
         to: payload.from.clone(),
         content_type: "message/imdn+xml".into(),
         body: body.into_bytes(),
-        date: crate::time::rfc1123(now),
+        date: pms_types::time::rfc1123(now),
         imdn_message_id: Some(notification_id.to_string()),
         disposition_notification: None,
     };

@@ -18,7 +18,6 @@ pub mod mailbox;
 pub mod service;
 pub mod session;
 pub mod status;
-pub mod time;
 
 pub use config::EdgeConfig;
 pub use service::SipService;

@@ -31,7 +31,7 @@ use crate::keyring::Keyring;
 use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
 use crate::session::{FlowInfo, Outbound};
 use crate::status::{ALLOW, Refusal};
-use crate::time::rfc1123;
+use pms_types::time::rfc1123;
 
 /// Body types PMS stores (lower-case `type/subtype`).
 const ACCEPTED_MIME_TYPES: [&str; 3] = ["text/plain", "message/cpim", "message/imdn+xml"];

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod limits;
 pub mod metrics;
+pub mod time;
 
 /// A PMS node (one `pmsd` process). Raft node ids are these.
 #[derive(

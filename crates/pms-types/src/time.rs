@@ -1,7 +1,7 @@
 //! Date formats SIP and IMDN need (RFC 1123 for `Date`, RFC 3339 for IMDN `datetime`), from
 //! Unix milliseconds, without a calendar dependency.
 
-use pms_types::UnixMillis;
+use crate::UnixMillis;
 
 /// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`).
@@ -63,6 +63,21 @@ pub fn rfc1123(at: UnixMillis) -> String {
     format!(
         "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} GMT",
         p.day, p.year, p.hour, p.minute, p.second
+    )
+}
+
+/// `2026-11-27T17:35:17.123Z`.
+pub fn rfc3339_millis(at: UnixMillis) -> String {
+    let p = parts(at);
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.year,
+        p.month,
+        p.day,
+        p.hour,
+        p.minute,
+        p.second,
+        at.0 % 1000
     )
 }
 
