@@ -13,7 +13,7 @@ use pms_transport::{
     AdminClient, AdminError, ClusterStatus, MessageState, MessageStatusReport, NewUser, Password,
     TransportError, UserSummary,
 };
-use pms_types::{MessageId, UnixMillis, UserId};
+use pms_types::{MessageId, UserId};
 use serde::Serialize;
 
 /// Users fetched per page by `user list` (printed as they arrive, so memory stays bounded).
@@ -319,6 +319,7 @@ pub fn write_cluster_status(
 mod tests {
     use super::*;
     use pms_transport::{GroupMemberStatus, GroupRole, NodeStatus};
+    use pms_types::UnixMillis;
     use pms_types::{GroupId, NodeId};
 
     #[test]

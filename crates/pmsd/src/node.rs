@@ -46,7 +46,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Until the Raft network over gRPC lands, a node cannot join others: refuse rather than run
     // a single-node cluster that the operator believes is replicated.
     anyhow::ensure!(
-        config.peers.iter().all(|peer| peer.node_id == config.node_id),
+        config
+            .peers
+            .iter()
+            .all(|peer| peer.node_id == config.node_id),
         "--peers names other nodes, but this build runs single-node clusters only (multi-node replication is not implemented yet)"
     );
     std::fs::create_dir_all(&config.data_dir)
