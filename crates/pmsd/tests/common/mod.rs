@@ -222,10 +222,11 @@ impl Node {
         text: &str,
         extra: &[&str],
     ) -> (i32, Vec<serde_json::Value>) {
+        let server = self.sip_tls();
         let mut args = vec![
             "send",
             "--server",
-            &self.sip_tls_leak(),
+            &server,
             "--user",
             from,
             "--password",
