@@ -230,6 +230,13 @@ pub fn load() -> anyhow::Result<Config> {
 
 /// Like [`load`] for the given arguments (the first is the program name, as in `std::env::args`).
 /// Environment variables are still read from the process. Usage errors are returned.
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        reason = "the binary parses std::env::args through load(); tests use this"
+    )
+)]
 pub fn from_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Config> {
     let args = Args::try_parse_from(args).map_err(|error| anyhow::anyhow!("{error}"))?;
     resolve(args)

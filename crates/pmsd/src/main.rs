@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     });
     let result = system.block_on(async move {
         let mut telemetry = telemetry::init(&config.log)?;
+        tracing::info!(otlp_export = telemetry.is_exporting(), "telemetry ready");
         let result = node::run(config).await;
         if let Err(error) = &result {
             tracing::error!("{error:#}");

@@ -55,6 +55,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     prepare_certificates(&config)?;
+    if config.allows_md5() {
+        info!(
+            "digest policy allows MD5 for clients that cannot do SHA-256 (--digest-algorithms sha256 refuses it)"
+        );
+    }
     let (master_key, created) = pms_crypto::MasterKey::load_or_create(&config.master_key_file)
         .with_context(|| format!("master key {}", config.master_key_file.display()))?;
     if created {

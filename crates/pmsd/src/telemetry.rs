@@ -46,6 +46,13 @@ impl TelemetryGuard {
     }
 
     /// Exports every span ended so far. Blocks (see the module invariants).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "shutdown flushes in the binary; tests flush directly"
+        )
+    )]
     pub fn force_flush(&self) -> anyhow::Result<()> {
         if let Some(provider) = &self.tracer_provider {
             provider

@@ -23,6 +23,9 @@
 
 mod common;
 
+/// A multi-step case: runs against the node, `Err` says what went wrong.
+type Sequence = fn(&Node) -> Result<(), String>;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1249,7 +1252,7 @@ fn hostile_and_malformed_requests_get_exact_answers_and_the_node_survives() {
             failures.push(format!("[auth] {}: {error}", case.name));
         }
     }
-    let sequences: [(&str, fn(&Node) -> Result<(), String>); 4] = [
+    let sequences: [(&str, Sequence); 4] = [
         ("replayed nonce count → 403", replayed_nonce_count),
         (
             "retransmission stored once (same X-PMS-Message-ID)",
@@ -1297,7 +1300,7 @@ fn hostile_and_malformed_requests_get_exact_answers_and_the_node_survives() {
         Err(error) => failures.push(format!("[final] normal MESSAGE: {error}")),
     }
     let ready = common::http_get(node.ports.http, "/readyz");
-    if !ready.as_ref().is_some_and(|(status, _)| *status == 200) {
+    if ready.as_ref().is_none_or(|(status, _)| *status != 200) {
         failures.push(format!("[final] /readyz: expected 200, got {ready:?}"));
     }
 

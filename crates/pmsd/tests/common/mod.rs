@@ -201,8 +201,7 @@ impl Node {
     }
 
     pub fn run_pmsctl(&self, args: &[&str]) -> Output {
-        let output = self.pmsctl().args(args).output().expect("running pmsctl");
-        output
+        self.pmsctl().args(args).output().expect("running pmsctl")
     }
 
     pub fn add_user(&self, name: &str) {
