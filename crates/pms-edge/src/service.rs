@@ -19,7 +19,7 @@ use pms_mailbox::{
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::imdn::imdn_fields;
-use pms_sip::message::{Contact, Method, Request, Response, response_to};
+use pms_sip::message::{Contact, Method, NOT_SIP_URI, ParseError, Request, Response, response_to};
 use pms_types::metrics::Metrics;
 use pms_types::{Clock, MessageId, UnixMillis, UserId};
 use tokio::sync::oneshot;
@@ -508,9 +508,12 @@ impl SipService {
 
     async fn message(&self, request: &Request, to_tag: &str) -> Result<Reply, Refusal> {
         Self::check_max_forwards(request)?;
-        let request_uri = request
-            .request_uri()
-            .map_err(|error| Refusal::Malformed(error.reason()))?;
+        let request_uri = request.request_uri().map_err(|error| match error {
+            ParseError::InvalidUri { detail, .. } if detail == NOT_SIP_URI => {
+                Refusal::UnsupportedUriScheme
+            }
+            error => Refusal::Malformed(error.reason()),
+        })?;
         let recipient = self.local_user(&request_uri)?;
         let from = request
             .from()

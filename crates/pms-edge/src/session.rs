@@ -223,6 +223,11 @@ impl SessionActor {
             }
             Err(error) => {
                 let (status, reason) = match &error {
+                    ParseError::InvalidUri { detail, .. }
+                        if *detail == pms_sip::message::NOT_SIP_URI =>
+                    {
+                        (416, "Unsupported URI Scheme".to_string())
+                    }
                     ParseError::UnsupportedVersion { .. } => {
                         (505, "Version Not Supported".to_string())
                     }

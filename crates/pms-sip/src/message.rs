@@ -26,6 +26,10 @@ use crate::text::{
     quote, snippet, split_outside_quotes, truncate_to, unquote,
 };
 
+/// The `detail` of [`ParseError::InvalidUri`] for a URI whose scheme is not sip/sips (a server
+/// answers those with 416 rather than 400).
+pub const NOT_SIP_URI: &str = "not a sip or sips URI";
+
 /// Longest reason phrase produced by [`ParseError::reason`].
 pub const REASON_PHRASE_BYTES_MAX: usize = 120;
 
@@ -487,7 +491,7 @@ impl SipUri {
             .ok_or_else(|| uri_error(text, "no scheme"))?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "sip" && scheme != "sips" {
-            return Err(uri_error(text, "not a sip or sips URI"));
+            return Err(uri_error(text, NOT_SIP_URI));
         }
         let (rest, headers) = match rest.split_once('?') {
             Some((rest, headers)) if !headers.is_empty() => (rest, Some(headers.to_string())),

@@ -137,6 +137,12 @@ pub trait Store: StateRead + Send + Sync + 'static {
     /// Makes every write so far durable (fsync of the WAL).
     fn flush(&self) -> Result<(), StorageError>;
 
+    /// Moves everything buffered in memory into the store's files (RocksDB: memtables to SST),
+    /// so that a clean restart does not replay the WAL. Called on shutdown.
+    fn persist_memory(&self) -> Result<(), StorageError> {
+        self.flush()
+    }
+
     /// Applies state-machine mutations atomically; see [`Store::write_ops`].
     fn write(&self, batch: &[Mutation], sync: bool) -> Result<(), StorageError> {
         let ops: Vec<WriteOp> = batch.iter().cloned().map(WriteOp::from).collect();

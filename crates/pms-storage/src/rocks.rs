@@ -217,6 +217,18 @@ impl Store for RocksStore {
         Ok(entries)
     }
 
+    fn persist_memory(&self) -> Result<(), StorageError> {
+        self.flush()?;
+        for keyspace in Keyspace::ALL {
+            self.db
+                .flush_cf(self.cf(keyspace)?)
+                .map_err(|error| StorageError::Flush {
+                    detail: format!("{}: {error}", keyspace.name()),
+                })?;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db
             .flush_wal(true)

@@ -227,7 +227,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = admin_task.await;
     let _ = http_task.await;
     replication.shutdown().await;
-    store.flush().context("flushing RocksDB")?;
+    store.persist_memory().context("flushing RocksDB")?;
     info!("stopped cleanly");
     Ok(())
 }
