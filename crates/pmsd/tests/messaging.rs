@@ -158,9 +158,10 @@ fn twenty_queued_messages_arrive_in_order() {
     assert_eq!(bodies(&messages), sent);
 }
 
-/// A raw MESSAGE over TCP with digest auth, to control retransmissions exactly.
+/// A raw SIP client over TCP, to control transactions and flows exactly.
 struct RawClient {
     stream: TcpStream,
+    framer: pms_sip::framing::StreamFramer,
 }
 
 impl RawClient {
@@ -169,30 +170,108 @@ impl RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        RawClient { stream }
+        RawClient {
+            stream,
+            framer: pms_sip::framing::StreamFramer::new(64 * 1024, 64 * 1024),
+        }
     }
 
-    fn exchange(&mut self, request: &[u8]) -> pms_sip::message::Response {
-        self.stream.write_all(request).expect("write");
-        let mut framer = pms_sip::framing::StreamFramer::new(64 * 1024, 64 * 1024);
+    /// The next SIP message from the server (keep-alives skipped).
+    fn next_message(&mut self) -> pms_sip::message::SipMessage {
         let mut buffer = [0u8; 8192];
         loop {
-            if let Some(frame) = framer.next_frame() {
-                match frame.expect("framing") {
-                    pms_sip::framing::Frame::Message(bytes) => {
-                        match pms_sip::message::parse(&bytes).expect("parse") {
-                            pms_sip::message::SipMessage::Response(response) => return response,
-                            pms_sip::message::SipMessage::Request(_) => continue,
-                        }
-                    }
-                    _ => continue,
+            while let Some(frame) = self.framer.next_frame() {
+                if let pms_sip::framing::Frame::Message(bytes) = frame.expect("framing") {
+                    return pms_sip::message::parse(&bytes).expect("parse");
                 }
             }
             let read = self.stream.read(&mut buffer).expect("read");
             assert!(read > 0, "server closed the connection");
-            framer.push(&buffer[..read]);
+            self.framer.push(&buffer[..read]);
         }
     }
+
+    /// Sends `request` and returns the first response (requests meanwhile are not expected).
+    fn exchange(&mut self, request: &[u8]) -> pms_sip::message::Response {
+        self.stream.write_all(request).expect("write");
+        loop {
+            if let pms_sip::message::SipMessage::Response(response) = self.next_message() {
+                return response;
+            }
+        }
+    }
+
+    fn next_request(&mut self) -> pms_sip::message::Request {
+        loop {
+            if let pms_sip::message::SipMessage::Request(request) = self.next_message() {
+                return request;
+            }
+        }
+    }
+
+    fn answer(&mut self, request: &pms_sip::message::Request, status: u16) {
+        let response = pms_sip::message::response_to(request, status, "OK", "device");
+        self.stream.write_all(&response.to_bytes()).expect("write");
+    }
+}
+
+fn register_request(call_id: &str, cseq: u32, authorization: Option<&str>) -> Vec<u8> {
+    let mut request = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK{call_id}{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=reg\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:bob@127.0.0.1:5999;transport=tcp>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000b0b1>\";reg-id=1\r\n\
+         Expires: 600\r\n"
+    );
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("Authorization: {authorization}\r\n"));
+    }
+    request.push_str("Content-Length: 0\r\n\r\n");
+    request.into_bytes()
+}
+
+/// REGISTERs bob's one device (same instance id every time) on `client`'s connection.
+fn register_bob(client: &mut RawClient, call_id: &str) -> pms_sip::message::Response {
+    let challenge = client.exchange(&register_request(call_id, 1, None));
+    assert_eq!(challenge.status, 401);
+    let challenge =
+        pms_sip::digest::select_challenge(challenge.headers.get_all("WWW-Authenticate"))
+            .expect("challenge");
+    let authorization = pms_sip::digest::authorization(
+        &challenge,
+        "bob",
+        PASSWORD,
+        "REGISTER",
+        "sip:localhost",
+        "cnonce-reg",
+        1,
+    );
+    client.exchange(&register_request(call_id, 2, Some(&authorization)))
+}
+
+#[test]
+fn a_device_registering_again_on_a_new_connection_replaces_its_flow() {
+    let node = node_with_alice_and_bob();
+    let mut old = RawClient::connect(&node);
+    assert_eq!(register_bob(&mut old, "reg-old").status, 200);
+    let mut new = RawClient::connect(&node);
+    let registered = register_bob(&mut new, "reg-new");
+    assert_eq!(registered.status, 200);
+    assert_eq!(
+        registered.headers.get_all("Contact").len(),
+        1,
+        "one device keeps one binding: {registered:?}"
+    );
+    let (code, lines) = node.send("alice", "bob", "to the newest flow", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    let delivered = new.next_request();
+    assert_eq!(delivered.body, "to the newest flow".as_bytes());
+    assert!(
+        delivered.headers.get("Contact").is_none(),
+        "RFC 3428: no Contact"
+    );
+    assert!(delivered.headers.get("X-PMS-Message-ID").is_some());
+    new.answer(&delivered, 200);
 }
 
 fn message_request(
