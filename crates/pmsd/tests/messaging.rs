@@ -458,3 +458,47 @@ fn metrics_count_what_happened_and_pass_promtool() {
         Err(error) => eprintln!("promtool not installed ({error}); scripts/test installs it"),
     }
 }
+
+#[test]
+fn accounts_without_secure_messaging_are_refused_before_anything_is_stored() {
+    let node = node_with_alice_and_bob();
+    let disable = node.run_pmsctl(&["user", "disable", "bob"]);
+    assert!(
+        disable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&disable.stderr)
+    );
+    let (code, lines) = node.send("alice", "bob", "not for a disabled account", &[]);
+    assert_eq!(code, 1, "{lines:?}");
+    let error = status_of(&lines, "error").expect("error line");
+    assert_eq!(error["code"], 403);
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("recipient bob"),
+        "the reason names which side: {error}"
+    );
+    let (code, lines) = node.send("bob", "alice", "from a disabled account", &[]);
+    assert_eq!(code, 1);
+    let error = status_of(&lines, "error").expect("error line");
+    assert_eq!(error["code"], 403);
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sender bob"),
+        "{error}"
+    );
+    let (code, lines) = node.send("alice", "nobody", "to no one", &[]);
+    assert_eq!(code, 1);
+    assert_eq!(status_of(&lines, "error").expect("error line")["code"], 404);
+    // Enabled again, bob receives only what was sent after: nothing was stored while disabled.
+    let enable = node.run_pmsctl(&["user", "enable", "bob"]);
+    assert!(enable.status.success());
+    let (code, _) = node.send("alice", "bob", "now it works", &[]);
+    assert_eq!(code, 0);
+    let (code, messages) = node.receive("bob", 1, 30);
+    assert_eq!(code, 0);
+    assert_eq!(bodies(&messages), vec!["now it works"]);
+}
