@@ -70,6 +70,23 @@ pub(crate) fn decode<T: DeserializeOwned>(
     })
 }
 
+/// Reads and decodes the `name` meta record of `group` (vote, committed, last applied, ...).
+pub fn read_meta<T: DeserializeOwned>(
+    store: &dyn pms_storage::Store,
+    group: GroupId,
+    name: &[u8],
+) -> Result<Option<T>, ReplicationError> {
+    let bytes = store
+        .get(pms_types::Keyspace::RaftMeta, &meta_key(group, name))
+        .map_err(|fault| ReplicationError::Storage {
+            group,
+            detail: fault.to_string(),
+        })?;
+    bytes
+        .map(|bytes| decode(group, &String::from_utf8_lossy(name), &bytes))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,14 +68,7 @@ impl LogStore {
         &self,
         name: &[u8],
     ) -> Result<Option<T>, ReplicationError> {
-        let key = keys::meta_key(self.group, name);
-        let bytes = self
-            .store
-            .get(Keyspace::RaftMeta, &key)
-            .map_err(|fault| self.storage_error(fault))?;
-        bytes
-            .map(|bytes| keys::decode(self.group, &String::from_utf8_lossy(name), &bytes))
-            .transpose()
+        keys::read_meta(self.store.as_ref(), self.group, name)
     }
 
     fn meta_op<T: serde::Serialize>(
