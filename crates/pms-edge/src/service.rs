@@ -53,10 +53,12 @@ pub enum Reply {
 impl Reply {
     /// Sends the reply through `outbound`, waiting for the window in a task of its own so that
     /// the session's next request is not held up.
-    pub fn send(self, outbound: &Outbound, span: Span, in_flight: InFlight) {
+    /// Every final response of a transaction is counted here, once, when it is sent.
+    pub fn send(self, outbound: &Outbound, span: Span, in_flight: InFlight, metrics: Arc<Metrics>) {
         match self {
             Reply::Nothing => drop(in_flight),
             Reply::Now(response) => {
+                metrics.sip_requests_total.inc(&response.status.to_string());
                 let _ = outbound.send(response.to_bytes());
                 drop(in_flight);
             }
@@ -73,6 +75,7 @@ impl Reply {
                             Ok(Ok(())) => promoted,
                             _ => accepted,
                         };
+                        metrics.sip_requests_total.inc(&response.status.to_string());
                         let _ = outbound.send(response.to_bytes());
                         drop(in_flight);
                     },
@@ -149,6 +152,11 @@ impl SipService {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// A shared handle on the metrics, for work that outlives a borrow of the service.
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     pub fn flows(&self) -> &FlowRegistry {
@@ -236,19 +244,9 @@ impl SipService {
             _ => Err(Refusal::MethodNotAllowed),
         };
         match reply {
-            Ok(reply) => {
-                if let Reply::Now(response) = &reply {
-                    self.metrics
-                        .sip_requests_total
-                        .inc(&response.status.to_string());
-                }
-                reply
-            }
+            Ok(reply) => reply,
             Err(refusal) => {
                 let response = refusal.response(&request, &to_tag);
-                self.metrics
-                    .sip_requests_total
-                    .inc(&response.status.to_string());
                 if let Refusal::Internal(detail) = &refusal {
                     warn!(%detail, "request failed inside PMS");
                 }
@@ -674,9 +672,6 @@ impl SipService {
                 .map_err(|error| Refusal::Internal(error.to_string()))?;
             let was_delivered =
                 status.is_some_and(|status| status.state == MessageState::Delivered);
-            self.metrics
-                .sip_requests_total
-                .inc(if was_delivered { "200" } else { "202" });
             return Ok(Reply::Now(if was_delivered { promoted } else { accepted }));
         }
         self.metrics.messages_accepted_total.inc();

@@ -313,7 +313,7 @@ impl Actor for SessionActor {
                 if let (Some(key), Reply::Now(response)) = (key, &reply) {
                     answered.insert(key, response.to_bytes());
                 }
-                reply.send(&outbound, span, in_flight);
+                reply.send(&outbound, span, in_flight, service.metrics_handle());
             }
         });
         if self.info.transport == Transport::Udp {

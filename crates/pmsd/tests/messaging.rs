@@ -425,6 +425,11 @@ fn metrics_count_what_happened_and_pass_promtool() {
         metrics.contains("pms_messages_accepted_total 1"),
         "{metrics}"
     );
+    // The 202 leaves through the synchronous-window path and must be counted exactly once.
+    assert!(
+        metrics.contains("pms_sip_requests_total{kind=\"202\"} 1\n"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("pms_raft_commit_latency_seconds_bucket"),
         "{metrics}"
