@@ -464,6 +464,20 @@ fn metrics_count_what_happened_and_pass_promtool() {
     }
 }
 
+/// `pmsctl send` from `route.0` to `route.1` ends in an error with `code` and a reason that
+/// contains `reason_part`.
+fn assert_refused(node: &Node, route: (&str, &str), code: u16, reason_part: &str) {
+    let (exit, lines) = node.send(route.0, route.1, "refused", &[]);
+    assert_eq!(exit, 1, "{lines:?}");
+    let error = status_of(&lines, "error").expect("error line");
+    assert_eq!(error["code"], code, "{error}");
+    let reason = error["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(reason_part),
+        "reason {reason:?} should name {reason_part:?}"
+    );
+}
+
 #[test]
 fn accounts_without_secure_messaging_are_refused_before_anything_is_stored() {
     let node = node_with_alice_and_bob();
@@ -473,31 +487,9 @@ fn accounts_without_secure_messaging_are_refused_before_anything_is_stored() {
         "{}",
         String::from_utf8_lossy(&disable.stderr)
     );
-    let (code, lines) = node.send("alice", "bob", "not for a disabled account", &[]);
-    assert_eq!(code, 1, "{lines:?}");
-    let error = status_of(&lines, "error").expect("error line");
-    assert_eq!(error["code"], 403);
-    assert!(
-        error["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("recipient bob"),
-        "the reason names which side: {error}"
-    );
-    let (code, lines) = node.send("bob", "alice", "from a disabled account", &[]);
-    assert_eq!(code, 1);
-    let error = status_of(&lines, "error").expect("error line");
-    assert_eq!(error["code"], 403);
-    assert!(
-        error["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("sender bob"),
-        "{error}"
-    );
-    let (code, lines) = node.send("alice", "nobody", "to no one", &[]);
-    assert_eq!(code, 1);
-    assert_eq!(status_of(&lines, "error").expect("error line")["code"], 404);
+    assert_refused(&node, ("alice", "bob"), 403, "recipient bob");
+    assert_refused(&node, ("bob", "alice"), 403, "sender bob");
+    assert_refused(&node, ("alice", "nobody"), 404, "nobody");
     // Enabled again, bob receives only what was sent after: nothing was stored while disabled.
     let enable = node.run_pmsctl(&["user", "enable", "bob"]);
     assert!(enable.status.success());
