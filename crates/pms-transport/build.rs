@@ -4,11 +4,16 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let admin_proto = proto_dir.join("pms_admin.proto");
-    println!("cargo:rerun-if-changed={}", admin_proto.display());
+    let protos = [
+        proto_dir.join("pms_admin.proto"),
+        proto_dir.join("pms_internal.proto"),
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&[admin_proto], &[proto_dir])?;
+        .compile_protos(&protos, &[proto_dir])?;
     Ok(())
 }

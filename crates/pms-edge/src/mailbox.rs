@@ -27,12 +27,18 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::delivery::{delivery_request, notification, open_payload};
 use crate::service::SipService;
-use crate::session::{Deliver, DeliveryOutcome};
+use crate::session::DeliveryOutcome;
 
 /// Most senders waiting for the synchronous window at once; beyond it senders get 202 at once.
 pub const DELIVERY_WAITERS_MAX: usize = 100_000;
 /// Expired messages handled per sweep.
 pub const EXPIRY_SWEEP_MAX: usize = 64;
+/// How often the leader looks for users with queued messages and wakes their mailboxes. This
+/// resumes delivery after a leader change, after a lost wake-up, and when a device's node came
+/// back; new messages and registrations wake their mailbox at once.
+pub const RESUME_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Users woken per resume sweep (the sweep continues where it stopped on the next tick).
+pub const RESUME_SWEEP_USERS_MAX: usize = 1_024;
 
 /// Senders waiting to learn that their message was delivered within the synchronous window.
 #[derive(Default, Debug)]
@@ -82,6 +88,9 @@ impl DeliveryWaiters {
 #[rtype(result = "()")]
 pub struct Wake {
     pub user: UserId,
+    /// From the resume sweep: start an actor if none runs, but leave a running one (and its
+    /// backoff) alone.
+    pub resume: bool,
 }
 
 #[derive(Message)]
@@ -124,8 +133,11 @@ impl Actor for MailboxSupervisorActor {
 impl Handler<Wake> for MailboxSupervisorActor {
     type Result = ();
 
-    fn handle(&mut self, Wake { user }: Wake, ctx: &mut Self::Context) {
+    fn handle(&mut self, Wake { user, resume }: Wake, ctx: &mut Self::Context) {
         if let Some(actor) = self.actors.get(&user) {
+            if resume && actor.connected() {
+                return;
+            }
             match actor.try_send(Kick) {
                 // A full mailbox already holds a kick.
                 Ok(()) | Err(SendError::Full(_)) => return,
@@ -267,14 +279,20 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
     let state = service.mailboxes().state(group);
     let mut bindings = query::bindings(&*state, group, user, now).map_err(internal)?;
     bindings.sort_by_key(|binding| std::cmp::Reverse(binding.registered_at));
-    let Some((binding, session)) = bindings.into_iter().find_map(|binding| {
-        service
-            .flows()
-            .session(binding.flow)
-            .map(|session| (binding, session))
-    }) else {
+    let local_node = config.node;
+    let remote = service.remote_flows();
+    // Bindings this node can try: its own open flows, and flows of other nodes when the
+    // cluster can push there. Newest registration first.
+    bindings.retain(|binding| {
+        if binding.flow.node == local_node {
+            service.flows().session(binding.flow).is_some()
+        } else {
+            remote.is_some()
+        }
+    });
+    if bindings.is_empty() {
         return Ok(Step::Idle);
-    };
+    }
     let Some(message) = query::queue(&*state, group, user, 0, 1)
         .map_err(internal)?
         .into_iter()
@@ -308,18 +326,33 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             return Ok(Step::Progress);
         }
     };
-    let request = delivery_request(&binding, &message, &payload, &config.domain);
-    service.metrics().delivery_attempts_total.inc();
-    let span = info_span!("delivery_attempt", message_id = %message.message_id, seq = message.seq);
-    let outcome = async {
-        let timeout = Duration::from_millis(config.delivery_timeout_ms);
-        match session.send(Deliver { request, timeout }).await {
-            Ok(receiver) => receiver.await.unwrap_or(DeliveryOutcome::FlowClosed),
-            Err(_) => DeliveryOutcome::FlowClosed,
+    let timeout = Duration::from_millis(config.delivery_timeout_ms);
+    let mut outcome = DeliveryOutcome::FlowClosed;
+    for binding in &bindings {
+        // Invariant: re-checked before every push: a retry never goes out after expiry.
+        if message.expires_at <= service.clock().now() {
+            return Ok(Step::Retry);
+        }
+        let request = delivery_request(binding, &message, &payload, &config.domain);
+        service.metrics().delivery_attempts_total.inc();
+        let span = info_span!("delivery_attempt", message_id = %message.message_id, seq = message.seq, flow_node = %binding.flow.node);
+        outcome = async {
+            if binding.flow.node == local_node {
+                service.deliver_local(binding.flow, request, timeout).await
+            } else if let Some(remote) = &remote {
+                remote.deliver(binding.flow, request, timeout).await
+            } else {
+                DeliveryOutcome::FlowClosed
+            }
+        }
+        .instrument(span)
+        .await;
+        // A closed flow (connection gone, node gone) says nothing about the message: try the
+        // user's next device. Every other outcome ends this attempt.
+        if outcome != DeliveryOutcome::FlowClosed {
+            break;
         }
     }
-    .instrument(span)
-    .await;
     let now = service.clock().now();
     match outcome {
         DeliveryOutcome::Final {
@@ -416,9 +449,12 @@ async fn commit_outcome(
 }
 
 /// Commits `Expire` for messages whose validity ended.
+/// Also runs the resume sweep (see [`RESUME_SWEEP_INTERVAL`]) on the leader.
 pub struct ExpiryActor {
     service: Arc<SipService>,
     sweeping: bool,
+    /// Where the resume sweep continues: the last user it woke.
+    resume_after: Option<UserId>,
 }
 
 impl ExpiryActor {
@@ -426,6 +462,37 @@ impl ExpiryActor {
         ExpiryActor {
             service,
             sweeping: false,
+            resume_after: None,
+        }
+    }
+
+    fn resume_sweep(&mut self) {
+        let group = self.service.config().group;
+        if !self.service.mailboxes().is_leader(group) {
+            self.resume_after = None;
+            return;
+        }
+        let users = {
+            let state = self.service.mailboxes().state(group);
+            query::users_with_queue(
+                &*state,
+                group,
+                self.resume_after.as_ref(),
+                RESUME_SWEEP_USERS_MAX,
+            )
+        };
+        match users {
+            Ok(users) => {
+                self.resume_after = if users.len() == RESUME_SWEEP_USERS_MAX {
+                    users.last().cloned()
+                } else {
+                    None
+                };
+                for user in &users {
+                    self.service.wake_for_resume(user);
+                }
+            }
+            Err(error) => warn!(%error, "mailbox index unreadable; resume sweep skipped"),
         }
     }
 }
@@ -434,6 +501,7 @@ impl Actor for ExpiryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(RESUME_SWEEP_INTERVAL, |actor, _| actor.resume_sweep());
         let tick = Duration::from_millis(self.service.config().expiry_tick_ms);
         ctx.run_interval(tick, |actor, ctx| {
             if actor.sweeping

@@ -21,7 +21,7 @@ use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::imdn::imdn_fields;
 use pms_sip::message::{Contact, Method, NOT_SIP_URI, ParseError, Request, Response, response_to};
 use pms_types::metrics::Metrics;
-use pms_types::{Clock, MessageId, UnixMillis, UserId};
+use pms_types::{Clock, FlowId, MessageId, UnixMillis, UserId};
 use tokio::sync::oneshot;
 use tracing::{Span, debug, warn};
 
@@ -29,7 +29,7 @@ use crate::config::EdgeConfig;
 use crate::flows::FlowRegistry;
 use crate::keyring::Keyring;
 use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
-use crate::session::{FlowInfo, Outbound};
+use crate::session::{Deliver, DeliveryOutcome, FlowInfo, Outbound};
 use crate::status::{ALLOW, Refusal};
 use pms_types::time::rfc1123;
 
@@ -108,6 +108,20 @@ pub struct SipService {
     waiters: Arc<DeliveryWaiters>,
     supervisor: Mutex<Option<Addr<MailboxSupervisorActor>>>,
     in_flight: Arc<AtomicUsize>,
+    remote_flows: Mutex<Option<Arc<dyn RemoteFlows>>>,
+}
+
+/// Delivery through flows that other nodes hold (a device registered through another node of
+/// the cluster). `pmsd` implements it over gRPC; a single node needs none.
+pub trait RemoteFlows: Send + Sync + 'static {
+    /// Sends `request` through `flow` on the node that holds it and waits up to `timeout` for
+    /// the device's final response. An unreachable node holds no usable flow: `FlowClosed`.
+    fn deliver(
+        &self,
+        flow: FlowId,
+        request: Request,
+        timeout: Duration,
+    ) -> pms_mailbox::BoxFuture<'_, DeliveryOutcome>;
 }
 
 impl std::fmt::Debug for SipService {
@@ -143,6 +157,7 @@ impl SipService {
             waiters: Arc::new(DeliveryWaiters::default()),
             supervisor: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            remote_flows: Mutex::new(None),
         }
     }
 
@@ -179,6 +194,38 @@ impl SipService {
         &self.waiters
     }
 
+    /// Connects delivery through flows held by other nodes.
+    pub fn set_remote_flows(&self, remote: Arc<dyn RemoteFlows>) {
+        *self
+            .remote_flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(remote);
+    }
+
+    pub fn remote_flows(&self) -> Option<Arc<dyn RemoteFlows>> {
+        self.remote_flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends `request` to the device on `flow`, one of this node's flows, and waits up to
+    /// `timeout` for its final response (the far end of [`RemoteFlows::deliver`]).
+    pub async fn deliver_local(
+        &self,
+        flow: FlowId,
+        request: Request,
+        timeout: Duration,
+    ) -> DeliveryOutcome {
+        let Some(session) = self.flows.session(flow) else {
+            return DeliveryOutcome::FlowClosed;
+        };
+        match session.send(Deliver { request, timeout }).await {
+            Ok(receiver) => receiver.await.unwrap_or(DeliveryOutcome::FlowClosed),
+            Err(_) => DeliveryOutcome::FlowClosed,
+        }
+    }
+
     /// Connects the mailbox supervisor (started after the service, inside the actix System).
     pub fn set_supervisor(&self, supervisor: Addr<MailboxSupervisorActor>) {
         *self
@@ -189,6 +236,15 @@ impl SipService {
 
     /// Asks the user's mailbox actor to look at its queue and devices.
     pub fn wake(&self, user: &UserId) {
+        self.send_wake(user, false);
+    }
+
+    /// Starts the user's mailbox actor unless one runs (the leader's resume sweep).
+    pub fn wake_for_resume(&self, user: &UserId) {
+        self.send_wake(user, true);
+    }
+
+    fn send_wake(&self, user: &UserId, resume: bool) {
         let supervisor = self
             .supervisor
             .lock()
@@ -198,7 +254,11 @@ impl SipService {
             // The supervisor's mailbox is large; a full one means it is already busy waking
             // actors, and every actor re-reads its queue when it runs, so a lost wake-up is
             // only delay (the retry timers and the next REGISTER wake it again).
-            if supervisor.try_send(Wake { user: user.clone() }).is_err() {
+            let wake = Wake {
+                user: user.clone(),
+                resume,
+            };
+            if supervisor.try_send(wake).is_err() {
                 debug!(%user, "mailbox supervisor busy; wake-up dropped");
             }
         }

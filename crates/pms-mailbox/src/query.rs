@@ -152,3 +152,51 @@ pub fn queue_depth(state: &(impl StateRead + ?Sized), group: GroupId) -> Result<
         }
     }
 }
+
+/// Users of `group` with at least one queued message, in user-name order after `after`
+/// (exclusive), at most `limit`. Used to resume delivery after a leader change.
+pub fn users_with_queue(
+    state: &(impl StateRead + ?Sized),
+    group: GroupId,
+    after: Option<&UserId>,
+    limit: usize,
+) -> Result<Vec<UserId>, ApplyError> {
+    let prefix = pms_types::group_key(group, &[]);
+    let mut start = match after {
+        Some(user) => {
+            let mut key = keys::mailbox_meta(group, user);
+            key.push(0);
+            key
+        }
+        None => prefix.clone(),
+    };
+    let mut found = Vec::new();
+    loop {
+        let page = state.scan_prefix(Keyspace::MailboxMeta, &prefix, &start, APPLY_BATCH_MAX)?;
+        for (key, value) in &page {
+            let meta: MailboxMeta = decode(Keyspace::MailboxMeta, value)?;
+            if meta.queued == 0 {
+                continue;
+            }
+            let name = key
+                .get(prefix.len()..)
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .and_then(|name| UserId::parse(name).ok())
+                .ok_or_else(|| ApplyError::CorruptRecord {
+                    keyspace: Keyspace::MailboxMeta.name(),
+                    detail: format!("undecodable key {key:?}"),
+                })?;
+            found.push(name);
+            if found.len() >= limit {
+                return Ok(found);
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == APPLY_BATCH_MAX => {
+                start = last.clone();
+                start.push(0);
+            }
+            _ => return Ok(found),
+        }
+    }
+}

@@ -565,3 +565,42 @@ fn listing_users_pages_by_name() {
     let after = query::users(&state, GROUP, Some(&user("alice")), 10).unwrap();
     assert_eq!(after.len(), 1);
 }
+
+#[test]
+fn users_with_queue_lists_only_users_with_queued_messages() {
+    let mut state = with_alice_and_bob();
+    state.run(provision("carol"));
+    assert!(query::users_with_queue(&state, GROUP, None, 10).unwrap().is_empty());
+    for (id, to) in [(1u8, "bob"), (2, "carol"), (3, "carol")] {
+        state.run(Command::Enqueue {
+            message: message(id, to, 100, id),
+            accepted_at: UnixMillis(10),
+            notification: None,
+        });
+    }
+    assert_eq!(
+        query::users_with_queue(&state, GROUP, None, 10).unwrap(),
+        vec![user("bob"), user("carol")]
+    );
+    // Paging: after bob comes carol; a limit of one stops at bob.
+    assert_eq!(
+        query::users_with_queue(&state, GROUP, Some(&user("bob")), 10).unwrap(),
+        vec![user("carol")]
+    );
+    assert_eq!(
+        query::users_with_queue(&state, GROUP, None, 1).unwrap(),
+        vec![user("bob")]
+    );
+    // Once bob's only message is delivered he drops out.
+    state.run(Command::MarkDelivered {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: MessageId::from_random_bytes([1; 16]),
+        at: UnixMillis(20),
+        notification: None,
+    });
+    assert_eq!(
+        query::users_with_queue(&state, GROUP, None, 10).unwrap(),
+        vec![user("carol")]
+    );
+}

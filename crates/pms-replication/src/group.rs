@@ -17,11 +17,11 @@ use crate::types::{LogCommand, SnapshotData, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use pms_mailbox::{Command, CommandResponse, GroupCommand};
 use pms_storage::Store;
 use pms_types::{GroupId, StateRead};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -93,6 +93,49 @@ impl GroupConfig {
     }
 }
 
+/// The role of this node in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl GroupRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRole::Leader => "leader",
+            GroupRole::Follower => "follower",
+            GroupRole::Candidate => "candidate",
+            GroupRole::Learner => "learner",
+            GroupRole::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One member of a group's membership as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    pub node: u64,
+    pub address: String,
+    pub voter: bool,
+    /// The last log index known replicated to this member (known on the leader only).
+    pub matched_index: Option<u64>,
+}
+
+/// What this node knows about one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: GroupRole,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub members: Vec<GroupMember>,
+}
+
 /// One Raft group running on this node.
 pub struct Group {
     node_id: u64,
@@ -161,6 +204,23 @@ impl Group {
     /// Makes this node the single voter of the group, unless the group is already initialized
     /// (here, earlier, or by a leader that added this node). Idempotent across restarts.
     pub async fn initialize_single(&self, addr: String) -> Result<(), ReplicationError> {
+        self.initialize(BTreeMap::from([(self.node_id, addr)])).await
+    }
+
+    /// Bootstraps the group with `members` (node id → gRPC address) as its voters, like etcd's
+    /// `--initial-cluster`, unless it is already initialized. Every member may call this with the
+    /// same map: the first membership entry is identical on all of them, and the group elects a
+    /// leader once a majority runs. Idempotent across restarts (a restarted node keeps its log).
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> Result<(), ReplicationError> {
+        if !members.contains_key(&self.node_id) {
+            return Err(ReplicationError::Config {
+                detail: format!(
+                    "node {} is not among the initial members {:?}",
+                    self.node_id,
+                    members.keys().collect::<Vec<_>>()
+                ),
+            });
+        }
         let initialized = self
             .raft
             .is_initialized()
@@ -169,7 +229,10 @@ impl Group {
         if initialized {
             return Ok(());
         }
-        let members = BTreeMap::from([(self.node_id, BasicNode { addr })]);
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             // Raced with another initialization: the goal, an initialized group, holds.
@@ -182,11 +245,120 @@ impl Group {
         }
     }
 
+    /// Adds `node` (reachable at `addr`) to the group: first as a learner, waiting until it has
+    /// caught up, then as a voter. Each step is one membership change, so the group never has
+    /// fewer voters able to form a quorum than before. Only the leader can do this.
+    pub async fn add_voter(&self, node: u64, addr: String) -> Result<(), ReplicationError> {
+        self.raft
+            .add_learner(node, BasicNode { addr }, true)
+            .await
+            .map_err(|error| self.raft_write_error(error))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+            .await
+            .map_err(|error| self.raft_write_error(error))?;
+        Ok(())
+    }
+
+    /// Removes `node` from the group's voters and learners. Only the leader can do this; openraft
+    /// refuses a change that leaves no voter.
+    pub async fn remove_node(&self, node: u64) -> Result<(), ReplicationError> {
+        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|id| id == node);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|error| self.raft_write_error(error))?;
+        Ok(())
+    }
+
+    fn raft_write_error(&self, error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ReplicationError {
+        match error {
+            RaftError::APIError(error) => self.client_write_error(error),
+            RaftError::Fatal(fatal) => fatal_error(self.group, fatal),
+        }
+    }
+
+    /// What this node knows of the group: its role, applied index, leader, members and (on the
+    /// leader) how far each member has replicated.
+    pub fn status(&self) -> GroupStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| GroupMember {
+                node: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics.replication.as_ref().and_then(|replication| {
+                    replication
+                        .get(id)
+                        .and_then(|log_id| log_id.as_ref().map(|log_id| log_id.index()))
+                }),
+            })
+            .collect();
+        GroupStatus {
+            group: self.group,
+            role: match metrics.state {
+                ServerState::Leader => GroupRole::Leader,
+                ServerState::Candidate => GroupRole::Candidate,
+                ServerState::Learner => GroupRole::Learner,
+                ServerState::Follower if voters.contains(&self.node_id) => GroupRole::Follower,
+                ServerState::Follower => GroupRole::Learner,
+                ServerState::Shutdown => GroupRole::Shutdown,
+            },
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            last_applied_index: metrics.last_applied.as_ref().map(|log_id| log_id.index()),
+            members,
+        }
+    }
+
+    /// The gRPC address of `node` as the group's membership records it.
+    pub fn member_address(&self, node: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|node| node.addr.clone())
+    }
+
+    /// Whether this node is a voter or learner of the group's current membership.
+    pub fn is_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some()
+    }
+
     /// Replicates `command` and waits until it is committed and applied here; returns what
     /// applying it produced. See [`ReplicationError::is_retryable`] and
     /// [`ReplicationError::outcome_unknown`] for what to do on failure.
-    #[tracing::instrument(name = "raft_proposal", skip_all, fields(group = %self.group, command = crate::types::command_name(&command)))]
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ReplicationError> {
+        self.propose_indexed(command)
+            .await
+            .map(|(response, _index)| response)
+    }
+
+    /// [`Group::propose`], also returning the log index the command committed at (so a node
+    /// that forwarded the command can wait until its own replica applied it).
+    #[tracing::instrument(name = "raft_proposal", skip_all, fields(group = %self.group, command = crate::types::command_name(&command)))]
+    pub async fn propose_indexed(
+        &self,
+        command: Command,
+    ) -> Result<(CommandResponse, u64), ReplicationError> {
         let started = Instant::now();
         let write = self.raft.client_write(LogCommand(GroupCommand {
             group: self.group,
@@ -207,7 +379,7 @@ impl Group {
                 if let Some(observer) = self.observer() {
                     observer(self.group, elapsed);
                 }
-                Ok(written.data)
+                Ok((written.data, written.log_id.index()))
             }
             Err(RaftError::APIError(error)) => Err(self.client_write_error(error)),
             Err(RaftError::Fatal(fatal)) => Err(fatal_error(self.group, fatal)),

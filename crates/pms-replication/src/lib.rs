@@ -20,9 +20,13 @@ mod router;
 pub mod snapshot;
 mod state_machine;
 mod types;
+pub mod wire;
 
 pub use error::{ProposeError, ReplicationError};
-pub use group::{CommitLatencyObserver, Group, GroupConfig, SHUTDOWN_RELEASE_WAIT};
+pub use group::{
+    CommitLatencyObserver, Group, GroupConfig, GroupMember, GroupRole, GroupStatus,
+    SHUTDOWN_RELEASE_WAIT,
+};
 pub use log_store::{LOG_READ_BATCH_MAX, LogStore};
 pub use network::{UnreachableNetwork, UnreachableNetworkFactory};
 pub use router::{MAILBOX_GROUPS_MAX, Replication, mailbox_group_for};

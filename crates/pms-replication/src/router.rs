@@ -42,18 +42,18 @@ pub struct Replication {
 }
 
 impl Replication {
-    /// Opens each of `groups` on this node over `store`, each with its own clone of `network`.
-    /// `mailbox_group_count` is fixed at bootstrap (1 until sharding lands).
+    /// Opens each of `groups` on this node over `store`, each with the network `network(group)`
+    /// makes for it. `mailbox_group_count` is fixed at bootstrap.
     pub async fn open<N>(
         node_id: u64,
         store: Arc<dyn Store>,
         groups: &[GroupId],
         mailbox_group_count: u32,
-        network: N,
+        network: impl Fn(GroupId) -> N,
         config: &GroupConfig,
     ) -> Result<Replication, ReplicationError>
     where
-        N: RaftNetworkFactory<TypeConfig> + Clone,
+        N: RaftNetworkFactory<TypeConfig>,
         N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
     {
         if mailbox_group_count == 0 || mailbox_group_count > MAILBOX_GROUPS_MAX {
@@ -68,7 +68,7 @@ impl Replication {
             if opened.contains_key(group) {
                 continue;
             }
-            match Group::open(node_id, *group, Arc::clone(&store), network.clone(), config).await {
+            match Group::open(node_id, *group, Arc::clone(&store), network(*group), config).await {
                 Ok(opened_group) => {
                     opened.insert(*group, opened_group);
                 }
@@ -122,6 +122,23 @@ impl Replication {
             group.initialize_single(addr.to_owned()).await?;
         }
         Ok(())
+    }
+
+    /// Bootstraps every hosted group with `members` (node id → gRPC address) as its voters,
+    /// unless it is initialized already (see [`Group::initialize`]).
+    pub async fn initialize(
+        &self,
+        members: &BTreeMap<u64, String>,
+    ) -> Result<(), ReplicationError> {
+        for group in self.groups.values() {
+            group.initialize(members.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// The mailbox group count fixed at bootstrap.
+    pub fn mailbox_group_count(&self) -> u32 {
+        self.mailbox_group_count
     }
 
     /// Stops every group.

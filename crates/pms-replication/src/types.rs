@@ -69,7 +69,12 @@ pub mod raft_api {
     pub use openraft::raft::{
         AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
     };
-    pub use openraft::{BasicNode, Snapshot};
+    pub use openraft::{BasicNode, OptionalSend};
+
+    /// A whole snapshot as the network hands it over.
+    pub type FullSnapshot = openraft::alias::SnapshotOf<super::TypeConfig, super::SnapshotData>;
+    /// The meta of a snapshot (last log id, membership, id).
+    pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<super::TypeConfig>;
 
     /// A Raft handle of a group, for the server side of a network (handing RPCs to the group).
     pub type Raft = openraft::Raft<super::TypeConfig, crate::state_machine::StateMachine>;

@@ -342,7 +342,7 @@ async fn directory_and_mailbox_groups_share_one_store_without_mixing() {
         Arc::clone(&store),
         &[GroupId::DIRECTORY, GroupId(1), GroupId(1)],
         1,
-        UnreachableNetworkFactory,
+        |_| UnreachableNetworkFactory,
         &GroupConfig::default(),
     )
     .await

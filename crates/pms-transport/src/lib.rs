@@ -9,14 +9,20 @@
 //! peer whose certificate common name is `admin`.
 
 pub mod admin;
+pub mod internal;
 mod proto;
 mod tls;
 
 pub use admin::client::AdminClient;
-pub use admin::server::{AdminServer, admin_routes, serve_admin};
+pub use admin::server::{AdminServer, ServiceAdder, admin_routes, serve_admin};
 pub use admin::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
     MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserPage, UserSummary,
+};
+pub use internal::server::local_status;
+pub use internal::{
+    DeliveryReport, FlowDelivery, ForwardError, Forwarded, GrpcNetworkFactory, PeerClients,
+    PeerFuture, PeerGroupMember, PeerGroupStatus, PeerNodeStatus, internal_service,
 };
 pub use tls::{ADMIN_CLIENT_NAME, server_tls_config};
 

@@ -52,6 +52,20 @@ pub(crate) fn client_tls_config(
         .domain_name(server_name))
 }
 
+/// The TLS configuration of a node calling another node: it presents `node.crt`/`node.key`
+/// (which carries the client-auth usage) and trusts only `ca.crt`.
+pub(crate) fn node_client_tls_config(
+    certs_dir: &Path,
+    server_name: &str,
+) -> Result<ClientTlsConfig, TransportError> {
+    let identity =
+        pms_crypto::load_node_identity(certs_dir).map_err(|e| certificates_error(certs_dir, e))?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(load_ca(certs_dir)?)
+        .identity(Identity::from_pem(&identity.cert, &identity.key))
+        .domain_name(server_name))
+}
+
 /// The common name of the verified peer certificate of a request, if there is one.
 pub(crate) fn peer_common_name<T>(request: &tonic::Request<T>) -> Option<String> {
     let certs = request.peer_certs()?;

@@ -114,6 +114,16 @@ impl AdminBackend for FakeBackend {
         })
     }
 
+    fn add_node(&self, _node: NodeId, _address: String) -> BackendFuture<'_, ()> {
+        self.called();
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn remove_node(&self, _node: NodeId) -> BackendFuture<'_, ()> {
+        self.called();
+        Box::pin(async move { Ok(()) })
+    }
+
     fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
         self.called();
         Box::pin(async move { Ok(sample_cluster()) })
@@ -131,7 +141,9 @@ fn sample_cluster() -> ClusterStatus {
                 role: GroupRole::Leader,
                 last_applied_index: Some(7),
                 leader: Some(NodeId(1)),
+                lag: Some(0),
             }],
+            unreachable: None,
         }],
     }
 }

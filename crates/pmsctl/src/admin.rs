@@ -13,7 +13,7 @@ use pms_transport::{
     AdminClient, AdminError, ClusterStatus, MessageState, MessageStatusReport, NewUser, Password,
     TransportError, UserSummary,
 };
-use pms_types::{MessageId, UserId};
+use pms_types::{MessageId, NodeId, UserId};
 use serde::Serialize;
 
 /// Users fetched per page by `user list` (printed as they arrive, so memory stays bounded).
@@ -45,6 +45,13 @@ pub enum AdminCommand {
     ClusterStatus {
         json: bool,
     },
+    ClusterAddNode {
+        node: u64,
+        address: String,
+    },
+    ClusterRemoveNode {
+        node: u64,
+    },
 }
 
 /// Why an admin command failed.
@@ -68,6 +75,17 @@ enum Validated {
     UserList { json: bool },
     MessageStatus(MessageId),
     ClusterStatus { json: bool },
+    ClusterAddNode(NodeId, String),
+    ClusterRemoveNode(NodeId),
+}
+
+fn parse_node(node: u64) -> Result<NodeId, AdminCommandError> {
+    if node == 0 {
+        return Err(AdminCommandError::InvalidArgument(
+            "node ids start at 1".to_owned(),
+        ));
+    }
+    Ok(NodeId(node))
 }
 
 fn parse_user(name: &str) -> Result<UserId, AdminCommandError> {
@@ -100,6 +118,18 @@ fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
             })?)
         }
         AdminCommand::ClusterStatus { json } => Validated::ClusterStatus { json },
+        AdminCommand::ClusterAddNode { node, address } => {
+            let host_and_port = address
+                .rsplit_once(':')
+                .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if host_and_port.is_none() {
+                return Err(AdminCommandError::InvalidArgument(format!(
+                    "address {address:?} is not HOST:PORT"
+                )));
+            }
+            Validated::ClusterAddNode(parse_node(node)?, address)
+        }
+        AdminCommand::ClusterRemoveNode { node } => Validated::ClusterRemoveNode(parse_node(node)?),
     })
 }
 
@@ -140,6 +170,14 @@ pub async fn run(
         Validated::ClusterStatus { json } => {
             let status = client.cluster_status().await?;
             write_cluster_status(&status, json, out)?;
+        }
+        Validated::ClusterAddNode(node, address) => {
+            client.add_node(node, &address).await?;
+            writeln!(out, "added node {node} at {address} (voter in every group)")?;
+        }
+        Validated::ClusterRemoveNode(node) => {
+            client.remove_node(node).await?;
+            writeln!(out, "removed node {node} from every group")?;
         }
     }
     out.flush()?;
@@ -246,6 +284,8 @@ struct NodeJson<'a> {
     node: u64,
     address: &'a str,
     groups: Vec<GroupJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -253,6 +293,7 @@ struct GroupJson {
     group: u32,
     role: &'static str,
     last_applied_index: Option<u64>,
+    lag: Option<u64>,
     leader: Option<u64>,
 }
 
@@ -280,8 +321,10 @@ pub fn write_cluster_status(
                             role: member.role.as_str(),
                             last_applied_index: member.last_applied_index,
                             leader: member.leader.map(|leader| leader.0),
+                            lag: member.lag,
                         })
                         .collect(),
+                    unreachable: node.unreachable.as_deref(),
                 })
                 .collect(),
         };
@@ -291,23 +334,28 @@ pub fn write_cluster_status(
     writeln!(out, "as seen by node {}", status.reporting_node)?;
     writeln!(
         out,
-        "{:<6} {:<24} {:<6} {:<10} {:<10} LEADER",
-        "NODE", "ADDRESS", "GROUP", "ROLE", "APPLIED"
+        "{:<6} {:<24} {:<6} {:<10} {:<10} {:<6} LEADER",
+        "NODE", "ADDRESS", "GROUP", "ROLE", "APPLIED", "LAG"
     )?;
     let or_dash = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for node in &status.nodes {
+        if let Some(reason) = &node.unreachable {
+            writeln!(out, "{:<6} {:<24} unreachable: {reason}", node.node, node.address)?;
+            continue;
+        }
         if node.groups.is_empty() {
             writeln!(out, "{:<6} {:<24} -", node.node, node.address)?;
         }
         for member in &node.groups {
             writeln!(
                 out,
-                "{:<6} {:<24} {:<6} {:<10} {:<10} {}",
+                "{:<6} {:<24} {:<6} {:<10} {:<10} {:<6} {}",
                 node.node,
                 node.address,
                 member.group,
                 member.role.as_str(),
                 or_dash(member.last_applied_index),
+                or_dash(member.lag),
                 or_dash(member.leader.map(|leader| leader.0)),
             )?;
         }
@@ -423,7 +471,9 @@ mod tests {
                     role: GroupRole::Follower,
                     last_applied_index: None,
                     leader: Some(NodeId(1)),
+                    lag: None,
                 }],
+                unreachable: None,
             }],
         };
         let mut out = Vec::new();

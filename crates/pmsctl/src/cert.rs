@@ -1,4 +1,5 @@
-//! `pmsctl cert create-ca | create-node HOST... | create-client NAME`: makes the certificates of a
+//! `pmsctl cert create-ca | create-node HOST... | create-client NAME | create-master-key FILE`:
+//! makes the certificates of a
 //! CockroachDB-style certs dir (`ca.crt`, `node.crt`/`node.key`, `client.<name>.crt`/`.key`)
 //! through `pms-crypto`, the only crate that generates keys.
 //!
@@ -25,6 +26,9 @@ pub enum CertCommand {
     CreateNode { hosts: Vec<String> },
     /// A client certificate whose common name is `name` (`admin` for the admin API).
     CreateClient { name: String },
+    /// A new cluster master key file (mode 0600), to copy to every node's
+    /// `--master-key-file` before they first start; never kept beside the data.
+    CreateMasterKey { path: PathBuf },
 }
 
 /// Why a `pmsctl cert` command failed.
@@ -101,8 +105,13 @@ pub fn validate_hosts(hosts: &[String]) -> Result<(), CertError> {
 
 /// Runs one cert command against `certs_dir` (created if missing) and reports to `out`.
 pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Result<(), CertError> {
+    if let CertCommand::CreateMasterKey { path } = command {
+        pms_crypto::MasterKey::write_new(path).map_err(|e| CertError::Crypto(e.to_string()))?;
+        writeln!(out, "created master key {}", path.display())?;
+        return Ok(());
+    }
     match command {
-        CertCommand::CreateCa => {}
+        CertCommand::CreateCa | CertCommand::CreateMasterKey { .. } => {}
         CertCommand::CreateNode { hosts } => validate_hosts(hosts)?,
         CertCommand::CreateClient { name } => validate_client_name(name)?,
     }
@@ -133,6 +142,7 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
                 certs_dir.display()
             )?;
         }
+        CertCommand::CreateMasterKey { .. } => {}
     }
     Ok(())
 }

@@ -74,6 +74,11 @@ enum CertSubcommand {
     },
     /// Create client.<NAME>.crt and .key (use `admin` for pmsctl).
     CreateClient { name: String },
+    /// Create the cluster's master key file (every node needs the same one).
+    CreateMasterKey {
+        #[arg(value_name = "FILE")]
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,10 +113,24 @@ enum MessageSubcommand {
 
 #[derive(Debug, Subcommand)]
 enum ClusterSubcommand {
-    /// Print what the node at --admin knows about the cluster.
+    /// Print the cluster as the node at --admin sees it: every member's role per group, last
+    /// applied index and lag, or why it did not answer.
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Add a node to every group: as a learner until it caught up, then as a voter.
+    AddNode {
+        /// The new node's id (its --node-id).
+        id: u64,
+        /// Its gRPC address as the other nodes reach it (its --grpc).
+        #[arg(value_name = "HOST:PORT")]
+        address: String,
+    },
+    /// Remove a node from every group.
+    RemoveNode {
+        /// The node's id.
+        id: u64,
     },
 }
 
@@ -216,6 +235,12 @@ fn admin_command(command: Command) -> Option<AdminCommand> {
         Command::Cluster(ClusterSubcommand::Status { json }) => {
             AdminCommand::ClusterStatus { json }
         }
+        Command::Cluster(ClusterSubcommand::AddNode { id, address }) => {
+            AdminCommand::ClusterAddNode { node: id, address }
+        }
+        Command::Cluster(ClusterSubcommand::RemoveNode { id }) => {
+            AdminCommand::ClusterRemoveNode { node: id }
+        }
         Command::Cert(_) | Command::Send(_) | Command::Listen(_) => return None,
     })
 }
@@ -229,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 CertSubcommand::CreateCa => CertCommand::CreateCa,
                 CertSubcommand::CreateNode { hosts } => CertCommand::CreateNode { hosts },
                 CertSubcommand::CreateClient { name } => CertCommand::CreateClient { name },
+                CertSubcommand::CreateMasterKey { path } => CertCommand::CreateMasterKey { path },
             };
             pmsctl::cert::run(&cli.certs_dir, &command, stdout)?;
             Ok(0)

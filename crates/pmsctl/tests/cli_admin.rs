@@ -93,6 +93,18 @@ impl AdminBackend for FakeBackend {
         })
     }
 
+    fn add_node(&self, _node: NodeId, _address: String) -> BackendFuture<'_, ()> {
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            Err(AdminError::FailedPrecondition {
+                reason: format!("removing node {node} would leave no quorum"),
+            })
+        })
+    }
+
     fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
         Box::pin(async move {
             Ok(ClusterStatus {
@@ -105,7 +117,9 @@ impl AdminBackend for FakeBackend {
                         role: GroupRole::Leader,
                         last_applied_index: Some(12),
                         leader: Some(NodeId(1)),
+                        lag: Some(0),
                     }],
+                    unreachable: None,
                 }],
             })
         })

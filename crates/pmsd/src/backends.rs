@@ -6,6 +6,7 @@
 //! proposed; only the wrapped form enters the Raft log.
 //! Invariant: after `RemoveUser` commits, the unwrapped key is evicted from the edge's keyring.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pms_crypto::{DataKey, wrap_data_key};
@@ -18,13 +19,17 @@ use pms_replication::{Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
 use pms_transport::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
-    MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary,
+    MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary, local_status,
 };
 use pms_types::{Clock, GroupId, MessageId, NodeId, StateRead, UserId};
 
-/// The edge's view of the replicated groups.
+use crate::cluster::ClusterRouter;
+
+/// The edge's view of the replicated groups: commands go to each group's leader through the
+/// router; reads are of this node's replica.
 pub struct ReplicatedMailboxes {
     pub replication: Arc<Replication>,
+    pub router: Arc<ClusterRouter>,
 }
 
 impl MailboxService for ReplicatedMailboxes {
@@ -34,8 +39,7 @@ impl MailboxService for ReplicatedMailboxes {
         command: Command,
     ) -> BoxFuture<'_, Result<CommandResponse, ProposeError>> {
         Box::pin(async move {
-            let group = self.replication.require_group(group).map_err(fatal)?;
-            group.propose(command).await.map_err(|error| {
+            self.router.propose(group, command).await.map_err(|error| {
                 if error.is_retryable() {
                     ProposeError::Retry {
                         reason: error.to_string(),
@@ -71,6 +75,7 @@ fn fatal(error: ReplicationError) -> ProposeError {
 /// The admin API over the replicated directory.
 pub struct AdminApi {
     pub replication: Arc<Replication>,
+    pub router: Arc<ClusterRouter>,
     pub keyring: Arc<Keyring>,
     pub group: GroupId,
     pub realm: String,
@@ -80,13 +85,7 @@ pub struct AdminApi {
 
 impl AdminApi {
     async fn propose(&self, command: Command) -> Result<CommandResponse, AdminError> {
-        let group = self
-            .replication
-            .require_group(self.group)
-            .map_err(|error| AdminError::Internal {
-                reason: error.to_string(),
-            })?;
-        group.propose(command).await.map_err(|error| {
+        self.router.propose(self.group, command).await.map_err(|error| {
             if error.is_retryable() {
                 AdminError::Unavailable {
                     reason: error.to_string(),
@@ -216,28 +215,109 @@ impl AdminBackend for AdminApi {
     fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
         Box::pin(async move {
             let node = NodeId(self.replication.node_id());
-            let groups = self
-                .replication
-                .groups()
-                .map(|group| GroupMemberStatus {
-                    group: group.id(),
-                    role: if group.is_leader() {
-                        GroupRole::Leader
-                    } else {
-                        GroupRole::Follower
+            // Every node any group knows of, with its address.
+            let mut members: BTreeMap<u64, String> = BTreeMap::new();
+            for group in self.replication.groups() {
+                for member in group.status().members {
+                    members.entry(member.node).or_insert(member.address);
+                }
+            }
+            members.entry(node.0).or_insert_with(|| self.grpc_address.clone());
+            let asked = members.iter().map(|(id, address)| async move {
+                if *id == node.0 {
+                    Ok(local_status(node, address, &self.replication))
+                } else {
+                    self.router
+                        .peers()
+                        .node_status(address, STATUS_CALL_TIMEOUT)
+                        .await
+                }
+            });
+            let answers = futures::future::join_all(asked).await;
+            // The leader's last log index per group, to tell each member's lag.
+            let mut leader_last_log: BTreeMap<GroupId, u64> = BTreeMap::new();
+            for answer in answers.iter().flatten() {
+                for group in &answer.groups {
+                    if group.role == "leader" {
+                        if let Some(last) = group.last_log_index {
+                            leader_last_log.insert(group.group, last);
+                        }
+                    }
+                }
+            }
+            let nodes = members
+                .iter()
+                .zip(answers)
+                .map(|((id, address), answer)| match answer {
+                    Ok(status) => NodeStatus {
+                        node: NodeId(*id),
+                        address: address.clone(),
+                        groups: status
+                            .groups
+                            .iter()
+                            .map(|group| GroupMemberStatus {
+                                group: group.group,
+                                role: match group.role.as_str() {
+                                    "leader" => GroupRole::Leader,
+                                    "follower" => GroupRole::Follower,
+                                    "candidate" => GroupRole::Candidate,
+                                    "learner" => GroupRole::Learner,
+                                    _ => GroupRole::Unknown,
+                                },
+                                last_applied_index: group.last_applied_index,
+                                leader: group.leader,
+                                lag: leader_last_log.get(&group.group).map(|last| {
+                                    last.saturating_sub(group.last_applied_index.unwrap_or(0))
+                                }),
+                            })
+                            .collect(),
+                        unreachable: None,
                     },
-                    last_applied_index: group.last_applied_index(),
-                    leader: group.current_leader().map(NodeId),
+                    Err(error) => NodeStatus {
+                        node: NodeId(*id),
+                        address: address.clone(),
+                        groups: Vec::new(),
+                        unreachable: Some(error.to_string()),
+                    },
                 })
                 .collect();
             Ok(ClusterStatus {
                 reporting_node: node,
-                nodes: vec![NodeStatus {
-                    node,
-                    address: self.grpc_address.clone(),
-                    groups,
-                }],
+                nodes,
             })
         })
+    }
+
+    fn add_node(&self, node: NodeId, address: String) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            self.router
+                .change_membership(node.0, Some(address))
+                .await
+                .map_err(membership_error)
+        })
+    }
+
+    fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            self.router
+                .change_membership(node.0, None)
+                .await
+                .map_err(membership_error)
+        })
+    }
+}
+
+/// How long `cluster status` waits for each node's own view.
+const STATUS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn membership_error(error: ReplicationError) -> AdminError {
+    match error {
+        ReplicationError::Refused { detail, .. } => AdminError::FailedPrecondition { reason: detail },
+        error if error.is_retryable() => AdminError::Unavailable {
+            reason: error.to_string(),
+        },
+        error => AdminError::Internal {
+            reason: error.to_string(),
+        },
     }
 }

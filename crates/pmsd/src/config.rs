@@ -97,8 +97,10 @@ pub struct Config {
     pub http: SocketAddr,
     pub domain: String,
     pub node_id: NodeId,
-    /// Empty: a single-node cluster (or a node that waits to be added).
+    /// Empty: a single-node cluster (or, with `join`, a node that waits to be added).
     pub peers: Vec<Peer>,
+    /// Join an existing cluster: never bootstrap; wait for `pmsctl cluster add-node`.
+    pub join: bool,
     pub certs_dir: PathBuf,
     pub master_key_file: PathBuf,
     /// The file the configuration was read from, if any.
@@ -149,9 +151,13 @@ struct Args {
     /// This node's id [default: 1].
     #[arg(long, env = "PMS_NODE_ID", value_name = "ID")]
     node_id: Option<u64>,
-    /// Cluster members' gRPC addresses: `1=host:port,2=host:port`.
+    /// Initial cluster members' gRPC addresses: `1=host:port,2=host:port` (this node included).
     #[arg(long, env = "PMS_PEERS", value_name = "LIST")]
     peers: Option<String>,
+    /// Start as a new member of an existing cluster: do not bootstrap, wait until
+    /// `pmsctl cluster add-node` adds this node.
+    #[arg(long, env = "PMS_JOIN")]
+    join: bool,
     /// Directory of CA, node and client certificates [default: <data-dir>/certs].
     #[arg(long, env = "PMS_CERTS_DIR", value_name = "DIR")]
     certs_dir: Option<PathBuf>,
@@ -211,6 +217,7 @@ struct FileConfig {
     domain: Option<String>,
     node_id: Option<u64>,
     peers: Option<ListValue>,
+    join: Option<bool>,
     certs_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     digest_algorithms: Option<ListValue>,
@@ -285,6 +292,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             Some(text) => parse_peers(&text)?,
             None => Vec::new(),
         },
+        join: args.join || file.join.unwrap_or(false),
         digest_algorithms: parse_digest_algorithms(&digest_text)?,
         message_expires_default_secs: args
             .message_expires_default

@@ -4,6 +4,7 @@
 //! Invariant: `anyhow` lives only here, in the binary; library crates return their own errors.
 
 mod backends;
+mod cluster;
 mod config;
 mod http;
 mod node;

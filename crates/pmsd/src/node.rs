@@ -1,5 +1,6 @@
-//! Wiring of one node: storage, replication, the SIP edge, the admin gRPC API and the HTTP
-//! endpoints, started in that order and stopped in reverse on SIGTERM/SIGINT.
+//! Wiring of one node: storage, replication (openraft over the gRPC network to `--peers`), the
+//! gRPC server (Raft, forwarding, deliveries, admin) and HTTP endpoints, then — once the group
+//! has a leader — the SIP edge; stopped in reverse on SIGTERM/SIGINT.
 //!
 //! Runtimes: one multi-thread tokio runtime drives everything; the actix System runs its
 //! arbiter on the runtime's main thread (`System::with_tokio_rt`), so actors (sessions,
@@ -10,6 +11,7 @@
 //! incarnations are removed; they close first on shutdown, and in-flight transactions finish
 //! (bounded by `DRAIN_TIMEOUT`) before Raft and RocksDB are flushed and stopped.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,8 @@ use pms_edge::listeners::{EdgeListeners, start as start_listeners};
 use pms_edge::mailbox::{ExpiryActor, MailboxSupervisorActor};
 use pms_edge::{EdgeConfig, SipService, keyring::Keyring};
 use pms_mailbox::{Command, MailboxService, query};
-use pms_replication::{GroupConfig, Replication, UnreachableNetworkFactory};
+use pms_replication::{GroupConfig, Replication};
+use pms_transport::{GrpcNetworkFactory, PeerClients};
 use pms_sip::digest::Algorithm;
 use pms_storage::{RocksStore, Store};
 use pms_types::metrics::Metrics;
@@ -31,6 +34,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backends::{AdminApi, ReplicatedMailboxes};
+use crate::cluster::{ClusterRouter, EdgeFlowDelivery, GrpcRemoteFlows, wake_on_apply};
 use crate::config::{Config, DigestAlgorithm};
 use crate::http::{HttpState, serve_http};
 
@@ -38,20 +42,14 @@ use crate::http::{HttpState, serve_http};
 pub const SINGLE_GROUP: GroupId = GroupId(1);
 /// How long shutdown waits for in-flight SIP transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long startup waits for the group to elect a leader.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long startup waits for a leader before it says so in the log (and waits again).
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often startup retries its first command while the cluster settles.
+const STARTUP_PROPOSE_TRIES_MAX: u32 = 30;
 
 /// Runs the node until SIGTERM or SIGINT. Must run inside the actix System.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // Until the Raft network over gRPC lands, a node cannot join others: refuse rather than run
-    // a single-node cluster that the operator believes is replicated.
-    anyhow::ensure!(
-        config
-            .peers
-            .iter()
-            .all(|peer| peer.node_id == config.node_id),
-        "--peers names other nodes, but this build runs single-node clusters only (multi-node replication is not implemented yet)"
-    );
+    let members = initial_members(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     prepare_certificates(&config)?;
@@ -76,117 +74,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening RocksDB in {}", config.data_dir.display()))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(
+        PeerClients::new(&config.certs_dir).context("loading the node certificate for peers")?,
+    );
     let replication = Arc::new(
         Replication::open(
             config.node_id.0,
             store.clone(),
             &[SINGLE_GROUP],
             1,
-            UnreachableNetworkFactory,
+            |group| GrpcNetworkFactory::new(group, peers.clone()),
             &GroupConfig::default(),
         )
         .await
         .context("opening the Raft group")?,
     );
-    let grpc_address = config.grpc.to_string();
-    replication
-        .initialize_single(&grpc_address)
-        .await
-        .context("bootstrapping the Raft group")?;
-    let group = replication.require_group(SINGLE_GROUP)?;
-    group
-        .wait_for_leader(LEADER_TIMEOUT)
-        .await
-        .context("waiting for a Raft leader")?;
-    {
-        let metrics = metrics.clone();
-        group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
-            metrics.raft_commit_latency_seconds.observe(elapsed)
-        }));
+    // The address other nodes reach this one at: its entry in --peers, else --grpc.
+    let grpc_address = members
+        .get(&config.node_id.0)
+        .cloned()
+        .unwrap_or_else(|| config.grpc.to_string());
+    if config.join {
+        info!(node = %config.node_id, address = %grpc_address, "joining an existing cluster: waiting for `pmsctl cluster add-node`");
+    } else {
+        replication
+            .initialize(&members)
+            .await
+            .context("bootstrapping the Raft group")?;
     }
-
-    let incarnation: u64 = rand::random();
+    let router = Arc::new(ClusterRouter::new(replication.clone(), peers.clone()));
     let keyring = Arc::new(Keyring::new(master_key));
-    let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes {
-        replication: replication.clone(),
-    });
-    // Connections of an earlier run are gone: their bindings must not attract deliveries.
-    mailboxes
-        .propose(
-            SINGLE_GROUP,
-            Command::UnbindStaleFlows {
-                flow_node: config.node_id,
-                live_incarnation: incarnation,
-            },
-        )
-        .await
-        .context("removing bindings of the previous run")?;
-    metrics.queue_depth.set(
-        i64::try_from(query::queue_depth(
-            &*mailboxes.state(SINGLE_GROUP),
-            SINGLE_GROUP,
-        )?)
-        .unwrap_or(i64::MAX),
-    );
 
-    let edge_config = edge_config(&config, incarnation);
-    let service = Arc::new(SipService::new(
-        edge_config,
-        mailboxes,
-        keyring.clone(),
-        metrics.clone(),
-        clock.clone(),
-    ));
-    let supervisor = MailboxSupervisorActor::new(service.clone()).start();
-    service.set_supervisor(supervisor);
-    let _expiry = ExpiryActor::new(service.clone()).start();
-
+    // The gRPC server (Raft, forwarding, deliveries, admin) starts before this node waits for a
+    // leader: the other nodes need it to elect one.
     let (shutdown_sender, shutdown) = watch::channel(false);
-    let tls_config =
-        pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
-    let listeners = EdgeListeners {
-        tls: Some((
-            TcpListener::bind(config.sip_tls)
-                .await
-                .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
-            tokio_rustls::TlsAcceptor::from(tls_config),
-        )),
-        tcp: Some(
-            TcpListener::bind(config.sip_tcp)
-                .await
-                .with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?,
-        ),
-        udp: Some(
-            UdpSocket::bind(config.sip_udp)
-                .await
-                .with_context(|| format!("binding SIP UDP {}", config.sip_udp))?,
-        ),
-    };
-    start_listeners(listeners, service.clone(), shutdown.clone());
-
+    let flow_delivery = Arc::new(EdgeFlowDelivery::default());
     let admin = Arc::new(AdminApi {
         replication: replication.clone(),
-        keyring,
+        router: router.clone(),
+        keyring: keyring.clone(),
         group: SINGLE_GROUP,
         realm: config.domain.clone(),
         grpc_address: grpc_address.clone(),
-        clock,
+        clock: clock.clone(),
     });
-    let admin_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
+    let grpc_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
         .await
-        .context("binding the admin gRPC API")?;
-    let admin_task = tokio::spawn(admin_server.serve(wait_for(shutdown.clone())));
+        .context("binding the gRPC port")?
+        .with_service(pms_transport::internal_service(
+            config.node_id,
+            grpc_address.clone(),
+            replication.clone(),
+            flow_delivery.clone(),
+        ));
+    let grpc_task = tokio::spawn(grpc_server.serve(wait_for(shutdown.clone())));
 
     let draining = Arc::new(AtomicBool::new(false));
+    // Set once the SIP listeners accept: ready means phones can be served.
+    let serving = Arc::new(AtomicBool::new(false));
     let http_state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: {
             let replication = replication.clone();
             let draining = draining.clone();
+            let serving = serving.clone();
             Box::new(move || {
-                !draining.load(Ordering::Relaxed)
+                serving.load(Ordering::Relaxed)
+                    && !draining.load(Ordering::Relaxed)
                     && replication.groups().all(|group| {
-                        group.current_leader().is_some() && group.fatal_error().is_none()
+                        group.is_member()
+                            && group.current_leader().is_some()
+                            && group.fatal_error().is_none()
                     })
             })
         },
@@ -208,6 +166,87 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wait_for(shutdown.clone()),
     ));
 
+    let group = replication.require_group(SINGLE_GROUP)?;
+    info!(node = %config.node_id, members = members.len(), "waiting for a Raft leader");
+    tokio::select! {
+        leader = wait_for_leader(group) => leader?,
+        () = wait_for_signal() => {
+            let _ = shutdown_sender.send(true);
+            let _ = grpc_task.await;
+            let _ = http_task.await;
+            replication.shutdown().await;
+            store.persist_memory().context("flushing RocksDB")?;
+            info!("stopped before the cluster formed");
+            return Ok(());
+        }
+    }
+    {
+        let metrics = metrics.clone();
+        group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
+            metrics.raft_commit_latency_seconds.observe(elapsed)
+        }));
+    }
+
+    let incarnation: u64 = rand::random();
+    let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes {
+        replication: replication.clone(),
+        router: router.clone(),
+    });
+    // Connections of an earlier run are gone: their bindings must not attract deliveries.
+    unbind_stale_flows(&*mailboxes, config.node_id, incarnation).await?;
+    metrics.queue_depth.set(
+        i64::try_from(query::queue_depth(
+            &*mailboxes.state(SINGLE_GROUP),
+            SINGLE_GROUP,
+        )?)
+        .unwrap_or(i64::MAX),
+    );
+
+    let edge_config = edge_config(&config, incarnation);
+    let service = Arc::new(SipService::new(
+        edge_config,
+        mailboxes,
+        keyring.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+    let supervisor = MailboxSupervisorActor::new(service.clone()).start();
+    service.set_supervisor(supervisor);
+    service.set_remote_flows(Arc::new(GrpcRemoteFlows {
+        replication: replication.clone(),
+        peers: peers.clone(),
+    }));
+    let _ = flow_delivery.service.set(service.clone());
+    let _expiry = ExpiryActor::new(service.clone()).start();
+    tokio::spawn(wake_on_apply(
+        replication.clone(),
+        SINGLE_GROUP,
+        service.clone(),
+    ));
+
+    let tls_config =
+        pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
+    let listeners = EdgeListeners {
+        tls: Some((
+            TcpListener::bind(config.sip_tls)
+                .await
+                .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
+            tokio_rustls::TlsAcceptor::from(tls_config),
+        )),
+        tcp: Some(
+            TcpListener::bind(config.sip_tcp)
+                .await
+                .with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?,
+        ),
+        udp: Some(
+            UdpSocket::bind(config.sip_udp)
+                .await
+                .with_context(|| format!("binding SIP UDP {}", config.sip_udp))?,
+        ),
+    };
+    start_listeners(listeners, service.clone(), shutdown.clone());
+    serving.store(true, Ordering::Relaxed);
+
     info!(
         node = %config.node_id,
         sip_tls = %config.sip_tls,
@@ -224,12 +263,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     draining.store(true, Ordering::Relaxed);
     let _ = shutdown_sender.send(true);
     service.drain(DRAIN_TIMEOUT).await;
-    let _ = admin_task.await;
+    let _ = grpc_task.await;
     let _ = http_task.await;
     replication.shutdown().await;
     store.persist_memory().context("flushing RocksDB")?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// The initial members of every group: `--peers` (which must name this node), or this node
+/// alone at its `--grpc` address.
+fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<u64, String>> {
+    if config.peers.is_empty() {
+        return Ok(BTreeMap::from([(config.node_id.0, config.grpc.to_string())]));
+    }
+    let members: BTreeMap<u64, String> = config
+        .peers
+        .iter()
+        .map(|peer| (peer.node_id.0, peer.grpc_address.clone()))
+        .collect();
+    anyhow::ensure!(
+        members.contains_key(&config.node_id.0),
+        "--peers does not name this node (--node-id {}): list every initial member, this one included",
+        config.node_id
+    );
+    Ok(members)
+}
+
+/// Waits until the group has a leader, however long the other nodes take to come up.
+async fn wait_for_leader(group: &pms_replication::Group) -> anyhow::Result<()> {
+    loop {
+        match group.wait_for_leader(LEADER_TIMEOUT).await {
+            Ok(_) => return Ok(()),
+            Err(pms_replication::ReplicationError::NoLeader { .. }) => {
+                warn!(group = %group.id(), "no Raft leader yet: is a majority of --peers running and reachable?");
+            }
+            Err(error) => return Err(error).context("waiting for a Raft leader"),
+        }
+    }
+}
+
+/// Removes the bindings of this node's earlier runs, retrying while the cluster settles.
+async fn unbind_stale_flows(
+    mailboxes: &dyn MailboxService,
+    node: pms_types::NodeId,
+    incarnation: u64,
+) -> anyhow::Result<()> {
+    let command = Command::UnbindStaleFlows {
+        flow_node: node,
+        live_incarnation: incarnation,
+    };
+    let mut tries = 0;
+    loop {
+        match mailboxes.propose(SINGLE_GROUP, command.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(pms_mailbox::ProposeError::Retry { reason }) if tries < STARTUP_PROPOSE_TRIES_MAX => {
+                tries += 1;
+                warn!(%reason, tries, "removing bindings of the previous run: retrying");
+            }
+            Err(error) => return Err(error).context("removing bindings of the previous run"),
+        }
+    }
 }
 
 fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pms_types::{MessageId, UserId};
+use pms_types::{MessageId, NodeId, UserId};
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{cluster_status_from_proto, message_status_from_proto, user_from_proto};
@@ -177,4 +177,27 @@ impl AdminClient {
             .into_inner();
         Ok(cluster_status_from_proto(response))
     }
+
+    /// Adds node `node` at `address` (`HOST:PORT`) to the cluster; waits until it has caught
+    /// up as a learner and became a voter.
+    pub async fn add_node(&self, node: NodeId, address: &str) -> Result<(), AdminError> {
+        let mut request = tonic::Request::new(pb::AddNodeRequest {
+            node_id: node.0,
+            address: address.to_owned(),
+        });
+        request.set_timeout(MEMBERSHIP_CALL_TIMEOUT);
+        self.stub().add_node(request).await?;
+        Ok(())
+    }
+
+    /// Removes node `node` from the cluster.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), AdminError> {
+        let mut request = tonic::Request::new(pb::RemoveNodeRequest { node_id: node.0 });
+        request.set_timeout(MEMBERSHIP_CALL_TIMEOUT);
+        self.stub().remove_node(request).await?;
+        Ok(())
+    }
 }
+
+/// How long a membership change may take (a new learner first copies the groups' state).
+pub const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(600);

@@ -20,6 +20,7 @@ impl From<AdminError> for Status {
             AdminError::InvalidArgument { reason } => Status::invalid_argument(reason),
             AdminError::Unavailable { reason } => Status::unavailable(reason),
             AdminError::PermissionDenied { reason } => Status::permission_denied(reason),
+            AdminError::FailedPrecondition { reason } => Status::failed_precondition(reason),
             AdminError::Internal { reason } => Status::internal(reason),
         }
     }
@@ -43,6 +44,7 @@ impl From<Status> for AdminError {
             Code::PermissionDenied | Code::Unauthenticated => {
                 AdminError::PermissionDenied { reason: message }
             }
+            Code::FailedPrecondition => AdminError::FailedPrecondition { reason: message },
             Code::Internal => AdminError::Internal { reason: message },
             // Codes the admin API never sends (a proxy, a bug, a newer server) keep their name.
             other => AdminError::Internal {
@@ -176,8 +178,10 @@ pub(crate) fn cluster_status_to_proto(status: &ClusterStatus) -> pb::ClusterStat
                         role: role_to_proto(member.role).into(),
                         last_applied_index: member.last_applied_index,
                         leader_node_id: member.leader.map(|leader| leader.0),
+                        lag: member.lag,
                     })
                     .collect(),
+                unreachable: node.unreachable.clone().unwrap_or_default(),
             })
             .collect(),
     }
@@ -200,8 +204,10 @@ pub(crate) fn cluster_status_from_proto(response: pb::ClusterStatusResponse) -> 
                         role: role_from_proto(member.role),
                         last_applied_index: member.last_applied_index,
                         leader: member.leader_node_id.map(NodeId),
+                        lag: member.lag,
                     })
                     .collect(),
+                unreachable: Some(node.unreachable).filter(|reason| !reason.is_empty()),
             })
             .collect(),
     }
@@ -225,6 +231,9 @@ mod tests {
             },
             AdminError::PermissionDenied {
                 reason: "cn".into(),
+            },
+            AdminError::FailedPrecondition {
+                reason: "quorum".into(),
             },
             AdminError::Internal {
                 reason: "disk".into(),
@@ -272,14 +281,17 @@ mod tests {
                         role: GroupRole::Leader,
                         last_applied_index: Some(42),
                         leader: Some(NodeId(1)),
+                        lag: Some(3),
                     },
                     GroupMemberStatus {
                         group: GroupId(1),
                         role: GroupRole::Unknown,
                         last_applied_index: None,
                         leader: None,
+                        lag: None,
                     },
                 ],
+                unreachable: Some("connection refused".into()),
             }],
         };
         assert_eq!(

@@ -42,6 +42,10 @@ pub enum AdminError {
     /// `PERMISSION_DENIED`: the caller is not the admin.
     #[error("permission denied: {reason}")]
     PermissionDenied { reason: String },
+    /// `FAILED_PRECONDITION`: a membership change the cluster refuses (it would lose quorum,
+    /// or the node is not a member).
+    #[error("refused: {reason}")]
+    FailedPrecondition { reason: String },
     /// `INTERNAL`: a bug or a storage failure on the node, or a malformed answer from it.
     #[error("internal error: {reason}")]
     Internal { reason: String },
@@ -171,6 +175,8 @@ pub struct GroupMemberStatus {
     pub last_applied_index: Option<u64>,
     /// The leader this view names, if any.
     pub leader: Option<NodeId>,
+    /// Entries this node has yet to apply, behind the leader's last log index.
+    pub lag: Option<u64>,
 }
 
 /// One node of the cluster.
@@ -180,9 +186,11 @@ pub struct NodeStatus {
     /// The node's gRPC address (`HOST:PORT`).
     pub address: String,
     pub groups: Vec<GroupMemberStatus>,
+    /// Why the node did not answer the status call; `None` when it answered.
+    pub unreachable: Option<String>,
 }
 
-/// The cluster as one node knows it; no other node was asked.
+/// The cluster as the reporting node sees it, with every member's own view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterStatus {
     pub reporting_node: NodeId,
@@ -215,4 +223,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn message_status(&self, message_id: MessageId) -> BackendFuture<'_, MessageStatusReport>;
     /// What this node knows about the cluster.
     fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus>;
+    /// Adds `node` at `address` to every group (learner, then voter).
+    fn add_node(&self, node: NodeId, address: String) -> BackendFuture<'_, ()>;
+    /// Removes `node` from every group.
+    fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()>;
 }

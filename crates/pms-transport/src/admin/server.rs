@@ -70,7 +70,11 @@ pub struct AdminServer {
     local_addr: SocketAddr,
     tls: ServerTlsConfig,
     backend: Arc<dyn AdminBackend>,
+    extra_services: Vec<ServiceAdder>,
 }
+
+/// Adds a service to the routes of a node's gRPC server.
+pub type ServiceAdder = Box<dyn FnOnce(Routes) -> Routes + Send>;
 
 impl AdminServer {
     /// Loads `node.crt`/`node.key`/`ca.crt` from `certs_dir` and binds `addr`.
@@ -93,7 +97,16 @@ impl AdminServer {
             local_addr,
             tls,
             backend,
+            extra_services: Vec::new(),
         })
+    }
+
+    /// Also serves the service `add` adds, on the same port (a node serves its internal
+    /// service beside the admin API; see [`crate::internal_service`]).
+    #[must_use]
+    pub fn with_service(mut self, add: ServiceAdder) -> Self {
+        self.extra_services.push(add);
+        self
     }
 
     /// The address actually bound.
@@ -107,12 +120,16 @@ impl AdminServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), TransportError> {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let mut routes = admin_routes(self.backend);
+        for add in self.extra_services {
+            routes = add(routes);
+        }
         Server::builder()
             .tls_config(self.tls)
             .map_err(TransportError::Tls)?
             .timeout(ADMIN_REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(ADMIN_CONCURRENT_CALLS_PER_CONNECTION_MAX)
-            .add_routes(admin_routes(self.backend))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(TransportError::Serve)
@@ -217,4 +234,35 @@ impl pb::admin_server::Admin for AdminService {
         let status = self.backend.cluster_status().await?;
         Ok(Response::new(cluster_status_to_proto(&status)))
     }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let request = request.into_inner();
+        let node = parse_node_id(request.node_id)?;
+        crate::tls::host_of(&request.address).map_err(|error| AdminError::InvalidArgument {
+            reason: error.to_string(),
+        })?;
+        self.backend.add_node(node, request.address).await?;
+        Ok(Response::new(pb::AddNodeResponse {}))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let node = parse_node_id(request.into_inner().node_id)?;
+        self.backend.remove_node(node).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+}
+
+fn parse_node_id(node_id: u64) -> Result<pms_types::NodeId, AdminError> {
+    if node_id == 0 {
+        return Err(AdminError::InvalidArgument {
+            reason: "node ids start at 1".to_owned(),
+        });
+    }
+    Ok(pms_types::NodeId(node_id))
 }

@@ -66,6 +66,8 @@ pub struct Node {
     pub extra_args: Vec<String>,
     child: Option<Child>,
     pub log_path: PathBuf,
+    /// A certs dir shared with other nodes (a cluster), instead of `<data>/certs`.
+    pub shared_certs_dir: Option<PathBuf>,
 }
 
 impl Node {
@@ -82,9 +84,32 @@ impl Node {
             extra_args,
             child: None,
             log_path,
+            shared_certs_dir: None,
         };
         node.spawn();
         node
+    }
+
+    /// A node that is not started yet, on fresh ports, with its own data dir.
+    pub fn prepared(extra_args: Vec<String>, shared_certs_dir: PathBuf) -> Node {
+        let data = tempfile::tempdir().expect("tempdir");
+        let log_path = data.path().join("pmsd.log");
+        Node {
+            data,
+            ports: Ports::new(),
+            extra_args,
+            child: None,
+            log_path,
+            shared_certs_dir: Some(shared_certs_dir),
+        }
+    }
+
+    pub fn grpc_address(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.grpc)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -92,10 +117,19 @@ impl Node {
     }
 
     pub fn certs_dir(&self) -> PathBuf {
-        self.data_dir().join("certs")
+        self.shared_certs_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("certs"))
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Starts the process without waiting for it to be ready (cluster members wait for each
+    /// other).
+    pub fn spawn_process(&mut self) {
         assert!(self.child.is_none(), "node already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -111,7 +145,7 @@ impl Node {
             .args(["--sip-udp", &format!("127.0.0.1:{}", p.sip_tcp)])
             .args(["--grpc", &format!("127.0.0.1:{}", p.grpc)])
             .args(["--http", &format!("127.0.0.1:{}", p.http)])
-            .args(["--log", "info,pms_edge=debug"])
+            .args(["--log", "info,pms_edge=debug,pmsd=debug,openraft=warn"])
             .args(&self.extra_args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
@@ -119,7 +153,6 @@ impl Node {
             .spawn()
             .expect("spawning pmsd");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(60));
     }
 
     /// Polls `/readyz` until it answers 200.
@@ -458,3 +491,129 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A cluster of `pmsd` processes on loopback sharing one certs dir and one master key.
+pub struct Cluster {
+    pub shared: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes with ids 1..=size and waits until every one is ready.
+    pub fn start(size: usize, extra_args: &[&str]) -> Cluster {
+        let shared = tempfile::tempdir().expect("tempdir");
+        let certs = shared.path().join("certs");
+        for args in [
+            vec!["cert", "create-ca"],
+            vec!["cert", "create-node", "127.0.0.1", "localhost"],
+            vec!["cert", "create-client", "admin"],
+        ] {
+            let output = Command::new(pmsctl_path())
+                .arg("--certs-dir")
+                .arg(&certs)
+                .args(&args)
+                .output()
+                .expect("pmsctl cert");
+            assert!(
+                output.status.success(),
+                "pmsctl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let master_key = shared.path().join("master.key");
+        pms_crypto::MasterKey::write_new(&master_key).expect("master key");
+        let mut nodes: Vec<Node> = (0..size)
+            .map(|_| Node::prepared(Vec::new(), certs.clone()))
+            .collect();
+        let peers = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| format!("{}={}", index + 1, node.grpc_address()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (index, node) in nodes.iter_mut().enumerate() {
+            node.extra_args = vec![
+                "--node-id".into(),
+                (index + 1).to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--certs-dir".into(),
+                certs.display().to_string(),
+                "--master-key-file".into(),
+                master_key.display().to_string(),
+            ];
+            node.extra_args
+                .extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+            node.spawn_process();
+        }
+        for node in &mut nodes {
+            node.wait_ready(Duration::from_secs(90));
+        }
+        Cluster { shared, nodes }
+    }
+
+    /// `pmsctl cluster status --json` from the first running node.
+    pub fn status(&self) -> serde_json::Value {
+        let node = self
+            .nodes
+            .iter()
+            .find(|node| node.is_running())
+            .expect("a running node");
+        let output = node.run_pmsctl(&["cluster", "status", "--json"]);
+        assert!(
+            output.status.success(),
+            "cluster status: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("cluster status JSON")
+    }
+
+    /// The index in `nodes` of the node that leads group 1, waiting until the running nodes
+    /// agree on one.
+    pub fn leader_index(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            let leader = status["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|node| {
+                    node["groups"]
+                        .as_array()
+                        .is_some_and(|groups| groups.iter().any(|group| group["role"] == "leader"))
+                })
+                .and_then(|node| node["node"].as_u64());
+            if let Some(leader) = leader {
+                let index = usize::try_from(leader - 1).expect("node id");
+                if self.nodes[index].is_running() {
+                    return index;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader among running nodes in time: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A failed test shows what every node logged (the temp dirs go away with the cluster).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (index, node) in self.nodes.iter().enumerate() {
+                let log = node.log();
+                let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+                eprintln!("---- node {} log (last {LOG_TAIL_LINES} lines) ----", index + 1);
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Lines of each node's log shown when a cluster test fails.
+const LOG_TAIL_LINES: usize = 150;

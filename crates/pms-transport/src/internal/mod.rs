@@ -1,0 +1,90 @@
+//! Node-to-node gRPC (`proto/pms_internal.proto`): the Raft network of every group, commands
+//! forwarded to a group's leader, deliveries pushed to the node that holds a device's flow, and
+//! node status for `pmsctl cluster status`.
+//!
+//! Callers see plain Rust types: [`PeerClients`] (calls to other nodes), [`GrpcNetworkFactory`]
+//! (openraft's network for one group), [`internal_routes`] (the server side) and the
+//! [`FlowDelivery`] trait the node implements over its SIP edge.
+//!
+//! Invariant: every call is mutually authenticated TLS between certificates of the cluster CA,
+//! and a handler runs only for a peer whose certificate common name is `node`.
+
+pub mod network;
+pub mod peers;
+pub mod server;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use pms_types::{FlowId, GroupId, NodeId};
+
+pub use network::GrpcNetworkFactory;
+pub use peers::{ForwardError, Forwarded, PeerClients};
+pub use server::internal_service;
+
+/// Most bytes of one snapshot accepted over the network (chunks beyond it are refused).
+pub const SNAPSHOT_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Bytes of snapshot data per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most bytes of one SIP request pushed for delivery.
+pub const DELIVER_REQUEST_BYTES_MAX: usize = 256 * 1024;
+/// Longest a pushed delivery may wait for the device.
+pub const DELIVER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// A boxed future, so that the traits stay object-safe.
+pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What became of a delivery pushed through a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryReport {
+    /// The device answered with this final status.
+    Final(u16),
+    /// The device did not answer within the timeout.
+    TimedOut,
+    /// The flow is not open on the node (closed, another incarnation, or the node is gone).
+    FlowClosed,
+    /// The flow already has a delivery outstanding.
+    Busy,
+}
+
+/// Delivery through the flows this node holds; implemented by `pmsd` over its SIP edge.
+pub trait FlowDelivery: Send + Sync + 'static {
+    /// Sends `request` (a SIP request as bytes) through `flow` and waits up to `timeout` for the
+    /// device's final response.
+    fn deliver(
+        &self,
+        flow: FlowId,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> PeerFuture<'_, DeliveryReport>;
+}
+
+/// One member of a group as a node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerGroupMember {
+    pub node: NodeId,
+    pub address: String,
+    pub voter: bool,
+    pub matched_index: Option<u64>,
+}
+
+/// A node's view of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerGroupStatus {
+    pub group: GroupId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub members: Vec<PeerGroupMember>,
+}
+
+/// A node's view of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerNodeStatus {
+    pub node: NodeId,
+    pub address: String,
+    pub groups: Vec<PeerGroupStatus>,
+}

@@ -1,0 +1,159 @@
+//! A real 3-node cluster of `pmsd` processes on loopback, driven by the real `pmsctl`: any node
+//! serves any user, deliveries cross nodes, a killed leader loses no acknowledged message, and
+//! a restarted node rejoins by itself.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+/// Sync window long enough that a device on another node answers inside it on a slow machine.
+const CLUSTER_ARGS: &[&str] = &["--sync-window-ms", "5000"];
+
+fn body_of(line: &serde_json::Value) -> String {
+    line["body"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn any_node_serves_any_user_and_deliveries_cross_nodes() {
+    let cluster = Cluster::start(3, CLUSTER_ARGS);
+    let [one, two, three] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    // Accounts made through one node are known on every node.
+    two.add_user("alice");
+    three.add_user("bob");
+
+    // Offline: sent through node 3, received by Bob on node 1.
+    let (code, lines) = three.send("alice", "bob", "offline via three 😀", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.last().unwrap()["code"], 202, "{lines:?}");
+    let (code, received) = one.receive("bob", 1, 30);
+    assert_eq!(code, 0, "{received:?}");
+    assert_eq!(body_of(&received[0]), "offline via three 😀");
+
+    // Online: Bob registered on node 1, Alice sends through node 2; the device's answer
+    // reaches Alice's node within the synchronous window: 200, delivered.
+    let mut listener = one.listen("bob", 1, 60);
+    listener.wait_for_stderr(Duration::from_secs(30), "registered");
+    let (code, lines) = two.send("alice", "bob", "online via two", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], "delivered", "{lines:?}");
+    assert_eq!(last["code"], 200, "{lines:?}");
+    let (code, received) = listener.finish();
+    assert_eq!(code, 0);
+    assert_eq!(body_of(&received[0]), "online via two");
+
+    // Every node is in the status, answering, with one leader for the group.
+    let status = cluster.status();
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert!(nodes.iter().all(|node| node.get("unreachable").is_none()), "{status}");
+    let leaders = nodes
+        .iter()
+        .flat_map(|node| node["groups"].as_array().cloned().unwrap_or_default())
+        .filter(|group| group["role"] == "leader")
+        .count();
+    assert_eq!(leaders, 1, "{status}");
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_message_and_it_rejoins() {
+    let mut cluster = Cluster::start(3, CLUSTER_ARGS);
+    let leader = cluster.leader_index(Duration::from_secs(30));
+    let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+    cluster.nodes[followers[0]].add_user("alice");
+    cluster.nodes[followers[0]].add_user("bob");
+
+    // 20 acknowledged messages, sent alternately through both followers (forwarded to the
+    // leader), then the leader dies with all of them queued.
+    let mut sent = BTreeSet::new();
+    for n in 0..20 {
+        let node = &cluster.nodes[followers[n % 2]];
+        let text = format!("queued {n}");
+        let (code, lines) = node.send("alice", "bob", &text, &[]);
+        assert_eq!(code, 0, "{lines:?}");
+        assert_eq!(lines.last().unwrap()["code"], 202, "{lines:?}");
+        sent.insert(text);
+    }
+    cluster.nodes[leader].kill();
+
+    // A surviving node takes over; Bob, on a survivor, receives every message in order.
+    let survivor = &cluster.nodes[followers[1]];
+    let (code, received) = survivor.receive("bob", 20, 60);
+    assert_eq!(code, 0, "{received:?}");
+    let bodies: Vec<String> = received.iter().map(body_of).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("queued {n}")).collect();
+    assert_eq!(bodies, expected);
+
+    // Writes are accepted again while the old leader is down.
+    let (code, lines) = survivor.send("alice", "bob", "after failover", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+
+    // The killed node restarts with its data dir and rejoins without any command: it becomes
+    // ready and catches up to the others.
+    cluster.nodes[leader].spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster.status();
+        let caught_up = status["nodes"].as_array().is_some_and(|nodes| {
+            nodes.len() == 3
+                && nodes.iter().all(|node| {
+                    node.get("unreachable").is_none()
+                        && node["groups"]
+                            .as_array()
+                            .is_some_and(|groups| groups.iter().all(|group| group["lag"] == 0))
+                })
+        });
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted node did not catch up: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_majority_down_refuses_writes_and_recovers_without_repair() {
+    let mut cluster = Cluster::start(3, CLUSTER_ARGS);
+    cluster.nodes[0].add_user("alice");
+    cluster.nodes[0].add_user("bob");
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    // Alone, node 1 cannot commit: the sender gets a SIP error, never a false 202.
+    let (code, lines) = cluster.nodes[0].send("alice", "bob", "no quorum", &["--timeout", "40"]);
+    assert_ne!(code, 0, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["code"] != 202 && line["code"] != 200),
+        "{lines:?}"
+    );
+    // The others come back; the cluster serves again with no manual step.
+    cluster.nodes[1].spawn();
+    cluster.nodes[2].spawn();
+    cluster.nodes[0].wait_ready(Duration::from_secs(60));
+    let (code, lines) = cluster.nodes[2].send("alice", "bob", "quorum again", &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    // The unacknowledged message may or may not have been stored (its outcome was unknown to
+    // the sender, who got no 2xx); the acknowledged one is delivered, once.
+    let (_, received) = cluster.nodes[1].receive("bob", 2, 15);
+    // Only message lines: a listener that stops on its timeout prints a status line too.
+    let bodies: Vec<String> = received
+        .iter()
+        .filter(|line| line.get("body").is_some())
+        .map(body_of)
+        .collect();
+    assert_eq!(
+        bodies.iter().filter(|body| *body == "quorum again").count(),
+        1,
+        "{bodies:?}"
+    );
+    assert!(
+        bodies
+            .iter()
+            .all(|body| body == "quorum again" || body == "no quorum"),
+        "{bodies:?}"
+    );
+}
