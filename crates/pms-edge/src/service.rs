@@ -741,6 +741,16 @@ impl SipService {
             self.metrics.queue_depth.inc();
             self.wake(&sender);
         }
+        // No registered device: nothing can be delivered within the window, answer 202 now.
+        let recipient_registered = {
+            let state = self.mailboxes.state(self.config.group);
+            !query::bindings(&*state, self.config.group, &recipient, now)
+                .map_err(|error| Refusal::Internal(error.to_string()))?
+                .is_empty()
+        };
+        if !recipient_registered {
+            return Ok(Reply::Now(accepted));
+        }
         Ok(Reply::AfterWindow {
             accepted,
             promoted,

@@ -29,6 +29,11 @@ use serde::Deserialize;
 
 /// Largest configuration file read.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Entries between snapshots: generous, because of openraft#2116 (a panic when snapshots purge
+/// logs under heavy write load on 2-core machines).
+pub const RAFT_SNAPSHOT_LOGS_DEFAULT: u64 = 20_000;
+/// Entries kept behind a snapshot.
+pub const RAFT_LOGS_KEPT_DEFAULT: u64 = 5_000;
 /// Most peers accepted in `--peers`.
 pub const PEERS_MAX: usize = 64;
 /// Longest SIP domain accepted.
@@ -110,6 +115,11 @@ pub struct Config {
     pub message_expires_default_secs: u64,
     pub message_expires_max_secs: u64,
     pub sync_window_ms: u64,
+    /// Entries applied between two Raft snapshots of a group.
+    pub raft_snapshot_logs: u64,
+    /// Entries kept in the Raft log behind a snapshot (lagging followers replay these; a
+    /// follower further behind receives the snapshot).
+    pub raft_logs_kept: u64,
     pub sip_header_bytes_max: usize,
     pub sip_body_bytes_max: usize,
     /// A `tracing_subscriber::EnvFilter` directive string.
@@ -176,6 +186,12 @@ struct Args {
     /// A device 2xx within this window turns the sender's 202 into 200 [default: 1000].
     #[arg(long, env = "PMS_SYNC_WINDOW_MS", value_name = "MS")]
     sync_window_ms: Option<u64>,
+    /// Raft: entries applied between two snapshots of a group [default: 20000].
+    #[arg(long, env = "PMS_RAFT_SNAPSHOT_LOGS", value_name = "ENTRIES")]
+    raft_snapshot_logs: Option<u64>,
+    /// Raft: entries kept behind a snapshot for lagging followers [default: 5000].
+    #[arg(long, env = "PMS_RAFT_LOGS_KEPT", value_name = "ENTRIES")]
+    raft_logs_kept: Option<u64>,
     /// Largest SIP header block accepted, bytes [default: 16384].
     #[arg(long, env = "PMS_SIP_HEADER_BYTES_MAX", value_name = "BYTES")]
     sip_header_bytes_max: Option<usize>,
@@ -224,6 +240,8 @@ struct FileConfig {
     message_expires_default: Option<u64>,
     message_expires_max: Option<u64>,
     sync_window_ms: Option<u64>,
+    raft_snapshot_logs: Option<u64>,
+    raft_logs_kept: Option<u64>,
     sip_header_bytes_max: Option<usize>,
     sip_body_bytes_max: Option<usize>,
     log: Option<String>,
@@ -302,6 +320,14 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .message_expires_max
             .or(file.message_expires_max)
             .unwrap_or(limits::MESSAGE_EXPIRES_MAX_DEFAULT_SECS),
+        raft_snapshot_logs: args
+            .raft_snapshot_logs
+            .or(file.raft_snapshot_logs)
+            .unwrap_or(RAFT_SNAPSHOT_LOGS_DEFAULT),
+        raft_logs_kept: args
+            .raft_logs_kept
+            .or(file.raft_logs_kept)
+            .unwrap_or(RAFT_LOGS_KEPT_DEFAULT),
         sync_window_ms: args
             .sync_window_ms
             .or(file.sync_window_ms)
@@ -441,6 +467,9 @@ impl Config {
                 self.message_expires_max_secs,
                 self.message_expires_default_secs
             );
+        }
+        if self.raft_snapshot_logs == 0 {
+            bail!("--raft-snapshot-logs must be at least 1");
         }
         if self.sync_window_ms > SYNC_WINDOW_MS_MAX {
             bail!(

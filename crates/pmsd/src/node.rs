@@ -84,7 +84,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &[SINGLE_GROUP],
             1,
             |group| GrpcNetworkFactory::new(group, peers.clone()),
-            &GroupConfig::default(),
+            &GroupConfig {
+                snapshot_logs_since_last: config.raft_snapshot_logs,
+                logs_kept_after_snapshot: config.raft_logs_kept,
+                ..GroupConfig::default()
+            },
         )
         .await
         .context("opening the Raft group")?,

@@ -157,3 +157,47 @@ fn a_majority_down_refuses_writes_and_recovers_without_repair() {
         "{bodies:?}"
     );
 }
+
+#[test]
+fn a_node_down_for_long_catches_up_from_a_snapshot() {
+    // Snapshots every 20 entries, 5 kept behind: after 60 messages the log the down node
+    // needs is gone, so only a snapshot can bring it back.
+    let mut args = CLUSTER_ARGS.to_vec();
+    args.extend(["--raft-snapshot-logs", "20", "--raft-logs-kept", "5"]);
+    let mut cluster = Cluster::start(3, &args);
+    let leader = cluster.leader_index(Duration::from_secs(30));
+    let down = (leader + 1) % 3;
+    let other = 3 - leader - down;
+    cluster.nodes[leader].add_user("alice");
+    cluster.nodes[leader].add_user("bob");
+    cluster.nodes[down].kill();
+    for n in 0..60 {
+        let (code, lines) = cluster.nodes[other].send("alice", "bob", &format!("m{n}"), &[]);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    cluster.nodes[down].spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster.status();
+        let caught_up = status["nodes"].as_array().is_some_and(|nodes| {
+            nodes.iter().all(|node| {
+                node["groups"]
+                    .as_array()
+                    .is_some_and(|groups| groups.iter().all(|group| group["lag"] == 0))
+            })
+        });
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no catch-up: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The restarted node now holds the whole queue: with the node that stayed a follower gone,
+    // it and the leader still deliver all 60, in order.
+    cluster.nodes[other].kill();
+    let (code, received) = cluster.nodes[down].receive("bob", 60, 60);
+    assert_eq!(code, 0, "{received:?}");
+    let bodies: Vec<String> = received.iter().map(body_of).collect();
+    let expected: Vec<String> = (0..60).map(|n| format!("m{n}")).collect();
+    assert_eq!(bodies, expected);
+}

@@ -425,7 +425,7 @@ fn metrics_count_what_happened_and_pass_promtool() {
         metrics.contains("pms_messages_accepted_total 1"),
         "{metrics}"
     );
-    // The 202 leaves through the synchronous-window path and must be counted exactly once.
+    // The 202 (answered at once: Bob has no device) must be counted exactly once.
     assert!(
         metrics.contains("pms_sip_requests_total{kind=\"202\"} 1\n"),
         "{metrics}"
