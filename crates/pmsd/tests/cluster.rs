@@ -201,3 +201,60 @@ fn a_node_down_for_long_catches_up_from_a_snapshot() {
     let expected: Vec<String> = (0..60).map(|n| format!("m{n}")).collect();
     assert_eq!(bodies, expected);
 }
+
+#[test]
+fn a_node_is_added_as_learner_then_voter_and_removed_again() {
+    let mut cluster = Cluster::start(3, CLUSTER_ARGS);
+    cluster.nodes[0].add_user("alice");
+    cluster.nodes[0].add_user("bob");
+    let (code, _) = cluster.nodes[1].send("alice", "bob", "before the fourth node", &[]);
+    assert_eq!(code, 0);
+    let fourth = cluster.start_joining_node(CLUSTER_ARGS);
+    // A joining node never bootstraps a cluster of its own: it is not ready until added.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let readiness = loop {
+        if let Some((status, _)) = common::http_get(cluster.nodes[fourth].ports.http, "/readyz") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "joining node serves no HTTP");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(readiness, 503);
+    let address = cluster.nodes[fourth].grpc_address();
+    let output = cluster.nodes[2].run_pmsctl(&["cluster", "add-node", "4", &address]);
+    assert!(
+        output.status.success(),
+        "add-node: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.nodes[fourth].wait_ready(Duration::from_secs(60));
+    let status = cluster.status();
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(4), "{status}");
+    // It holds the replicated state: Bob receives the earlier message through it.
+    let (code, received) = cluster.nodes[fourth].receive("bob", 1, 30);
+    assert_eq!(code, 0, "{received:?}");
+    assert_eq!(body_of(&received[0]), "before the fourth node");
+
+    // Bad requests are refused before anything changes.
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "remove-node", "0"]);
+    assert!(!output.status.success());
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "add-node", "5", "no-port"]);
+    assert!(!output.status.success());
+
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "remove-node", "4"]);
+    assert!(
+        output.status.success(),
+        "remove-node: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = cluster.status();
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    // The removed node is no member any more, so it says it is not ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(cluster.nodes[fourth].ports.http, "/readyz").map(|(status, _)| status)
+        != Some(503)
+    {
+        assert!(Instant::now() < deadline, "removed node still ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -552,6 +552,29 @@ impl Cluster {
         Cluster { shared, nodes }
     }
 
+    /// Starts one more node with `--join` (same certs and master key, the next id), without
+    /// waiting for it to be ready (it is not, until it is added). Returns its index.
+    pub fn start_joining_node(&mut self, extra_args: &[&str]) -> usize {
+        let certs = self.shared.path().join("certs");
+        let master_key = self.shared.path().join("master.key");
+        let index = self.nodes.len();
+        let mut node = Node::prepared(Vec::new(), certs.clone());
+        node.extra_args = vec![
+            "--node-id".into(),
+            (index + 1).to_string(),
+            "--join".into(),
+            "--certs-dir".into(),
+            certs.display().to_string(),
+            "--master-key-file".into(),
+            master_key.display().to_string(),
+        ];
+        node.extra_args
+            .extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        node.spawn_process();
+        self.nodes.push(node);
+        index
+    }
+
     /// `pmsctl cluster status --json` from the first running node.
     pub fn status(&self) -> serde_json::Value {
         let node = self
