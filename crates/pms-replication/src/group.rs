@@ -104,6 +104,19 @@ pub enum GroupRole {
 }
 
 impl GroupRole {
+    /// The role named by [`GroupRole::as_str`], e.g. in another node's status report.
+    pub fn parse(name: &str) -> Option<GroupRole> {
+        [
+            GroupRole::Leader,
+            GroupRole::Follower,
+            GroupRole::Candidate,
+            GroupRole::Learner,
+            GroupRole::Shutdown,
+        ]
+        .into_iter()
+        .find(|role| role.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             GroupRole::Leader => "leader",

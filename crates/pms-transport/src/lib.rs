@@ -22,7 +22,7 @@ pub use admin::{
 pub use internal::server::local_status;
 pub use internal::{
     DeliveryReport, FlowDelivery, ForwardError, Forwarded, GrpcNetworkFactory, PeerClients,
-    PeerFuture, PeerGroupMember, PeerGroupStatus, PeerNodeStatus, internal_service,
+    PeerFuture, PeerNodeStatus, internal_service,
 };
 pub use tls::{ADMIN_CLIENT_NAME, server_tls_config};
 

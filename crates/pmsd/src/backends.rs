@@ -15,7 +15,7 @@ use pms_mailbox::{
     BoxFuture, Command, CommandResponse, Credentials, MailboxService, MessageState as StoredState,
     ProposeError, UserRecord, query,
 };
-use pms_replication::{Replication, ReplicationError};
+use pms_replication::{GroupRole as ReplicaRole, Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
 use pms_transport::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
@@ -238,7 +238,7 @@ impl AdminBackend for AdminApi {
             let mut leader_last_log: BTreeMap<GroupId, u64> = BTreeMap::new();
             for answer in answers.iter().flatten() {
                 for group in &answer.groups {
-                    if group.role == "leader" {
+                    if group.role == ReplicaRole::Leader {
                         if let Some(last) = group.last_log_index {
                             leader_last_log.insert(group.group, last);
                         }
@@ -257,15 +257,15 @@ impl AdminBackend for AdminApi {
                             .iter()
                             .map(|group| GroupMemberStatus {
                                 group: group.group,
-                                role: match group.role.as_str() {
-                                    "leader" => GroupRole::Leader,
-                                    "follower" => GroupRole::Follower,
-                                    "candidate" => GroupRole::Candidate,
-                                    "learner" => GroupRole::Learner,
-                                    _ => GroupRole::Unknown,
+                                role: match group.role {
+                                    ReplicaRole::Leader => GroupRole::Leader,
+                                    ReplicaRole::Follower => GroupRole::Follower,
+                                    ReplicaRole::Candidate => GroupRole::Candidate,
+                                    ReplicaRole::Learner => GroupRole::Learner,
+                                    ReplicaRole::Shutdown => GroupRole::Unknown,
                                 },
                                 last_applied_index: group.last_applied_index,
-                                leader: group.leader,
+                                leader: group.leader.map(NodeId),
                                 lag: leader_last_log.get(&group.group).map(|last| {
                                     last.saturating_sub(group.last_applied_index.unwrap_or(0))
                                 }),

@@ -94,24 +94,8 @@ fn killing_the_leader_loses_no_acknowledged_message_and_it_rejoins() {
     // The killed node restarts with its data dir and rejoins without any command: it becomes
     // ready and catches up to the others.
     cluster.nodes[leader].spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = cluster.status();
-        let caught_up = status["nodes"].as_array().is_some_and(|nodes| {
-            nodes.len() == 3
-                && nodes.iter().all(|node| {
-                    node.get("unreachable").is_none()
-                        && node["groups"]
-                            .as_array()
-                            .is_some_and(|groups| groups.iter().all(|group| group["lag"] == 0))
-                })
-        });
-        if caught_up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "restarted node did not catch up: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(cluster.status()["nodes"].as_array().map(Vec::len), Some(3));
 }
 
 #[test]
@@ -176,22 +160,7 @@ fn a_node_down_for_long_catches_up_from_a_snapshot() {
         assert_eq!(code, 0, "{lines:?}");
     }
     cluster.nodes[down].spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = cluster.status();
-        let caught_up = status["nodes"].as_array().is_some_and(|nodes| {
-            nodes.iter().all(|node| {
-                node["groups"]
-                    .as_array()
-                    .is_some_and(|groups| groups.iter().all(|group| group["lag"] == 0))
-            })
-        });
-        if caught_up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no catch-up: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster.wait_caught_up(Duration::from_secs(60));
     // The restarted node now holds the whole queue: with the node that stayed a follower gone,
     // it and the leader still deliver all 60, in order.
     cluster.nodes[other].kill();

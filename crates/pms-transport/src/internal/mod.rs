@@ -17,7 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use pms_types::{FlowId, GroupId, NodeId};
+use pms_replication::GroupStatus;
+use pms_types::{FlowId, NodeId};
 
 pub use network::GrpcNetworkFactory;
 pub use peers::{ForwardError, Forwarded, PeerClients};
@@ -60,31 +61,10 @@ pub trait FlowDelivery: Send + Sync + 'static {
     ) -> PeerFuture<'_, DeliveryReport>;
 }
 
-/// One member of a group as a node sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerGroupMember {
-    pub node: NodeId,
-    pub address: String,
-    pub voter: bool,
-    pub matched_index: Option<u64>,
-}
-
-/// A node's view of one group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerGroupStatus {
-    pub group: GroupId,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    pub leader: Option<NodeId>,
-    pub last_log_index: Option<u64>,
-    pub last_applied_index: Option<u64>,
-    pub members: Vec<PeerGroupMember>,
-}
-
 /// A node's view of itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerNodeStatus {
     pub node: NodeId,
     pub address: String,
-    pub groups: Vec<PeerGroupStatus>,
+    pub groups: Vec<GroupStatus>,
 }

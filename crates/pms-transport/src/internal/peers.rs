@@ -12,11 +12,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use pms_mailbox::{Command, CommandResponse};
-use pms_replication::wire;
+use pms_replication::{GroupMember, GroupRole, GroupStatus, wire};
 use pms_types::{FlowId, GroupId, NodeId};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{DeliveryReport, PeerGroupMember, PeerGroupStatus, PeerNodeStatus};
+use super::{DeliveryReport, PeerNodeStatus};
 use crate::TransportError;
 use crate::proto::internal_v1 as pb;
 use crate::tls::{host_of, node_client_tls_config};
@@ -296,17 +296,18 @@ fn node_status_from_proto(response: pb::NodeStatusResponse) -> PeerNodeStatus {
         groups: response
             .groups
             .into_iter()
-            .map(|group| PeerGroupStatus {
+            .map(|group| GroupStatus {
                 group: GroupId(group.group),
-                role: group.role,
-                leader: group.leader.map(NodeId),
+                // A role this node does not know (a newer peer) reads as a shut-down replica.
+                role: GroupRole::parse(&group.role).unwrap_or(GroupRole::Shutdown),
+                leader: group.leader,
                 last_log_index: group.last_log_index,
                 last_applied_index: group.last_applied_index,
                 members: group
                     .members
                     .into_iter()
-                    .map(|member| PeerGroupMember {
-                        node: NodeId(member.node),
+                    .map(|member| GroupMember {
+                        node: member.node,
                         address: member.address,
                         voter: member.voter,
                         matched_index: member.matched_index,
@@ -326,15 +327,15 @@ pub(crate) fn node_status_to_proto(status: &PeerNodeStatus) -> pb::NodeStatusRes
             .iter()
             .map(|group| pb::GroupStatus {
                 group: group.group.0,
-                role: group.role.clone(),
-                leader: group.leader.map(|node| node.0),
+                role: group.role.as_str().to_owned(),
+                leader: group.leader,
                 last_log_index: group.last_log_index,
                 last_applied_index: group.last_applied_index,
                 members: group
                     .members
                     .iter()
                     .map(|member| pb::GroupMember {
-                        node: member.node.0,
+                        node: member.node,
                         address: member.address.clone(),
                         voter: member.voter,
                         matched_index: member.matched_index,
@@ -366,5 +367,30 @@ mod tests {
             status: 70_000,
         };
         assert_eq!(report_from_proto(&odd), DeliveryReport::FlowClosed);
+    }
+
+    #[test]
+    fn node_status_round_trips_through_protobuf() {
+        let status = PeerNodeStatus {
+            node: NodeId(2),
+            address: "10.0.0.2:50051".into(),
+            groups: vec![GroupStatus {
+                group: GroupId(1),
+                role: GroupRole::Follower,
+                leader: Some(1),
+                last_log_index: Some(9),
+                last_applied_index: Some(8),
+                members: vec![GroupMember {
+                    node: 1,
+                    address: "10.0.0.1:50051".into(),
+                    voter: true,
+                    matched_index: None,
+                }],
+            }],
+        };
+        assert_eq!(
+            node_status_from_proto(node_status_to_proto(&status)),
+            status
+        );
     }
 }

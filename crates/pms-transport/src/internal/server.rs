@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::peers::{node_status_to_proto, report_to_proto};
 use super::{
-    DELIVER_REQUEST_BYTES_MAX, DELIVER_TIMEOUT_MAX, FlowDelivery, PeerGroupMember,
-    PeerGroupStatus, PeerNodeStatus, SNAPSHOT_BYTES_MAX,
+    DELIVER_REQUEST_BYTES_MAX, DELIVER_TIMEOUT_MAX, FlowDelivery, PeerNodeStatus,
+    SNAPSHOT_BYTES_MAX,
 };
 use crate::admin::server::ServiceAdder;
 use crate::proto::internal_v1 as pb;
@@ -277,28 +277,6 @@ pub fn local_status(node: NodeId, address: &str, replication: &Replication) -> P
     PeerNodeStatus {
         node,
         address: address.to_owned(),
-        groups: replication
-            .groups()
-            .map(|group| {
-                let status = group.status();
-                PeerGroupStatus {
-                    group: status.group,
-                    role: status.role.as_str().to_owned(),
-                    leader: status.leader.map(NodeId),
-                    last_log_index: status.last_log_index,
-                    last_applied_index: status.last_applied_index,
-                    members: status
-                        .members
-                        .into_iter()
-                        .map(|member| PeerGroupMember {
-                            node: NodeId(member.node),
-                            address: member.address,
-                            voter: member.voter,
-                            matched_index: member.matched_index,
-                        })
-                        .collect(),
-                }
-            })
-            .collect(),
+        groups: replication.groups().map(Group::status).collect(),
     }
 }

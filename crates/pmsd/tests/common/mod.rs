@@ -532,16 +532,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         for (index, node) in nodes.iter_mut().enumerate() {
-            node.extra_args = vec![
-                "--node-id".into(),
-                (index + 1).to_string(),
-                "--peers".into(),
-                peers.clone(),
-                "--certs-dir".into(),
-                certs.display().to_string(),
-                "--master-key-file".into(),
-                master_key.display().to_string(),
-            ];
+            node.extra_args = member_args(shared.path(), index + 1, &["--peers", &peers]);
             node.extra_args
                 .extend(extra_args.iter().map(|arg| (*arg).to_owned()));
             node.spawn_process();
@@ -555,19 +546,9 @@ impl Cluster {
     /// Starts one more node with `--join` (same certs and master key, the next id), without
     /// waiting for it to be ready (it is not, until it is added). Returns its index.
     pub fn start_joining_node(&mut self, extra_args: &[&str]) -> usize {
-        let certs = self.shared.path().join("certs");
-        let master_key = self.shared.path().join("master.key");
         let index = self.nodes.len();
-        let mut node = Node::prepared(Vec::new(), certs.clone());
-        node.extra_args = vec![
-            "--node-id".into(),
-            (index + 1).to_string(),
-            "--join".into(),
-            "--certs-dir".into(),
-            certs.display().to_string(),
-            "--master-key-file".into(),
-            master_key.display().to_string(),
-        ];
+        let mut node = Node::prepared(Vec::new(), self.shared.path().join("certs"));
+        node.extra_args = member_args(self.shared.path(), index + 1, &["--join"]);
         node.extra_args
             .extend(extra_args.iter().map(|arg| (*arg).to_owned()));
         node.spawn_process();
@@ -589,6 +570,27 @@ impl Cluster {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).expect("cluster status JSON")
+    }
+
+    /// Waits until every member answers the status call and has applied all the leader has.
+    pub fn wait_caught_up(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            let caught_up = status["nodes"].as_array().is_some_and(|nodes| {
+                nodes.iter().all(|node| {
+                    node.get("unreachable").is_none()
+                        && node["groups"]
+                            .as_array()
+                            .is_some_and(|groups| groups.iter().all(|group| group["lag"] == 0))
+                })
+            });
+            if caught_up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members did not catch up: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The index in `nodes` of the node that leads group 1, waiting until the running nodes
@@ -636,6 +638,21 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The flags of cluster member `node_id`: its id, the shared certs dir and master key, and
+/// `membership` (`--peers …` or `--join`).
+fn member_args(shared: &Path, node_id: usize, membership: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--node-id".to_owned(),
+        node_id.to_string(),
+        "--certs-dir".to_owned(),
+        shared.join("certs").display().to_string(),
+        "--master-key-file".to_owned(),
+        shared.join("master.key").display().to_string(),
+    ];
+    args.extend(membership.iter().map(|arg| (*arg).to_owned()));
+    args
 }
 
 /// Lines of each node's log shown when a cluster test fails.
