@@ -1,7 +1,7 @@
 //! Settings of the edge, filled by `pmsd` from its configuration.
 
 use pms_sip::digest::Algorithm;
-use pms_types::{GroupId, NodeId};
+use pms_types::{GroupId, NodeId, UserId};
 
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
@@ -10,8 +10,9 @@ pub struct EdgeConfig {
     pub node: NodeId,
     /// Random per process start; flows of earlier incarnations are dead.
     pub incarnation: u64,
-    /// The group holding accounts and mailboxes (one group until sharding lands).
-    pub group: GroupId,
+    /// Mailbox groups (`1..=mailbox_groups`), fixed at bootstrap; accounts are in the
+    /// directory group (`GroupId::DIRECTORY`).
+    pub mailbox_groups: u32,
     /// Digest algorithms offered, in order (SHA-256 first; MD5 only where policy allows).
     pub digest_algorithms: Vec<Algorithm>,
     pub header_bytes_max: usize,
@@ -39,7 +40,7 @@ impl EdgeConfig {
             domain: domain.into(),
             node,
             incarnation,
-            group: GroupId(1),
+            mailbox_groups: 1,
             digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             header_bytes_max: SIP_HEADER_BYTES_MAX_DEFAULT,
             body_bytes_max: SIP_BODY_BYTES_MAX_DEFAULT,
@@ -54,5 +55,15 @@ impl EdgeConfig {
             delivery_backoff_max_ms: DELIVERY_BACKOFF_MAX_MS,
             expiry_tick_ms: 200,
         }
+    }
+
+    /// The group holding `user`'s mailbox (bindings, queue, statuses).
+    pub fn mailbox_group(&self, user: &UserId) -> GroupId {
+        pms_types::mailbox_group_for(user, self.mailbox_groups)
+    }
+
+    /// Every mailbox group.
+    pub fn mailbox_group_ids(&self) -> impl Iterator<Item = GroupId> + use<> {
+        (1..=self.mailbox_groups.max(1)).map(GroupId)
     }
 }

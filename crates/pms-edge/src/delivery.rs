@@ -9,7 +9,7 @@
 use pms_mailbox::{Binding, DedupKey, MessagePayload, NewMessage, QueuedMessage, UserRecord};
 use pms_sip::imdn::{ImdnStatus, build_imdn, parse_disposition_notification};
 use pms_sip::message::{Method, Request, SipUri};
-use pms_types::{MessageId, UnixMillis, UserId};
+use pms_types::{GroupId, MessageId, UnixMillis, UserId};
 
 use crate::service::SipService;
 use crate::status::Refusal;
@@ -82,9 +82,9 @@ pub fn notification(
     else {
         return Ok(None);
     };
-    let state = service.mailboxes().state(service.config().group);
+    let state = service.mailboxes().state(GroupId::DIRECTORY);
     let Some(record): Option<UserRecord> =
-        pms_mailbox::query::user(&*state, service.config().group, &sender)
+        pms_mailbox::query::user(&*state, GroupId::DIRECTORY, &sender)
             .map_err(|error| Refusal::Internal(error.to_string()))?
     else {
         return Ok(None);
@@ -135,8 +135,8 @@ pub fn open_payload(
     service: &SipService,
     message: &QueuedMessage,
 ) -> Result<MessagePayload, Refusal> {
-    let state = service.mailboxes().state(service.config().group);
-    let record = pms_mailbox::query::user(&*state, service.config().group, &message.recipient)
+    let state = service.mailboxes().state(GroupId::DIRECTORY);
+    let record = pms_mailbox::query::user(&*state, GroupId::DIRECTORY, &message.recipient)
         .map_err(|error| Refusal::Internal(error.to_string()))?
         .ok_or_else(|| Refusal::NotFound(format!("User {} not found", message.recipient)))?;
     let key = service

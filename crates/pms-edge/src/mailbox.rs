@@ -21,7 +21,7 @@ use actix::prelude::*;
 use pms_mailbox::{Command, CommandResponse, query};
 use pms_sip::imdn::ImdnStatus;
 use pms_types::limits::MAILBOX_ACTORS_MAX;
-use pms_types::{MessageId, UserId};
+use pms_types::{GroupId, MessageId, UserId};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -39,6 +39,8 @@ pub const EXPIRY_SWEEP_MAX: usize = 64;
 pub const RESUME_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// Users woken per resume sweep (the sweep continues where it stopped on the next tick).
 pub const RESUME_SWEEP_USERS_MAX: usize = 1_024;
+/// Outboxed IMDNs forwarded per group per sweep.
+pub const OUTBOX_SWEEP_MAX: usize = 64;
 
 /// Senders waiting to learn that their message was delivered within the synchronous window.
 #[derive(Default, Debug)]
@@ -269,7 +271,7 @@ async fn attempt(service: &SipService, user: &UserId) -> Step {
 
 async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate::status::Refusal> {
     let config = service.config();
-    let group = config.group;
+    let group = config.mailbox_group(user);
     if !service.mailboxes().is_leader(group) {
         return Ok(Step::Idle);
     }
@@ -312,6 +314,7 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             warn!(%user, message_id = %message.message_id, ?refusal, "queued message cannot be opened; marking it failed");
             commit_outcome(
                 service,
+                group,
                 Command::MarkFailed {
                     recipient: user.clone(),
                     seq: message.seq,
@@ -368,6 +371,7 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
             let response = commit_outcome(
                 service,
+                group,
                 Command::MarkDelivered {
                     recipient: user.clone(),
                     seq: message.seq,
@@ -409,6 +413,7 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
             let response = commit_outcome(
                 service,
+                group,
                 Command::MarkFailed {
                     recipient: user.clone(),
                     seq: message.seq,
@@ -434,13 +439,11 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
 
 async fn commit_outcome(
     service: &SipService,
+    group: GroupId,
     command: Command,
 ) -> Result<CommandResponse, crate::status::Refusal> {
     let started = Instant::now();
-    let result = service
-        .mailboxes()
-        .propose(service.config().group, command)
-        .await;
+    let result = service.mailboxes().propose(group, command).await;
     service
         .metrics()
         .raft_commit_latency_seconds
@@ -453,8 +456,8 @@ async fn commit_outcome(
 pub struct ExpiryActor {
     service: Arc<SipService>,
     sweeping: bool,
-    /// Where the resume sweep continues: the last user it woke.
-    resume_after: Option<UserId>,
+    /// Where the resume sweep continues in each group: the last user it woke.
+    resume_after: HashMap<GroupId, UserId>,
 }
 
 impl ExpiryActor {
@@ -462,37 +465,52 @@ impl ExpiryActor {
         ExpiryActor {
             service,
             sweeping: false,
-            resume_after: None,
+            resume_after: HashMap::new(),
         }
     }
 
+    /// The mailbox groups this node leads now.
+    fn led_groups(&self) -> Vec<GroupId> {
+        self.service
+            .config()
+            .mailbox_group_ids()
+            .filter(|group| self.service.mailboxes().is_leader(*group))
+            .collect()
+    }
+
     fn resume_sweep(&mut self) {
-        let group = self.service.config().group;
-        if !self.service.mailboxes().is_leader(group) {
-            self.resume_after = None;
-            return;
-        }
-        let users = {
-            let state = self.service.mailboxes().state(group);
-            query::users_with_queue(
-                &*state,
-                group,
-                self.resume_after.as_ref(),
-                RESUME_SWEEP_USERS_MAX,
-            )
-        };
-        match users {
-            Ok(users) => {
-                self.resume_after = if users.len() == RESUME_SWEEP_USERS_MAX {
-                    users.last().cloned()
-                } else {
-                    None
-                };
-                for user in &users {
-                    self.service.wake_for_resume(user);
+        for group in self.service.config().mailbox_group_ids() {
+            if !self.service.mailboxes().is_leader(group) {
+                self.resume_after.remove(&group);
+                continue;
+            }
+            let users = {
+                let state = self.service.mailboxes().state(group);
+                query::users_with_queue(
+                    &*state,
+                    group,
+                    self.resume_after.get(&group),
+                    RESUME_SWEEP_USERS_MAX,
+                )
+            };
+            match users {
+                Ok(users) => {
+                    match users.last() {
+                        Some(last) if users.len() == RESUME_SWEEP_USERS_MAX => {
+                            self.resume_after.insert(group, last.clone());
+                        }
+                        _ => {
+                            self.resume_after.remove(&group);
+                        }
+                    }
+                    for user in &users {
+                        self.service.wake_for_resume(user);
+                    }
+                }
+                Err(error) => {
+                    warn!(%group, %error, "mailbox index unreadable; resume sweep skipped")
                 }
             }
-            Err(error) => warn!(%error, "mailbox index unreadable; resume sweep skipped"),
         }
     }
 }
@@ -504,28 +522,77 @@ impl Actor for ExpiryActor {
         ctx.run_interval(RESUME_SWEEP_INTERVAL, |actor, _| actor.resume_sweep());
         let tick = Duration::from_millis(self.service.config().expiry_tick_ms);
         ctx.run_interval(tick, |actor, ctx| {
-            if actor.sweeping
-                || !actor
-                    .service
-                    .mailboxes()
-                    .is_leader(actor.service.config().group)
-            {
+            if actor.sweeping {
+                return;
+            }
+            let groups = actor.led_groups();
+            if groups.is_empty() {
                 return;
             }
             actor.sweeping = true;
             let service = actor.service.clone();
             ctx.spawn(
-                async move { sweep(&service).await }
-                    .instrument(info_span!("expiry_sweep"))
-                    .into_actor(actor)
-                    .map(|(), actor, _| actor.sweeping = false),
+                async move {
+                    for group in groups {
+                        sweep(&service, group).await;
+                        forward_outbox(&service, group).await;
+                    }
+                }
+                .instrument(info_span!("expiry_sweep"))
+                .into_actor(actor)
+                .map(|(), actor, _| actor.sweeping = false),
             );
         });
     }
 }
 
-async fn sweep(service: &SipService) {
-    let group = service.config().group;
+/// Queues the outboxed IMDNs of `group` in their recipients' groups, then clears them here.
+/// Invariant: an IMDN leaves the outbox only after its `Enqueue` committed in the target group
+/// (deduplicated there by its dedup key, so a repeat after a crash is stored once).
+async fn forward_outbox(service: &SipService, group: GroupId) {
+    let entries = {
+        let state = service.mailboxes().state(group);
+        match query::outbox(&*state, group, OUTBOX_SWEEP_MAX) {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(%group, %error, "outbox unreadable");
+                return;
+            }
+        }
+    };
+    for entry in entries {
+        let recipient = entry.message.recipient.clone();
+        let message_id = entry.message.message_id.clone();
+        let target = service.config().mailbox_group(&recipient);
+        let command = Command::Enqueue {
+            message: entry.message,
+            accepted_at: entry.accepted_at,
+            notification: None,
+        };
+        match commit_outcome(service, target, command).await {
+            Ok(CommandResponse::Enqueued { duplicate, .. }) => {
+                if !duplicate {
+                    service.metrics().queue_depth.inc();
+                }
+                service.wake(&recipient);
+            }
+            // The sender is gone or its mailbox is full: the report cannot be queued.
+            Ok(other) => debug!(%recipient, ?other, "outboxed notification not queued"),
+            Err(refusal) => {
+                warn!(%group, ?refusal, "outboxed notification not forwarded; retried next sweep");
+                return;
+            }
+        }
+        if let Err(refusal) =
+            commit_outcome(service, group, Command::ClearOutbox { message_id }).await
+        {
+            warn!(%group, ?refusal, "outbox entry not cleared; retried next sweep");
+            return;
+        }
+    }
+}
+
+async fn sweep(service: &SipService, group: GroupId) {
     let now = service.clock().now();
     let due = {
         let state = service.mailboxes().state(group);
@@ -565,7 +632,7 @@ async fn sweep(service: &SipService) {
             at: now,
             notification: imdn,
         };
-        match commit_outcome(service, command).await {
+        match commit_outcome(service, group, command).await {
             Ok(CommandResponse::Done) => {
                 service.metrics().messages_expired_total.inc();
                 service.metrics().queue_depth.dec();

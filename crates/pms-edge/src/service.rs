@@ -21,7 +21,7 @@ use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::imdn::imdn_fields;
 use pms_sip::message::{Contact, Method, NOT_SIP_URI, ParseError, Request, Response, response_to};
 use pms_types::metrics::Metrics;
-use pms_types::{Clock, FlowId, MessageId, UnixMillis, UserId};
+use pms_types::{Clock, FlowId, GroupId, MessageId, UnixMillis, UserId};
 use tokio::sync::oneshot;
 use tracing::{Span, debug, warn};
 
@@ -339,8 +339,8 @@ impl SipService {
     }
 
     fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, Refusal> {
-        let state = self.mailboxes.state(self.config.group);
-        query::user(&*state, self.config.group, user)
+        let state = self.mailboxes.state(GroupId::DIRECTORY);
+        query::user(&*state, GroupId::DIRECTORY, user)
             .map_err(|error| Refusal::Internal(error.to_string()))
     }
 
@@ -423,9 +423,9 @@ impl SipService {
         response
     }
 
-    async fn propose(&self, command: Command) -> Result<CommandResponse, Refusal> {
+    async fn propose(&self, group: GroupId, command: Command) -> Result<CommandResponse, Refusal> {
         let started = std::time::Instant::now();
-        let result = self.mailboxes.propose(self.config.group, command).await;
+        let result = self.mailboxes.propose(group, command).await;
         self.metrics
             .raft_commit_latency_seconds
             .observe(started.elapsed());
@@ -531,7 +531,10 @@ impl SipService {
             });
         }
         for command in changes {
-            match self.propose(command).await? {
+            match self
+                .propose(self.config.mailbox_group(&user), command)
+                .await?
+            {
                 CommandResponse::Done => {}
                 CommandResponse::TooManyBindings { .. } => {
                     return Err(Refusal::Forbidden("Too many registered devices".into()));
@@ -543,8 +546,9 @@ impl SipService {
             }
         }
         let bindings = {
-            let state = self.mailboxes.state(self.config.group);
-            query::bindings(&*state, self.config.group, &user, now)
+            let group = self.config.mailbox_group(&user);
+            let state = self.mailboxes.state(group);
+            query::bindings(&*state, group, &user, now)
                 .map_err(|error| Refusal::Internal(error.to_string()))?
         };
         self.metrics
@@ -694,12 +698,16 @@ impl SipService {
         };
         // Registered before the proposal so that a delivery faster than our own answer is seen.
         let delivered = self.waiters.register(&message_id);
+        let recipient_group = self.config.mailbox_group(&recipient);
         let (message_id, duplicate) = match self
-            .propose(Command::Enqueue {
-                message,
-                accepted_at: now,
-                notification: stored_notification,
-            })
+            .propose(
+                recipient_group,
+                Command::Enqueue {
+                    message,
+                    accepted_at: now,
+                    notification: stored_notification,
+                },
+            )
             .await?
         {
             CommandResponse::Enqueued {
@@ -727,8 +735,8 @@ impl SipService {
             .push("X-PMS-Message-ID", message_id.as_str());
         if duplicate {
             self.metrics.messages_duplicate_total.inc();
-            let state = self.mailboxes.state(self.config.group);
-            let status = query::message_status(&*state, self.config.group, &message_id)
+            let state = self.mailboxes.state(recipient_group);
+            let status = query::message_status(&*state, recipient_group, &message_id)
                 .map_err(|error| Refusal::Internal(error.to_string()))?;
             let was_delivered =
                 status.is_some_and(|status| status.state == MessageState::Delivered);
@@ -743,8 +751,8 @@ impl SipService {
         }
         // No registered device: nothing can be delivered within the window, answer 202 now.
         let recipient_registered = {
-            let state = self.mailboxes.state(self.config.group);
-            !query::bindings(&*state, self.config.group, &recipient, now)
+            let state = self.mailboxes.state(recipient_group);
+            !query::bindings(&*state, recipient_group, &recipient, now)
                 .map_err(|error| Refusal::Internal(error.to_string()))?
                 .is_empty()
         };

@@ -10,7 +10,7 @@ use pms_types::{GroupId, KeyValue, Keyspace, MessageId, Mutation, StateRead, Uni
 
 use crate::{
     ApplyError, Binding, Command, CommandResponse, DedupEntry, MailboxMeta, MessageState,
-    MessageStatus, NewMessage, QueuedMessage, UserRecord, decode, encode, keys,
+    MessageStatus, NewMessage, OutboxEntry, QueuedMessage, UserRecord, decode, encode, keys,
 };
 
 /// How long a dedup entry outlives its message's expiry, so late retransmissions and client
@@ -84,7 +84,7 @@ pub fn apply(
             {
                 // Dropped silently when it cannot be queued: the sender's state must not
                 // refuse the recipient's message.
-                tx.enqueue(notification, *accepted_at)?;
+                tx.queue_notification(notification, *accepted_at)?;
             }
             response
         }
@@ -132,6 +132,13 @@ pub fn apply(
             notification.as_ref(),
         )?,
         Command::Prune { before } => tx.prune(*before)?,
+        Command::ClearOutbox { message_id } => {
+            let key = keys::outbox(group, message_id);
+            if tx.get(Keyspace::Outbox, &key)?.is_some() {
+                tx.delete(Keyspace::Outbox, key);
+            }
+            CommandResponse::Done
+        }
     };
     Ok(Applied {
         mutations: tx.mutations,
@@ -401,6 +408,29 @@ impl<S: StateRead> Transaction<'_, S> {
         Ok(0)
     }
 
+    /// Queues an IMDN for its recipient (the original sender) in this group when the sender's
+    /// mailbox is here, else keeps it in the outbox until the leader has queued it in the
+    /// sender's group (and committed `ClearOutbox` here).
+    fn queue_notification(
+        &mut self,
+        notification: &NewMessage,
+        accepted_at: UnixMillis,
+    ) -> Result<(), ApplyError> {
+        if self.user(&notification.recipient)?.is_some() {
+            self.enqueue(notification, accepted_at)?;
+        } else {
+            self.put(
+                Keyspace::Outbox,
+                keys::outbox(self.group, &notification.message_id),
+                &OutboxEntry {
+                    message: notification.clone(),
+                    accepted_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Removes a queued message with its final state, and queues the notification if any.
     fn finish(
         &mut self,
@@ -454,7 +484,7 @@ impl<S: StateRead> Transaction<'_, S> {
         if let Some(notification) = notification {
             // A notification that cannot be queued (unknown sender, full mailbox) is dropped:
             // the sender's own state must not block the recipient's queue.
-            self.enqueue(notification, at)?;
+            self.queue_notification(notification, at)?;
         }
         Ok(CommandResponse::Done)
     }

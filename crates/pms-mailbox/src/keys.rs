@@ -46,6 +46,10 @@ pub fn dedup(group: GroupId, key: &DedupKey) -> Vec<u8> {
     group_key(group, &[&key.0])
 }
 
+pub fn outbox(group: GroupId, message_id: &MessageId) -> Vec<u8> {
+    group_key(group, &[message_id.as_str().as_bytes()])
+}
+
 pub fn expiry(group: GroupId, expires_at: UnixMillis, user: &UserId, seq: u64) -> Vec<u8> {
     group_key(
         group,

@@ -5,7 +5,8 @@ use pms_types::limits::APPLY_BATCH_MAX;
 use pms_types::{GroupId, Keyspace, MessageId, StateRead, UnixMillis, UserId};
 
 use crate::{
-    ApplyError, Binding, MailboxMeta, MessageStatus, QueuedMessage, UserRecord, decode, keys,
+    ApplyError, Binding, MailboxMeta, MessageStatus, OutboxEntry, QueuedMessage, UserRecord,
+    decode, keys,
 };
 
 pub fn user(
@@ -199,4 +200,18 @@ pub fn users_with_queue(
             _ => return Ok(found),
         }
     }
+}
+
+/// IMDNs of `group` waiting to be queued in another group, at most `limit`.
+pub fn outbox(
+    state: &(impl StateRead + ?Sized),
+    group: GroupId,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, ApplyError> {
+    let prefix = pms_types::group_key(group, &[]);
+    state
+        .scan_prefix(Keyspace::Outbox, &prefix, &prefix, limit)?
+        .iter()
+        .map(|(_, value)| decode(Keyspace::Outbox, value))
+        .collect()
 }

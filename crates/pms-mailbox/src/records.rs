@@ -183,6 +183,17 @@ pub enum Command {
     Prune {
         before: UnixMillis,
     },
+    /// Forgets an outboxed IMDN that is now queued in its recipient's group.
+    ClearOutbox {
+        message_id: MessageId,
+    },
+}
+
+/// An IMDN waiting to be queued in another group (its recipient's mailbox is there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub message: NewMessage,
+    pub accepted_at: UnixMillis,
 }
 
 /// What applying a command produced. Replicated identically on every node.

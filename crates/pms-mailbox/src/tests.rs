@@ -570,7 +570,11 @@ fn listing_users_pages_by_name() {
 fn users_with_queue_lists_only_users_with_queued_messages() {
     let mut state = with_alice_and_bob();
     state.run(provision("carol"));
-    assert!(query::users_with_queue(&state, GROUP, None, 10).unwrap().is_empty());
+    assert!(
+        query::users_with_queue(&state, GROUP, None, 10)
+            .unwrap()
+            .is_empty()
+    );
     for (id, to) in [(1u8, "bob"), (2, "carol"), (3, "carol")] {
         state.run(Command::Enqueue {
             message: message(id, to, 100, id),
@@ -603,4 +607,43 @@ fn users_with_queue_lists_only_users_with_queued_messages() {
         query::users_with_queue(&state, GROUP, None, 10).unwrap(),
         vec![user("carol")]
     );
+}
+
+#[test]
+fn a_notification_for_a_sender_of_another_group_waits_in_the_outbox() {
+    // Only bob's mailbox is in this group; alice's is elsewhere.
+    let mut state = MemoryState::default();
+    state.run(provision("bob"));
+    state.run(Command::Enqueue {
+        message: message(1, "bob", 100, 1),
+        accepted_at: UnixMillis(10),
+        notification: None,
+    });
+    let applied = state.run(Command::MarkDelivered {
+        recipient: user("bob"),
+        seq: 0,
+        message_id: MessageId::from_random_bytes([1; 16]),
+        at: UnixMillis(20),
+        notification: Some(message(50, "alice", 200, 50)),
+    });
+    assert_eq!(applied.response, CommandResponse::Done);
+    // Not queued here (alice has no mailbox in this group) but kept for forwarding.
+    assert!(
+        query::queue(&state, GROUP, &user("alice"), 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+    let outbox = query::outbox(&state, GROUP, 10).unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].message, message(50, "alice", 200, 50));
+    assert_eq!(outbox[0].accepted_at, UnixMillis(20));
+    // Once forwarded, clearing it empties the outbox; clearing again changes nothing.
+    let id = MessageId::from_random_bytes([50; 16]);
+    let cleared = state.run(Command::ClearOutbox {
+        message_id: id.clone(),
+    });
+    assert_eq!(cleared.response, CommandResponse::Done);
+    assert!(query::outbox(&state, GROUP, 10).unwrap().is_empty());
+    let again = state.run(Command::ClearOutbox { message_id: id });
+    assert!(again.mutations.is_empty());
 }

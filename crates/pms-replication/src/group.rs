@@ -217,7 +217,8 @@ impl Group {
     /// Makes this node the single voter of the group, unless the group is already initialized
     /// (here, earlier, or by a leader that added this node). Idempotent across restarts.
     pub async fn initialize_single(&self, addr: String) -> Result<(), ReplicationError> {
-        self.initialize(BTreeMap::from([(self.node_id, addr)])).await
+        self.initialize(BTreeMap::from([(self.node_id, addr)]))
+            .await
     }
 
     /// Bootstraps the group with `members` (node id → gRPC address) as its voters, like etcd's
@@ -276,7 +277,12 @@ impl Group {
     /// Removes `node` from the group's voters and learners. Only the leader can do this; openraft
     /// refuses a change that leaves no voter.
     pub async fn remove_node(&self, node: u64) -> Result<(), ReplicationError> {
-        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         let is_voter = membership.membership().voter_ids().any(|id| id == node);
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([node]))
@@ -290,7 +296,10 @@ impl Group {
         Ok(())
     }
 
-    fn raft_write_error(&self, error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ReplicationError {
+    fn raft_write_error(
+        &self,
+        error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> ReplicationError {
         match error {
             RaftError::APIError(error) => self.client_write_error(error),
             RaftError::Fatal(fatal) => fatal_error(self.group, fatal),
@@ -331,6 +340,14 @@ impl Group {
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.as_ref().map(|log_id| log_id.index()),
             members,
+        }
+    }
+
+    /// Asks this group's leadership to move to `node` (best effort: a failed hand-over leaves
+    /// this node leading).
+    pub async fn transfer_leadership(&self, node: u64) {
+        if let Err(fatal) = self.raft.trigger().transfer_leader(node).await {
+            tracing::warn!(group = %self.group, %fatal, "leadership transfer not started");
         }
     }
 

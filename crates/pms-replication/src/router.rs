@@ -9,29 +9,13 @@ use crate::group::{Group, GroupConfig};
 use crate::types::{SnapshotData, TypeConfig};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use pms_storage::Store;
+pub use pms_types::mailbox_group_for;
 use pms_types::{GroupId, UserId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Most mailbox groups a cluster may have.
 pub const MAILBOX_GROUPS_MAX: u32 = 4_096;
-
-/// FNV-1a, 64 bit: stable across versions and platforms (unlike `std`'s hasher).
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
-    })
-}
-
-/// The mailbox group of `user` among `mailbox_group_count` groups: `fnv1a(user) mod N + 1`.
-pub fn mailbox_group_for(user: &UserId, mailbox_group_count: u32) -> GroupId {
-    assert!(mailbox_group_count >= 1, "at least one mailbox group");
-    let slot = fnv1a_64(user.as_str().as_bytes()) % u64::from(mailbox_group_count);
-    // Invariant: slot < mailbox_group_count <= u32::MAX, so it fits.
-    GroupId(u32::try_from(slot).unwrap_or(0) + 1)
-}
 
 /// The groups of this node.
 #[derive(Debug)]
@@ -155,13 +139,6 @@ mod tests {
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).expect("valid user")
-    }
-
-    #[test]
-    fn fnv1a_matches_reference_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::MarkFailed { .. } => "MarkFailed",
         Command::Expire { .. } => "Expire",
         Command::Prune { .. } => "Prune",
+        Command::ClearOutbox { .. } => "ClearOutbox",
     }
 }
 

@@ -219,10 +219,13 @@ pub enum Keyspace {
     Expiry,
     /// Final or current status of a message by id: `group ++ message id`.
     Status,
+    /// IMDNs for senders whose mailbox is in another group, waiting to be queued there:
+    /// `group ++ notification message id`.
+    Outbox,
 }
 
 impl Keyspace {
-    pub const ALL: [Keyspace; 9] = [
+    pub const ALL: [Keyspace; 10] = [
         Keyspace::RaftLog,
         Keyspace::RaftMeta,
         Keyspace::Users,
@@ -232,10 +235,11 @@ impl Keyspace {
         Keyspace::Dedup,
         Keyspace::Expiry,
         Keyspace::Status,
+        Keyspace::Outbox,
     ];
 
     /// The keyspaces that make up a group's state machine (what a snapshot carries).
-    pub const STATE: [Keyspace; 7] = [
+    pub const STATE: [Keyspace; 8] = [
         Keyspace::Users,
         Keyspace::Bindings,
         Keyspace::Messages,
@@ -243,6 +247,7 @@ impl Keyspace {
         Keyspace::Dedup,
         Keyspace::Expiry,
         Keyspace::Status,
+        Keyspace::Outbox,
     ];
 
     /// Stable name, used as the RocksDB column family name.
@@ -257,8 +262,28 @@ impl Keyspace {
             Keyspace::Dedup => "dedup",
             Keyspace::Expiry => "expiry",
             Keyspace::Status => "status",
+            Keyspace::Outbox => "outbox",
         }
     }
+}
+
+/// FNV-1a, 64 bit: stable across versions and platforms (unlike `std`'s hasher).
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The mailbox group of `user` among `mailbox_group_count` groups: `fnv1a(user) mod N + 1`.
+/// Invariant: a pure function of the user name and the count fixed at bootstrap, so every node
+/// computes the same answer; the result is in `1..=mailbox_group_count` (0 is the directory).
+pub fn mailbox_group_for(user: &UserId, mailbox_group_count: u32) -> GroupId {
+    let count = u64::from(mailbox_group_count.max(1));
+    let slot = fnv1a_64(user.as_str().as_bytes()) % count;
+    // Invariant: slot < count <= u32::MAX, so it fits.
+    GroupId(u32::try_from(slot).unwrap_or(0) + 1)
 }
 
 /// Builds a key: the group prefix followed by the given parts, in order.
@@ -346,5 +371,12 @@ mod tests {
         assert_eq!(clock.now(), UnixMillis(1_000));
         clock.advance_ms(500);
         assert_eq!(clock.now(), UnixMillis(1_500));
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

@@ -340,7 +340,11 @@ pub fn write_cluster_status(
     let or_dash = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for node in &status.nodes {
         if let Some(reason) = &node.unreachable {
-            writeln!(out, "{:<6} {:<24} unreachable: {reason}", node.node, node.address)?;
+            writeln!(
+                out,
+                "{:<6} {:<24} unreachable: {reason}",
+                node.node, node.address
+            )?;
             continue;
         }
         if node.groups.is_empty() {

@@ -77,15 +77,18 @@ pub struct AdminApi {
     pub replication: Arc<Replication>,
     pub router: Arc<ClusterRouter>,
     pub keyring: Arc<Keyring>,
-    pub group: GroupId,
     pub realm: String,
     pub grpc_address: String,
     pub clock: Arc<dyn Clock>,
 }
 
 impl AdminApi {
-    async fn propose(&self, command: Command) -> Result<CommandResponse, AdminError> {
-        self.router.propose(self.group, command).await.map_err(|error| {
+    async fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> Result<CommandResponse, AdminError> {
+        self.router.propose(group, command).await.map_err(|error| {
             if error.is_retryable() {
                 AdminError::Unavailable {
                     reason: error.to_string(),
@@ -98,9 +101,9 @@ impl AdminApi {
         })
     }
 
-    fn state(&self) -> Result<Arc<dyn pms_storage::Store>, AdminError> {
+    fn state(&self, group: GroupId) -> Result<Arc<dyn pms_storage::Store>, AdminError> {
         self.replication
-            .require_group(self.group)
+            .require_group(group)
             .map(|group| group.store().clone())
             .map_err(|error| AdminError::Internal {
                 reason: error.to_string(),
@@ -146,26 +149,54 @@ impl AdminBackend for AdminApi {
                 wrapped_data_key: wrap_data_key(self.keyring.master(), name, &data_key),
                 created_at: self.clock.now(),
             };
-            expect_done(self.propose(Command::ProvisionUser { record }).await?)
+            // The mailbox first: once the directory knows the account (and the edge lets it
+            // in), its mailbox exists. A mailbox left by an interrupted earlier attempt is fine.
+            let mailbox = self.replication.group_for_user(&user.user);
+            let provision = Command::ProvisionUser { record };
+            match self.propose(mailbox, provision.clone()).await? {
+                CommandResponse::Done | CommandResponse::UserExists { .. } => {}
+                other => expect_done(other)?,
+            }
+            expect_done(self.propose(GroupId::DIRECTORY, provision).await?)
         })
     }
 
     fn remove_user(&self, user: UserId) -> BackendFuture<'_, ()> {
         Box::pin(async move {
-            let result = expect_done(
-                self.propose(Command::RemoveUser { user: user.clone() })
-                    .await?,
-            );
+            // The directory first: it holds the data key every node opens messages with, so
+            // its removal shreds them at once; then the mailbox's queue and bindings go.
+            let remove = Command::RemoveUser { user: user.clone() };
+            let directory = self.propose(GroupId::DIRECTORY, remove.clone()).await?;
             self.keyring.forget(&user);
-            result
+            let mailbox = self
+                .propose(self.replication.group_for_user(&user), remove)
+                .await?;
+            match (directory, mailbox) {
+                (CommandResponse::UnknownUser { .. }, CommandResponse::UnknownUser { .. }) => {
+                    Err(AdminError::NotFound {
+                        what: format!("user {user}"),
+                    })
+                }
+                (CommandResponse::Done | CommandResponse::UnknownUser { .. }, mailbox) => {
+                    match mailbox {
+                        CommandResponse::UnknownUser { .. } => Ok(()),
+                        other => expect_done(other),
+                    }
+                }
+                (other, _) => expect_done(other),
+            }
         })
     }
 
     fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()> {
         Box::pin(async move {
+            // The edge reads the flag from the directory only.
             expect_done(
-                self.propose(Command::SetMessagingEnabled { user, enabled })
-                    .await?,
+                self.propose(
+                    GroupId::DIRECTORY,
+                    Command::SetMessagingEnabled { user, enabled },
+                )
+                .await?,
             )
         })
     }
@@ -176,9 +207,9 @@ impl AdminBackend for AdminApi {
         limit: usize,
     ) -> BackendFuture<'_, Vec<UserSummary>> {
         Box::pin(async move {
-            let state = self.state()?;
-            let users =
-                query::users(&*state, self.group, after.as_ref(), limit).map_err(internal)?;
+            let state = self.state(GroupId::DIRECTORY)?;
+            let users = query::users(&*state, GroupId::DIRECTORY, after.as_ref(), limit)
+                .map_err(internal)?;
             Ok(users
                 .into_iter()
                 .map(|record| UserSummary {
@@ -191,12 +222,22 @@ impl AdminBackend for AdminApi {
 
     fn message_status(&self, message_id: MessageId) -> BackendFuture<'_, MessageStatusReport> {
         Box::pin(async move {
-            let state = self.state()?;
-            let status = query::message_status(&*state, self.group, &message_id)
-                .map_err(internal)?
-                .ok_or_else(|| AdminError::NotFound {
-                    what: format!("message {message_id}"),
-                })?;
+            // A message id does not name its group: look in every mailbox group's replica.
+            let mut found = None;
+            for group in self.replication.groups() {
+                if group.id() == GroupId::DIRECTORY {
+                    continue;
+                }
+                let state = self.state(group.id())?;
+                found =
+                    query::message_status(&*state, group.id(), &message_id).map_err(internal)?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            let status = found.ok_or_else(|| AdminError::NotFound {
+                what: format!("message {message_id}"),
+            })?;
             Ok(MessageStatusReport {
                 message_id: status.message_id,
                 state: match status.state {
@@ -222,7 +263,9 @@ impl AdminBackend for AdminApi {
                     members.entry(member.node).or_insert(member.address);
                 }
             }
-            members.entry(node.0).or_insert_with(|| self.grpc_address.clone());
+            members
+                .entry(node.0)
+                .or_insert_with(|| self.grpc_address.clone());
             let asked = members.iter().map(|(id, address)| async move {
                 if *id == node.0 {
                     Ok(local_status(node, address, &self.replication))
@@ -238,10 +281,8 @@ impl AdminBackend for AdminApi {
             let mut leader_last_log: BTreeMap<GroupId, u64> = BTreeMap::new();
             for answer in answers.iter().flatten() {
                 for group in &answer.groups {
-                    if group.role == ReplicaRole::Leader {
-                        if let Some(last) = group.last_log_index {
-                            leader_last_log.insert(group.group, last);
-                        }
+                    if let (ReplicaRole::Leader, Some(last)) = (group.role, group.last_log_index) {
+                        leader_last_log.insert(group.group, last);
                     }
                 }
             }
@@ -312,7 +353,9 @@ const STATUS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 fn membership_error(error: ReplicationError) -> AdminError {
     match error {
-        ReplicationError::Refused { detail, .. } => AdminError::FailedPrecondition { reason: detail },
+        ReplicationError::Refused { detail, .. } => {
+            AdminError::FailedPrecondition { reason: detail }
+        }
         error if error.is_retryable() => AdminError::Unavailable {
             reason: error.to_string(),
         },

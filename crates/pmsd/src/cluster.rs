@@ -73,7 +73,10 @@ impl ClusterRouter {
             let leader = match group.current_leader() {
                 Some(leader) => leader,
                 None => {
-                    if let Err(error) = group.wait_for_leader(remaining.min(Duration::from_secs(1))).await {
+                    if let Err(error) = group
+                        .wait_for_leader(remaining.min(Duration::from_secs(1)))
+                        .await
+                    {
                         last_error = Some(error);
                     }
                     continue;
@@ -110,8 +113,9 @@ impl ClusterRouter {
                 {
                     Ok(forwarded) => {
                         // Read-your-writes on this node; a lagging replica only delays it.
-                        if let Err(error) =
-                            group.wait_for_applied(forwarded.log_index, LOCAL_APPLY_WAIT).await
+                        if let Err(error) = group
+                            .wait_for_applied(forwarded.log_index, LOCAL_APPLY_WAIT)
+                            .await
                         {
                             warn!(group = %group_id, %error, "this replica lags the leader");
                         }
@@ -164,12 +168,13 @@ impl ClusterRouter {
                         None => group.remove_node(node).await,
                     }
                 } else {
-                    let leader_address = group.member_address(leader).ok_or(
-                        ReplicationError::NotLeader {
-                            group: group_id,
-                            leader: Some(leader),
-                        },
-                    )?;
+                    let leader_address =
+                        group
+                            .member_address(leader)
+                            .ok_or(ReplicationError::NotLeader {
+                                group: group_id,
+                                leader: Some(leader),
+                            })?;
                     self.peers
                         .change_membership(
                             &leader_address,
@@ -299,8 +304,15 @@ impl FlowDelivery for EdgeFlowDelivery {
 /// Wakes the mailbox of every user an applied command concerns, while this node leads the
 /// group: a message or IMDN queued, a device bound. Commands proposed on other nodes reach the
 /// leader's mailboxes this way. Runs until the group's event channel closes.
-pub async fn wake_on_apply(replication: Arc<Replication>, group: GroupId, service: Arc<SipService>) {
-    let Some(events) = replication.group(group).map(|group| group.subscribe_applied()) else {
+pub async fn wake_on_apply(
+    replication: Arc<Replication>,
+    group: GroupId,
+    service: Arc<SipService>,
+) {
+    let Some(events) = replication
+        .group(group)
+        .map(|group| group.subscribe_applied())
+    else {
         return;
     };
     let mut events = events;
@@ -309,7 +321,10 @@ pub async fn wake_on_apply(replication: Arc<Replication>, group: GroupId, servic
             Ok(event) => event,
             // Missed events: the resume sweep finds every queued user within its interval.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                debug!(missed, "applied events missed; the resume sweep covers them");
+                debug!(
+                    missed,
+                    "applied events missed; the resume sweep covers them"
+                );
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -319,7 +334,10 @@ pub async fn wake_on_apply(replication: Arc<Replication>, group: GroupId, servic
         if let Command::MarkDelivered { message_id, .. } = &*event.command {
             service.waiters().delivered(message_id);
         }
-        if !replication.group(group).is_some_and(|group| group.is_leader()) {
+        if !replication
+            .group(group)
+            .is_some_and(|group| group.is_leader())
+        {
             continue;
         }
         match &*event.command {

@@ -32,6 +32,10 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Entries between snapshots: generous, because of openraft#2116 (a panic when snapshots purge
 /// logs under heavy write load on 2-core machines).
 pub const RAFT_SNAPSHOT_LOGS_DEFAULT: u64 = 20_000;
+/// Mailbox groups of a new cluster.
+pub const MAILBOX_GROUPS_DEFAULT: u32 = 8;
+/// Most mailbox groups (each is one Raft group on every node).
+pub const MAILBOX_GROUPS_LIMIT: u32 = 256;
 /// Entries kept behind a snapshot.
 pub const RAFT_LOGS_KEPT_DEFAULT: u64 = 5_000;
 /// Most peers accepted in `--peers`.
@@ -115,6 +119,8 @@ pub struct Config {
     pub message_expires_default_secs: u64,
     pub message_expires_max_secs: u64,
     pub sync_window_ms: u64,
+    /// Mailbox groups users are hashed onto; fixed when the cluster is bootstrapped.
+    pub mailbox_groups: u32,
     /// Entries applied between two Raft snapshots of a group.
     pub raft_snapshot_logs: u64,
     /// Entries kept in the Raft log behind a snapshot (lagging followers replay these; a
@@ -186,6 +192,10 @@ struct Args {
     /// A device 2xx within this window turns the sender's 202 into 200 [default: 1000].
     #[arg(long, env = "PMS_SYNC_WINDOW_MS", value_name = "MS")]
     sync_window_ms: Option<u64>,
+    /// Mailbox groups users are hashed onto; the same on every node and fixed at bootstrap
+    /// [default: 8].
+    #[arg(long, env = "PMS_MAILBOX_GROUPS", value_name = "N")]
+    mailbox_groups: Option<u32>,
     /// Raft: entries applied between two snapshots of a group [default: 20000].
     #[arg(long, env = "PMS_RAFT_SNAPSHOT_LOGS", value_name = "ENTRIES")]
     raft_snapshot_logs: Option<u64>,
@@ -240,6 +250,7 @@ struct FileConfig {
     message_expires_default: Option<u64>,
     message_expires_max: Option<u64>,
     sync_window_ms: Option<u64>,
+    mailbox_groups: Option<u32>,
     raft_snapshot_logs: Option<u64>,
     raft_logs_kept: Option<u64>,
     sip_header_bytes_max: Option<usize>,
@@ -320,6 +331,10 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .message_expires_max
             .or(file.message_expires_max)
             .unwrap_or(limits::MESSAGE_EXPIRES_MAX_DEFAULT_SECS),
+        mailbox_groups: args
+            .mailbox_groups
+            .or(file.mailbox_groups)
+            .unwrap_or(MAILBOX_GROUPS_DEFAULT),
         raft_snapshot_logs: args
             .raft_snapshot_logs
             .or(file.raft_snapshot_logs)
@@ -466,6 +481,12 @@ impl Config {
                 "--message-expires-max ({} s) is less than --message-expires-default ({} s)",
                 self.message_expires_max_secs,
                 self.message_expires_default_secs
+            );
+        }
+        if !(1..=MAILBOX_GROUPS_LIMIT).contains(&self.mailbox_groups) {
+            bail!(
+                "--mailbox-groups {} must be between 1 and {MAILBOX_GROUPS_LIMIT}",
+                self.mailbox_groups
             );
         }
         if self.raft_snapshot_logs == 0 {

@@ -24,9 +24,9 @@ use pms_edge::mailbox::{ExpiryActor, MailboxSupervisorActor};
 use pms_edge::{EdgeConfig, SipService, keyring::Keyring};
 use pms_mailbox::{Command, MailboxService, query};
 use pms_replication::{GroupConfig, Replication};
-use pms_transport::{GrpcNetworkFactory, PeerClients};
 use pms_sip::digest::Algorithm;
 use pms_storage::{RocksStore, Store};
+use pms_transport::{GrpcNetworkFactory, PeerClients};
 use pms_types::metrics::Metrics;
 use pms_types::{Clock, GroupId, SystemClock};
 use tokio::net::{TcpListener, UdpSocket};
@@ -38,8 +38,8 @@ use crate::cluster::{ClusterRouter, EdgeFlowDelivery, GrpcRemoteFlows, wake_on_a
 use crate::config::{Config, DigestAlgorithm};
 use crate::http::{HttpState, serve_http};
 
-/// The one group that holds accounts and mailboxes until sharding lands (issue: cluster).
-pub const SINGLE_GROUP: GroupId = GroupId(1);
+/// The file in the data dir that records the mailbox group count fixed at bootstrap.
+const MAILBOX_GROUPS_FILE: &str = "mailbox-groups";
 /// How long shutdown waits for in-flight SIP transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long startup waits for a leader before it says so in the log (and waits again).
@@ -77,12 +77,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let peers = Arc::new(
         PeerClients::new(&config.certs_dir).context("loading the node certificate for peers")?,
     );
+    check_mailbox_groups(&config)?;
+    let groups: Vec<GroupId> = std::iter::once(GroupId::DIRECTORY)
+        .chain((1..=config.mailbox_groups).map(GroupId))
+        .collect();
     let replication = Arc::new(
         Replication::open(
             config.node_id.0,
             store.clone(),
-            &[SINGLE_GROUP],
-            1,
+            &groups,
+            config.mailbox_groups,
             |group| GrpcNetworkFactory::new(group, peers.clone()),
             &GroupConfig {
                 snapshot_logs_since_last: config.raft_snapshot_logs,
@@ -117,7 +121,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replication: replication.clone(),
         router: router.clone(),
         keyring: keyring.clone(),
-        group: SINGLE_GROUP,
         realm: config.domain.clone(),
         grpc_address: grpc_address.clone(),
         clock: clock.clone(),
@@ -170,10 +173,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wait_for(shutdown.clone()),
     ));
 
-    let group = replication.require_group(SINGLE_GROUP)?;
-    info!(node = %config.node_id, members = members.len(), "waiting for a Raft leader");
+    info!(node = %config.node_id, members = members.len(), groups = groups.len(), "waiting for a Raft leader of every group");
     tokio::select! {
-        leader = wait_for_leader(group) => leader?,
+        leader = wait_for_leaders(&replication) => leader?,
         () = wait_for_signal() => {
             let _ = shutdown_sender.send(true);
             let _ = grpc_task.await;
@@ -184,12 +186,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    {
+    for group in replication.groups() {
         let metrics = metrics.clone();
         group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
             metrics.raft_commit_latency_seconds.observe(elapsed)
         }));
     }
+    tokio::spawn(spread_leaders(replication.clone()));
 
     let incarnation: u64 = rand::random();
     let mailboxes: Arc<dyn MailboxService> = Arc::new(ReplicatedMailboxes {
@@ -197,14 +200,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
     });
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
-    unbind_stale_flows(&*mailboxes, config.node_id, incarnation).await?;
-    metrics.queue_depth.set(
-        i64::try_from(query::queue_depth(
-            &*mailboxes.state(SINGLE_GROUP),
-            SINGLE_GROUP,
-        )?)
-        .unwrap_or(i64::MAX),
-    );
+    let mut queued: u64 = 0;
+    for group in (1..=config.mailbox_groups).map(GroupId) {
+        unbind_stale_flows(&*mailboxes, group, config.node_id, incarnation).await?;
+        queued += query::queue_depth(&*mailboxes.state(group), group)?;
+    }
+    metrics
+        .queue_depth
+        .set(i64::try_from(queued).unwrap_or(i64::MAX));
 
     let edge_config = edge_config(&config, incarnation);
     let service = Arc::new(SipService::new(
@@ -222,11 +225,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let _ = flow_delivery.service.set(service.clone());
     let _expiry = ExpiryActor::new(service.clone()).start();
-    tokio::spawn(wake_on_apply(
-        replication.clone(),
-        SINGLE_GROUP,
-        service.clone(),
-    ));
+    for group in (1..=config.mailbox_groups).map(GroupId) {
+        tokio::spawn(wake_on_apply(replication.clone(), group, service.clone()));
+    }
 
     let tls_config =
         pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
@@ -267,6 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     draining.store(true, Ordering::Relaxed);
     let _ = shutdown_sender.send(true);
     service.drain(DRAIN_TIMEOUT).await;
+    hand_over_leadership(&replication).await;
     let _ = grpc_task.await;
     let _ = http_task.await;
     replication.shutdown().await;
@@ -279,7 +281,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// alone at its `--grpc` address.
 fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<u64, String>> {
     if config.peers.is_empty() {
-        return Ok(BTreeMap::from([(config.node_id.0, config.grpc.to_string())]));
+        return Ok(BTreeMap::from([(
+            config.node_id.0,
+            config.grpc.to_string(),
+        )]));
     }
     let members: BTreeMap<u64, String> = config
         .peers
@@ -294,22 +299,121 @@ fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(members)
 }
 
-/// Waits until the group has a leader, however long the other nodes take to come up.
-async fn wait_for_leader(group: &pms_replication::Group) -> anyhow::Result<()> {
-    loop {
-        match group.wait_for_leader(LEADER_TIMEOUT).await {
-            Ok(_) => return Ok(()),
-            Err(pms_replication::ReplicationError::NoLeader { .. }) => {
-                warn!(group = %group.id(), "no Raft leader yet: is a majority of --peers running and reachable?");
+/// Waits until every group has a leader, however long the other nodes take to come up.
+async fn wait_for_leaders(replication: &Replication) -> anyhow::Result<()> {
+    for group in replication.groups() {
+        loop {
+            match group.wait_for_leader(LEADER_TIMEOUT).await {
+                Ok(_) => break,
+                Err(pms_replication::ReplicationError::NoLeader { .. }) => {
+                    warn!(group = %group.id(), "no Raft leader yet: is a majority of --peers running and reachable?");
+                }
+                Err(error) => return Err(error).context("waiting for a Raft leader"),
             }
-            Err(error) => return Err(error).context("waiting for a Raft leader"),
         }
+    }
+    Ok(())
+}
+
+/// How often a leader looks whether another member should lead one of its groups.
+const LEADER_SPREAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Spreads group leadership over the voters: the preferred leader of group `g` is the voter
+/// at position `g mod voters` (by id). A leader hands a group over only to a preferred voter
+/// that has replicated its whole log, so no write waits for a lagging node.
+async fn spread_leaders(replication: Arc<Replication>) {
+    let mut interval = tokio::time::interval(LEADER_SPREAD_INTERVAL);
+    loop {
+        interval.tick().await;
+        for group in replication.groups() {
+            let status = group.status();
+            if status.role != pms_replication::GroupRole::Leader {
+                continue;
+            }
+            let voters: Vec<&pms_replication::GroupMember> = status
+                .members
+                .iter()
+                .filter(|member| member.voter)
+                .collect();
+            let Some(preferred) = usize::try_from(group.id().0)
+                .ok()
+                .and_then(|index| voters.get(index % voters.len().max(1)))
+            else {
+                continue;
+            };
+            let caught_up = preferred.matched_index.is_some()
+                && preferred.matched_index == status.last_log_index;
+            if preferred.node != replication.node_id() && caught_up {
+                info!(group = %group.id(), to = preferred.node, "handing leadership to the group's preferred leader");
+                group.transfer_leadership(preferred.node).await;
+            }
+        }
+    }
+}
+
+/// How long a stopping node waits for the groups it leads to elect another leader.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
+
+/// Before a clean stop, hands every group this node leads to the voter that has replicated
+/// most of it, so the cluster does not wait an election timeout for a new leader.
+async fn hand_over_leadership(replication: &Replication) {
+    let deadline = tokio::time::Instant::now() + HAND_OVER_WAIT;
+    let mut handed_over = Vec::new();
+    for group in replication.groups() {
+        let status = group.status();
+        if status.role != pms_replication::GroupRole::Leader {
+            continue;
+        }
+        let successor = status
+            .members
+            .iter()
+            .filter(|member| member.voter && member.node != replication.node_id())
+            .max_by_key(|member| member.matched_index);
+        if let Some(successor) = successor {
+            group.transfer_leadership(successor.node).await;
+            handed_over.push(group.id());
+        }
+    }
+    while tokio::time::Instant::now() < deadline
+        && handed_over.iter().any(|group| {
+            replication
+                .group(*group)
+                .is_some_and(|group| group.is_leader())
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Refuses to start with a mailbox group count other than the one this data dir was
+/// bootstrapped with (users would hash to other groups and their mailboxes would vanish).
+fn check_mailbox_groups(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(MAILBOX_GROUPS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: u32 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is not a number", path.display()))?;
+            anyhow::ensure!(
+                recorded == config.mailbox_groups,
+                "this data dir was bootstrapped with --mailbox-groups {recorded}, not {}; the count cannot change",
+                config.mailbox_groups
+            );
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{}\n", config.mailbox_groups))
+                .with_context(|| format!("writing {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
 }
 
 /// Removes the bindings of this node's earlier runs, retrying while the cluster settles.
 async fn unbind_stale_flows(
     mailboxes: &dyn MailboxService,
+    group: GroupId,
     node: pms_types::NodeId,
     incarnation: u64,
 ) -> anyhow::Result<()> {
@@ -319,9 +423,11 @@ async fn unbind_stale_flows(
     };
     let mut tries = 0;
     loop {
-        match mailboxes.propose(SINGLE_GROUP, command.clone()).await {
+        match mailboxes.propose(group, command.clone()).await {
             Ok(_) => return Ok(()),
-            Err(pms_mailbox::ProposeError::Retry { reason }) if tries < STARTUP_PROPOSE_TRIES_MAX => {
+            Err(pms_mailbox::ProposeError::Retry { reason })
+                if tries < STARTUP_PROPOSE_TRIES_MAX =>
+            {
                 tries += 1;
                 warn!(%reason, tries, "removing bindings of the previous run: retrying");
             }
@@ -332,7 +438,7 @@ async fn unbind_stale_flows(
 
 fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
     let mut edge = EdgeConfig::new(config.domain.clone(), config.node_id, incarnation);
-    edge.group = SINGLE_GROUP;
+    edge.mailbox_groups = config.mailbox_groups;
     edge.digest_algorithms = config
         .digest_algorithms
         .iter()

@@ -45,17 +45,50 @@ fn any_node_serves_any_user_and_deliveries_cross_nodes() {
     assert_eq!(code, 0);
     assert_eq!(body_of(&received[0]), "online via two");
 
-    // Every node is in the status, answering, with one leader for the group.
+    // Every node is in the status, answering; every group (the directory and 8 mailbox groups)
+    // has exactly one leader.
     let status = cluster.status();
-    let nodes = status["nodes"].as_array().expect("nodes");
+    let nodes = status["nodes"].as_array().expect("nodes").clone();
     assert_eq!(nodes.len(), 3, "{status}");
-    assert!(nodes.iter().all(|node| node.get("unreachable").is_none()), "{status}");
-    let leaders = nodes
-        .iter()
-        .flat_map(|node| node["groups"].as_array().cloned().unwrap_or_default())
-        .filter(|group| group["role"] == "leader")
-        .count();
-    assert_eq!(leaders, 1, "{status}");
+    assert!(
+        nodes.iter().all(|node| node.get("unreachable").is_none()),
+        "{status}"
+    );
+    let leaders_per_group = |status: &serde_json::Value| {
+        let mut leaders: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for node in status["nodes"].as_array().into_iter().flatten() {
+            for group in node["groups"].as_array().into_iter().flatten() {
+                if group["role"] == "leader" {
+                    leaders
+                        .entry(group["group"].as_u64().unwrap_or_default())
+                        .or_default()
+                        .push(node["node"].as_u64().unwrap_or_default());
+                }
+            }
+        }
+        leaders
+    };
+    let leaders = leaders_per_group(&status);
+    assert_eq!(leaders.len(), 9, "{status}");
+    assert!(leaders.values().all(|nodes| nodes.len() == 1), "{status}");
+    // Leadership spreads: before long every node leads some group.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster.status();
+        let leading: BTreeSet<u64> = leaders_per_group(&status)
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        if leading.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders did not spread: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
@@ -198,7 +231,11 @@ fn a_node_is_added_as_learner_then_voter_and_removed_again() {
     );
     cluster.nodes[fourth].wait_ready(Duration::from_secs(60));
     let status = cluster.status();
-    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(4), "{status}");
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
     // It holds the replicated state: Bob receives the earlier message through it.
     let (code, received) = cluster.nodes[fourth].receive("bob", 1, 30);
     assert_eq!(code, 0, "{received:?}");
@@ -217,7 +254,11 @@ fn a_node_is_added_as_learner_then_voter_and_removed_again() {
         String::from_utf8_lossy(&output.stderr)
     );
     let status = cluster.status();
-    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
     // The removed node is no member any more, so it says it is not ready.
     let deadline = Instant::now() + Duration::from_secs(30);
     while common::http_get(cluster.nodes[fourth].ports.http, "/readyz").map(|(status, _)| status)

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use pms_replication::raft_api::{
-    AppendEntriesRequest, AppendEntriesResponse, BasicNode, NetworkError, RPCError, RPCOption,
-    FullSnapshot, OptionalSend, RaftNetworkFactory, RaftNetworkV2, ReplicationClosed, SnapshotResponse,
-    StreamingError, Unreachable, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, BasicNode, FullSnapshot, NetworkError,
+    OptionalSend, RPCError, RPCOption, RaftNetworkFactory, RaftNetworkV2, ReplicationClosed,
+    SnapshotResponse, StreamingError, Unreachable, VoteRequest, VoteResponse,
 };
 use pms_replication::{SnapshotData, TypeConfig, wire};
 use pms_types::GroupId;
@@ -55,11 +55,19 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     }
 }
 
-fn unreachable(target: u64, address: &str, detail: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+fn unreachable(
+    target: u64,
+    address: &str,
+    detail: impl std::fmt::Display,
+) -> Unreachable<TypeConfig> {
     Unreachable::from_string(format!("node {target} at {address}: {detail}"))
 }
 
-fn network_error(target: u64, address: &str, detail: impl std::fmt::Display) -> NetworkError<TypeConfig> {
+fn network_error(
+    target: u64,
+    address: &str,
+    detail: impl std::fmt::Display,
+) -> NetworkError<TypeConfig> {
     NetworkError::from_string(format!("node {target} at {address}: {detail}"))
 }
 
@@ -154,8 +162,8 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
             StreamingError::Network(network_error(self.target, &self.address, error))
         };
         let vote_bytes = wire::encode("vote", &vote).map_err(|error| network(error.to_string()))?;
-        let meta_bytes =
-            wire::encode("snapshot meta", &snapshot.meta).map_err(|error| network(error.to_string()))?;
+        let meta_bytes = wire::encode("snapshot meta", &snapshot.meta)
+            .map_err(|error| network(error.to_string()))?;
         let data = snapshot.snapshot.into_inner();
         let group = self.group.0;
         let mut chunks: Vec<pb::SnapshotChunk> = data
@@ -186,7 +194,13 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
         }
         let mut request = tonic::Request::new(futures::stream::iter(chunks));
         // A snapshot may be large: allow one soft TTL per chunk on top of the hard one.
-        request.set_timeout(option.hard_ttl() + option.soft_ttl() * u32::try_from(data.len() / SNAPSHOT_CHUNK_BYTES).unwrap_or(u32::MAX).min(1_000));
+        request.set_timeout(
+            option.hard_ttl()
+                + option.soft_ttl()
+                    * u32::try_from(data.len() / SNAPSHOT_CHUNK_BYTES)
+                        .unwrap_or(u32::MAX)
+                        .min(1_000),
+        );
         let mut stub = self.stub().map_err(|error| match error {
             RPCError::Unreachable(unreachable) => StreamingError::Unreachable(unreachable),
             other => network(other.to_string()),

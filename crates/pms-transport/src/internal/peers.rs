@@ -155,7 +155,8 @@ impl PeerClients {
         };
         let request = pb::ProposeRequest {
             group: group.0,
-            command: wire::encode("command", command).map_err(|error| refused(error.to_string()))?,
+            command: wire::encode("command", command)
+                .map_err(|error| refused(error.to_string()))?,
         };
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout);

@@ -113,7 +113,8 @@ impl InternalService {
         what: &'static str,
         value: &T,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let payload = wire::encode(what, value).map_err(|error| Status::internal(error.to_string()))?;
+        let payload =
+            wire::encode(what, value).map_err(|error| Status::internal(error.to_string()))?;
         Ok(Response::new(pb::RaftMessage { group, payload }))
     }
 }
@@ -199,13 +200,11 @@ impl pb::internal_server::Internal for InternalService {
         let group = self.group(request.group)?;
         let command: Command = wire::decode("command", &request.command).map_err(invalid)?;
         let outcome = match group.propose_indexed(command).await {
-            Ok((response, log_index)) => {
-                pb::propose_response::Outcome::Committed(pb::Committed {
-                    response: wire::encode("command response", &response)
-                        .map_err(|error| Status::internal(error.to_string()))?,
-                    log_index,
-                })
-            }
+            Ok((response, log_index)) => pb::propose_response::Outcome::Committed(pb::Committed {
+                response: wire::encode("command response", &response)
+                    .map_err(|error| Status::internal(error.to_string()))?,
+                log_index,
+            }),
             Err(ReplicationError::NotLeader { leader, .. }) => {
                 pb::propose_response::Outcome::NotLeader(self.not_leader(group, leader))
             }
@@ -231,13 +230,17 @@ impl pb::internal_server::Internal for InternalService {
             group.add_voter(request.node, request.address).await
         };
         match result {
-            Ok(()) => Ok(Response::new(pb::ChangeMembershipResponse { not_leader: None })),
+            Ok(()) => Ok(Response::new(pb::ChangeMembershipResponse {
+                not_leader: None,
+            })),
             Err(ReplicationError::NotLeader { leader, .. }) => {
                 Ok(Response::new(pb::ChangeMembershipResponse {
                     not_leader: Some(self.not_leader(group, leader)),
                 }))
             }
-            Err(ReplicationError::Refused { detail, .. }) => Err(Status::failed_precondition(detail)),
+            Err(ReplicationError::Refused { detail, .. }) => {
+                Err(Status::failed_precondition(detail))
+            }
             Err(error) => Err(replication_status(&error)),
         }
     }
@@ -257,8 +260,7 @@ impl pb::internal_server::Internal for InternalService {
             incarnation: request.flow_incarnation,
             connection: request.flow_connection,
         };
-        let timeout =
-            Duration::from_millis(u64::from(request.timeout_ms)).min(DELIVER_TIMEOUT_MAX);
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms)).min(DELIVER_TIMEOUT_MAX);
         let report = self.flows.deliver(flow, request.request, timeout).await;
         Ok(Response::new(report_to_proto(report)))
     }

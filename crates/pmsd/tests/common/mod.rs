@@ -588,7 +588,10 @@ impl Cluster {
             if caught_up {
                 return;
             }
-            assert!(Instant::now() < deadline, "members did not catch up: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "members did not catch up: {status}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -631,7 +634,10 @@ impl Drop for Cluster {
             for (index, node) in self.nodes.iter().enumerate() {
                 let log = node.log();
                 let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
-                eprintln!("---- node {} log (last {LOG_TAIL_LINES} lines) ----", index + 1);
+                eprintln!(
+                    "---- node {} log (last {LOG_TAIL_LINES} lines) ----",
+                    index + 1
+                );
                 for line in tail.into_iter().rev() {
                     eprintln!("{line}");
                 }
