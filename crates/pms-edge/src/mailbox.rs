@@ -275,6 +275,12 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
     if !service.mailboxes().is_leader(group) {
         return Ok(Step::Idle);
     }
+    // Invariant: a mailbox delivers only what a confirmed leader's state says is queued: a
+    // leader cut off from the majority may not know that its successor already delivered
+    // (and committed) the head, and must not send it again.
+    if !service.mailboxes().confirm_leadership(group).await {
+        return Ok(Step::Retry);
+    }
     let now = service.clock().now();
     let internal =
         |error: pms_mailbox::ApplyError| crate::status::Refusal::Internal(error.to_string());

@@ -39,4 +39,9 @@ pub trait MailboxService: Send + Sync + 'static {
 
     /// Whether this node leads `group` now (mailbox actors and expiry run only on the leader).
     fn is_leader(&self, group: GroupId) -> bool;
+
+    /// Confirms with a quorum that this node still leads `group`, and that its state includes
+    /// every command committed before the call. A deposed leader that has not heard of its
+    /// successor yet answers `false` here (where `is_leader` would still say `true`).
+    fn confirm_leadership(&self, group: GroupId) -> BoxFuture<'_, bool>;
 }

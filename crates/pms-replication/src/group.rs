@@ -457,6 +457,17 @@ impl Group {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id)
     }
 
+    /// Confirms with a quorum (a read index: one round of heartbeats) that this node still leads
+    /// the group, and waits until it has applied everything committed before the call. `false`
+    /// when it does not lead, or no quorum answered within `timeout`. A leader cut off from the
+    /// majority still *believes* it leads; this is how it finds out before acting on its state.
+    pub async fn confirm_leadership(&self, timeout: Duration) -> bool {
+        let read = self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        matches!(tokio::time::timeout(timeout, read).await, Ok(Ok(_)))
+    }
+
     /// The leader this node knows of, if any.
     pub fn current_leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader

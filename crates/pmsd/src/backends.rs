@@ -59,12 +59,24 @@ impl MailboxService for ReplicatedMailboxes {
         }
     }
 
+    fn confirm_leadership(&self, group: GroupId) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            match self.replication.group(group) {
+                Some(group) => group.confirm_leadership(LEADERSHIP_CONFIRM_TIMEOUT).await,
+                None => false,
+            }
+        })
+    }
+
     fn is_leader(&self, group: GroupId) -> bool {
         self.replication
             .group(group)
             .is_some_and(|group| group.is_leader())
     }
 }
+
+/// How long a mailbox waits for a quorum to confirm its leader before a delivery.
+const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn fatal(error: ReplicationError) -> ProposeError {
     ProposeError::Fatal {
