@@ -105,6 +105,13 @@ pub const QUIET_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const SETTLE_NODES_BUSY_PERCENT: f64 = 25.0;
 /// Longest wait for the nodes to settle before a step.
 pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Group leaders must stay the same this long before the first step (`pmsd` moves each group
+/// to its preferred leader every 5 s after start; steps measured meanwhile see handovers).
+pub const LEADERS_STABLE_FOR: Duration = Duration::from_secs(6);
+/// Longest wait for stable leaders.
+pub const LEADERS_STABLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pace of the leader probes while waiting for stable leaders.
+pub const LEADERS_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Largest `/metrics` response read.
 pub const METRICS_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Deadline of one `/metrics` scrape.
@@ -330,6 +337,13 @@ pub struct Settings {
 #[derive(Clone, Debug, Serialize)]
 pub struct SetupReport {
     pub cluster_ready_secs: f64,
+    /// Time spent waiting for every group's leader to stay unchanged for
+    /// [`LEADERS_STABLE_FOR`] (at most [`LEADERS_STABLE_TIMEOUT`]).
+    pub leaders_wait_secs: f64,
+    /// Whether they did.
+    pub leaders_stable: bool,
+    /// Group id → leader node when the steps began (`None`: some group had no known leader).
+    pub leaders: Option<BTreeMap<u64, u64>>,
     pub accounts_provisioned: usize,
     pub provision_secs: f64,
     pub devices_registered: usize,
@@ -390,6 +404,9 @@ pub struct StepReport {
     pub sends_skipped: u64,
     pub connections_failed: u64,
     pub errors: Vec<String>,
+    /// Groups whose leader at the end of the step differed from the start (an election or a
+    /// handover happened inside the step); `None` when the leaders could not be read.
+    pub groups_with_new_leader: Option<usize>,
     pub online: Option<OnlineReport>,
     pub cpu: CpuReport,
     pub nodes: Vec<NodeMetricsDelta>,
@@ -1399,6 +1416,57 @@ async fn provision(cluster: &Cluster, users: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Group id → leader, as the first node that answers sees it; `None` when no node answers or
+/// some group has no known leader.
+async fn leader_map(admin: &[AdminClient]) -> Option<BTreeMap<u64, u64>> {
+    for client in admin {
+        let Ok(Ok(status)) =
+            tokio::time::timeout(ADMIN_CALL_TIMEOUT, client.cluster_status()).await
+        else {
+            continue;
+        };
+        let Some(own) = status
+            .nodes
+            .iter()
+            .find(|node| node.node == status.reporting_node)
+        else {
+            continue;
+        };
+        let mut leaders = BTreeMap::new();
+        for group in &own.groups {
+            leaders.insert(u64::from(group.group.0), group.leader?.0);
+        }
+        return (!leaders.is_empty()).then_some(leaders);
+    }
+    None
+}
+
+/// Waits until every group has a leader and none changed for [`LEADERS_STABLE_FOR`], at most
+/// [`LEADERS_STABLE_TIMEOUT`]; the last map seen (`None` when never complete) and whether it was
+/// stable.
+async fn wait_for_stable_leaders(admin: &[AdminClient]) -> (Option<BTreeMap<u64, u64>>, bool) {
+    let deadline = Instant::now() + LEADERS_STABLE_TIMEOUT;
+    let mut stable: Option<(BTreeMap<u64, u64>, Instant)> = None;
+    loop {
+        let now = Instant::now();
+        let current = leader_map(admin).await;
+        stable = match (current, stable) {
+            (Some(current), Some((previous, since))) if current == previous => {
+                if now.saturating_duration_since(since) >= LEADERS_STABLE_FOR {
+                    return (Some(current), true);
+                }
+                Some((previous, since))
+            }
+            (Some(current), _) => Some((current, now)),
+            (None, _) => None,
+        };
+        if now >= deadline {
+            return (stable.map(|(leaders, _)| leaders), false);
+        }
+        tokio::time::sleep(LEADERS_POLL_INTERVAL).await;
+    }
+}
+
 /// Connects and registers one device per online recipient, [`REGISTER_CONCURRENCY`] at a time,
 /// spread over the nodes; returns the registered connections.
 async fn register_devices(
@@ -1799,6 +1867,8 @@ struct RunContext {
     offline_recipients: Arc<Vec<String>>,
     online_recipients: Arc<Vec<String>>,
     pids: BTreeMap<u64, u32>,
+    /// One admin client per node (leader probes).
+    admin: Vec<AdminClient>,
     clock_ticks_per_sec: u64,
     base: Instant,
     devices: Arc<DeviceRecorder>,
@@ -1876,7 +1946,26 @@ pub async fn run(
             options.nodes
         ));
     }
+    let mut admin = Vec::new();
+    for node in cluster.node_ids() {
+        admin.push(cluster.admin_client(node).await?);
+    }
+    let stable_started = Instant::now();
+    let (leaders, leaders_stable) = wait_for_stable_leaders(&admin).await;
+    let leaders_wait_secs = stable_started.elapsed().as_secs_f64();
+    if leaders_stable {
+        progress(&format!(
+            "group leaders stable after {leaders_wait_secs:.1} s: {leaders:?}"
+        ));
+    } else {
+        let note = format!(
+            "group leaders still changing after {leaders_wait_secs:.0} s (last seen {leaders:?}); steps may see handovers and elections"
+        );
+        progress(&note);
+        notes.push(note);
+    }
     let context = RunContext {
+        admin,
         endpoints: cluster.endpoints(),
         tls,
         senders,
@@ -1978,6 +2067,9 @@ pub async fn run(
         },
         setup: SetupReport {
             cluster_ready_secs,
+            leaders_wait_secs,
+            leaders_stable,
+            leaders,
             accounts_provisioned: everyone.len(),
             provision_secs,
             devices_registered: context.online_recipients.len(),
@@ -2010,6 +2102,7 @@ async fn run_step(
         )
         .await
     };
+    let leaders_before = leader_map(&context.admin).await;
     let start = Instant::now();
     let times = StepTimes {
         measure_start: start + options.warmup,
@@ -2069,6 +2162,16 @@ async fn run_step(
         total.merge(&stats);
     }
     let devices = context.devices.take();
+    let leaders_after = leader_map(&context.admin).await;
+    let groups_with_new_leader = match (&leaders_before, &leaders_after) {
+        (Some(before), Some(after)) => Some(
+            after
+                .iter()
+                .filter(|(group, leader)| before.get(group) != Some(leader))
+                .count(),
+        ),
+        _ => None,
+    };
 
     let accepted_202 = total.by_status.get(&202).copied().unwrap_or(0);
     let delivered_200 = total.by_status.get(&200).copied().unwrap_or(0);
@@ -2180,6 +2283,7 @@ async fn run_step(
         sends_skipped: total.sends_skipped,
         connections_failed,
         errors,
+        groups_with_new_leader,
         online,
         cpu: CpuReport {
             pmsd_us_per_message: (successes > 0)
@@ -2295,6 +2399,9 @@ pub fn render_summary(report: &BenchReport) -> String {
         }
         if step.sends_skipped > 0 {
             details.push(format!("{} sends skipped (backlog)", step.sends_skipped));
+        }
+        if let Some(changed) = step.groups_with_new_leader.filter(|changed| *changed > 0) {
+            details.push(format!("{changed} group(s) changed leader during the step"));
         }
         if step.late_answers > 0 {
             details.push(format!("{} late answers", step.late_answers));

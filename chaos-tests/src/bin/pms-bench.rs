@@ -24,7 +24,7 @@ const EXIT_INTERRUPTED: u8 = 130;
     about = "MESSAGE throughput and latency of a real PMS cluster (offline store → 202, online relay → 200)"
 )]
 struct Cli {
-    /// Number of pmsd nodes (one Raft group replicated on all of them).
+    /// Number of pmsd nodes (every Raft group is replicated on all of them).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Sending connections (one account and one persistent connection each, spread over the

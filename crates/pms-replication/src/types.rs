@@ -68,7 +68,8 @@ pub mod raft_api {
     };
     pub use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
     pub use openraft::raft::{
-        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+        TransferLeaderResponse, VoteRequest, VoteResponse,
     };
     pub use openraft::{BasicNode, OptionalSend};
 

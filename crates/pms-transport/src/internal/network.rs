@@ -12,7 +12,8 @@ use futures::FutureExt;
 use pms_replication::raft_api::{
     AppendEntriesRequest, AppendEntriesResponse, BasicNode, FullSnapshot, NetworkError,
     OptionalSend, RPCError, RPCOption, RaftNetworkFactory, RaftNetworkV2, ReplicationClosed,
-    SnapshotResponse, StreamingError, Unreachable, VoteRequest, VoteResponse,
+    SnapshotResponse, StreamingError, TransferLeaderRequest, TransferLeaderResponse, Unreachable,
+    VoteRequest, VoteResponse,
 };
 use pms_replication::{SnapshotData, TypeConfig, wire};
 use pms_types::GroupId;
@@ -149,6 +150,20 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
             .await
             .map_err(|status| self.rpc_error(&status))?;
         self.decode("vote response", reply.get_ref())
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.message("transfer leader", &rpc, option.hard_ttl())?;
+        let reply = self
+            .stub()?
+            .transfer_leader(request)
+            .await
+            .map_err(|status| self.rpc_error(&status))?;
+        self.decode("transfer leader response", reply.get_ref())
     }
 
     async fn full_snapshot(

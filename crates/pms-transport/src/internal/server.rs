@@ -151,6 +151,21 @@ impl pb::internal_server::Internal for InternalService {
         Self::raft_reply(message.group, "vote response", &reply)
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let message = request.into_inner();
+        let group = self.group(message.group)?;
+        let rpc = wire::decode("transfer leader", &message.payload).map_err(invalid)?;
+        let reply = group
+            .raft()
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        Self::raft_reply(message.group, "transfer leader response", &reply)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
