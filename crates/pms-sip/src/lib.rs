@@ -28,9 +28,13 @@ pub mod digest;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+mod headers;
 pub mod imdn;
 pub mod message;
+mod method;
+mod parse_error;
 mod text;
+mod uri;
 
 pub use digest::{
     Algorithm, Challenge, DigestCredentials, DigestError, DigestServer, VerifiedUser,
