@@ -1373,6 +1373,7 @@ async fn add_user(client: AdminClient, user: String, deadline: Instant) -> anyho
             user: user_id.clone(),
             password: password.clone(),
             messaging_enabled: true,
+            digest_algorithms: Vec::new(),
         };
         let last_error =
             match tokio::time::timeout(ADMIN_CALL_TIMEOUT, client.add_user(new_user)).await {
@@ -1825,34 +1826,12 @@ fn git_commit() -> Option<String> {
     ))
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a time since the Unix epoch.
+/// `YYYY-MM-DDTHH:MM:SSZ` for a time since the Unix epoch (the project's one date formatter).
 pub fn iso8601_utc(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let of_day = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60
-    )
+    let millis = time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    });
+    pms_types::time::rfc3339(pms_types::UnixMillis(millis))
 }
 
 // ---------------------------------------------------------------------------------------------

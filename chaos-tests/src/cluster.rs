@@ -672,6 +672,7 @@ impl Cluster {
                 user: user_id.clone(),
                 password: password.clone(),
                 messaging_enabled: true,
+                digest_algorithms: Vec::new(),
             };
             match tokio::time::timeout(ADMIN_CALL_TIMEOUT, client.add_user(new_user)).await {
                 Ok(Ok(()) | Err(AdminError::AlreadyExists { .. })) => return Ok(()),

@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a key or certificate file failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -49,7 +49,7 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
     /// Certificate generation (rcgen) failed.
-    #[error("generating {what}: {source}")]
+    #[error("generating {what}")]
     CertGeneration {
         what: String,
         #[source]
@@ -62,7 +62,7 @@ pub enum Error {
     #[error("invalid client name {name:?}: {reason}")]
     InvalidClientName { name: String, reason: String },
     /// Building a rustls configuration failed.
-    #[error("building {what} TLS config: {source}")]
+    #[error("building {what} TLS config")]
     Tls {
         what: &'static str,
         #[source]

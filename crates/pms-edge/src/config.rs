@@ -30,6 +30,8 @@ pub struct EdgeConfig {
     pub delivery_backoff_max_ms: u64,
     /// How often the expiry sweep looks at the head of the expiry index.
     pub expiry_tick_ms: u64,
+    /// `Flow-Timer` in the 2xx of an RFC 5626 REGISTER (seconds between keep-alives).
+    pub flow_timer_secs: u64,
 }
 
 impl EdgeConfig {
@@ -54,6 +56,7 @@ impl EdgeConfig {
             delivery_backoff_min_ms: DELIVERY_BACKOFF_MIN_MS,
             delivery_backoff_max_ms: DELIVERY_BACKOFF_MAX_MS,
             expiry_tick_ms: 200,
+            flow_timer_secs: FLOW_TIMER_SECS_DEFAULT,
         }
     }
 

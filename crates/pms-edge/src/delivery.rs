@@ -7,7 +7,7 @@
 //! Invariant: an IMDN never asks for an IMDN (no Disposition-Notification on it).
 
 use pms_mailbox::{Binding, DedupKey, MessagePayload, NewMessage, QueuedMessage, UserRecord};
-use pms_sip::imdn::{ImdnStatus, build_imdn, parse_disposition_notification};
+use pms_sip::imdn::{ImdnStatus, build_cpim_imdn, build_imdn, parse_disposition_notification};
 use pms_sip::message::{Method, Request, SipUri};
 use pms_types::{GroupId, MessageId, UnixMillis, UserId};
 
@@ -36,10 +36,17 @@ pub fn delivery_request(
     headers.push("CSeq", "1 MESSAGE");
     headers.push("Date", payload.date.clone());
     headers.push("Content-Type", payload.content_type.clone());
+    if let Some(encoding) = &payload.content_encoding {
+        headers.push("Content-Encoding", encoding.clone());
+    }
     if let Some(imdn_message_id) = &payload.imdn_message_id {
         headers.push("imdn.Message-ID", imdn_message_id.clone());
     }
-    if let Some(disposition) = &payload.disposition_notification {
+    if let Some(disposition) = payload
+        .disposition_notification
+        .as_ref()
+        .filter(|_| !payload.notification_in_cpim)
+    {
         headers.push("Disposition-Notification", disposition.clone());
     }
     headers.push("X-PMS-Message-ID", message.message_id.as_str());
@@ -93,22 +100,35 @@ pub fn notification(
         .imdn_message_id
         .clone()
         .unwrap_or_else(|| message_id.to_string());
-    let body = build_imdn(
-        &original_id,
-        &rfc3339(now),
-        &payload.to,
-        &payload.to,
-        status,
-    );
+    let datetime = rfc3339(now);
+    let xml = build_imdn(&original_id, &datetime, &payload.to, &payload.to, status);
     let notification_id = MessageId::from_random_bytes(rand::random());
+    // Invariant: a request that asked inside CPIM gets its reports inside CPIM (RFC 5438
+    // §7.1.1), which is what liblinphone matches to the message it sent.
+    let (content_type, body) = if payload.notification_in_cpim {
+        (
+            "message/cpim",
+            build_cpim_imdn(
+                &payload.to,
+                &payload.from,
+                &datetime,
+                notification_id.as_str(),
+                &xml,
+            ),
+        )
+    } else {
+        ("message/imdn+xml", xml.into_bytes())
+    };
     let imdn_payload = MessagePayload {
         from: payload.to.clone(),
         to: payload.from.clone(),
-        content_type: "message/imdn+xml".into(),
-        body: body.into_bytes(),
+        content_type: content_type.into(),
+        body,
         date: pms_types::time::rfc1123(now),
         imdn_message_id: Some(notification_id.to_string()),
         disposition_notification: None,
+        notification_in_cpim: false,
+        content_encoding: None,
     };
     let sealed = service.seal_for(&sender, &record, &notification_id, &imdn_payload)?;
     let dedup = pms_crypto::dedup_hash(&[

@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod service;
 pub mod session;
 pub mod status;
+pub mod via;
 
 pub use config::EdgeConfig;
 pub use service::SipService;

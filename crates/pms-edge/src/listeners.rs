@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix::dev::ArbiterHandle;
 use actix::prelude::*;
-use pms_sip::framing::{DatagramFrame, Frame, StreamFramer, datagram};
+use pms_sip::framing::{DatagramFrame, Frame, FramingError, StreamFramer, datagram};
 use pms_types::limits::{CONNECTIONS_MAX, SESSION_OUTBOUND_QUEUE_MAX, SIP_UDP_DATAGRAM_BYTES_MAX};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -239,7 +239,8 @@ async fn udp_loop(
                 continue;
             }
         };
-        let frame = match datagram(buffer.get(..length).unwrap_or_default(), body_bytes_max) {
+        let bytes = buffer.get(..length).unwrap_or_default();
+        let frame = match datagram(bytes, body_bytes_max) {
             Ok(DatagramFrame::Message(bytes)) => Frame::Message(bytes),
             Ok(DatagramFrame::KeepAlive) => continue,
             Ok(DatagramFrame::Oversized {
@@ -251,10 +252,18 @@ async fn udp_loop(
             },
             Err(error) => {
                 debug!(%peer, %error, "datagram refused");
-                if let Some(response) = error
-                    .head()
-                    .and_then(|head| response_from_raw_head(head, 400, "Invalid Content-Length"))
+                // RFC 3261 §18.3: a datagram shorter than its Content-Length is answered 400.
+                let (head, reason) = match &error {
+                    FramingError::ContentLengthBeyondDatagram { .. } => (
+                        head_of_datagram(bytes),
+                        "Content-Length exceeds the datagram",
+                    ),
+                    _ => (error.head(), "Invalid Content-Length"),
+                };
+                if let Some(response) =
+                    head.and_then(|head| response_from_raw_head(head, 400, reason))
                 {
+                    service.metrics().sip_requests_total.inc("400");
                     let _ = socket.try_send_to(&response, peer);
                 }
                 continue;
@@ -293,4 +302,12 @@ async fn udp_loop(
         // peer retransmits.
         let _ = session.try_send(Inbound(frame));
     }
+}
+
+/// The head of a datagram (through its blank line), when it has one.
+fn head_of_datagram(bytes: &[u8]) -> Option<&[u8]> {
+    bytes
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .and_then(|end| bytes.get(..end + 4))
 }

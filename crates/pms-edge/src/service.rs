@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use actix::Addr;
 use pms_mailbox::{
-    Binding, Command, CommandResponse, DedupKey, MailboxService, MessagePayload, MessageState,
-    NewMessage, ProposeError, UserRecord, query,
+    Binding, Command, CommandResponse, DedupKey, DigestAlgorithm, MailboxService, MessagePayload,
+    MessageState, NewMessage, ProposeError, UserRecord, query,
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
-use pms_sip::imdn::imdn_fields;
+use pms_sip::encoding::{EncodingError, parse_content_encoding};
+use pms_sip::imdn::{ImdnError, imdn_fields};
 use pms_sip::message::{Contact, Method, NOT_SIP_URI, ParseError, Request, Response, response_to};
 use pms_types::metrics::Metrics;
 use pms_types::{Clock, FlowId, GroupId, MessageId, UnixMillis, UserId};
@@ -32,6 +33,10 @@ use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
 use crate::session::{Deliver, DeliveryOutcome, FlowInfo, Outbound};
 use crate::status::{ALLOW, Refusal};
 use pms_types::time::rfc1123;
+
+/// Option tags PMS supports (`Supported` of OPTIONS and REGISTER answers; a `Require` naming
+/// anything else gets 420).
+pub const SUPPORTED: &str = "outbound";
 
 /// Body types PMS stores (lower-case `type/subtype`).
 const ACCEPTED_MIME_TYPES: [&str; 3] = ["text/plain", "message/cpim", "message/imdn+xml"];
@@ -51,15 +56,39 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// Adds `received`/`rport` to the top Via of every response in the reply.
+    pub fn stamp_top_via(&mut self, peer: std::net::SocketAddr) {
+        match self {
+            Reply::Nothing => {}
+            Reply::Now(response) => crate::via::stamp_top_via(response, peer),
+            Reply::AfterWindow {
+                accepted, promoted, ..
+            } => {
+                crate::via::stamp_top_via(accepted, peer);
+                crate::via::stamp_top_via(promoted, peer);
+            }
+        }
+    }
+
     /// Sends the reply through `outbound`, waiting for the window in a task of its own so that
-    /// the session's next request is not held up.
+    /// the session's next request is not held up; `remember` gets the final response's bytes
+    /// as they are sent (the session replays them to retransmissions).
     /// Every final response of a transaction is counted here, once, when it is sent.
-    pub fn send(self, outbound: &Outbound, span: Span, in_flight: InFlight, metrics: Arc<Metrics>) {
+    pub fn send(
+        self,
+        outbound: &Outbound,
+        span: Span,
+        in_flight: InFlight,
+        metrics: Arc<Metrics>,
+        remember: Box<dyn FnOnce(&[u8]) + Send>,
+    ) {
         match self {
             Reply::Nothing => drop(in_flight),
             Reply::Now(response) => {
                 metrics.sip_requests_total.inc(&response.status.to_string());
-                let _ = outbound.send(response.to_bytes());
+                let bytes = response.to_bytes();
+                remember(&bytes);
+                let _ = outbound.send(bytes);
                 drop(in_flight);
             }
             Reply::AfterWindow {
@@ -76,7 +105,9 @@ impl Reply {
                             _ => accepted,
                         };
                         metrics.sip_requests_total.inc(&response.status.to_string());
-                        let _ = outbound.send(response.to_bytes());
+                        let bytes = response.to_bytes();
+                        remember(&bytes);
+                        let _ = outbound.send(bytes);
                         drop(in_flight);
                     },
                     span,
@@ -109,6 +140,8 @@ pub struct SipService {
     supervisor: Mutex<Option<Addr<MailboxSupervisorActor>>>,
     in_flight: Arc<AtomicUsize>,
     remote_flows: Mutex<Option<Arc<dyn RemoteFlows>>>,
+    /// Set when the node stops: closing flows are not unbound one by one.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Delivery through flows that other nodes hold (a device registered through another node of
@@ -158,6 +191,7 @@ impl SipService {
             supervisor: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             remote_flows: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -264,6 +298,29 @@ impl SipService {
         }
     }
 
+    /// A flow closed: its bindings are no longer usable (RFC 5626), so they are unbound (each
+    /// only if still on this flow), and other nodes stop counting the device as reachable.
+    /// Not during a shutdown drain: the node's restart unbinds its earlier flows as a whole.
+    pub fn flow_closed(service: &Arc<SipService>, flow: FlowId) {
+        let bindings = service.flows.take_bindings(flow);
+        if bindings.is_empty() || service.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        let service = service.clone();
+        tokio::spawn(async move {
+            for (user, key) in bindings {
+                let group = service.config.mailbox_group(&user);
+                let command = Command::UnbindFlow { user, key, flow };
+                if let Err(error) = service.mailboxes.propose(group, command).await {
+                    debug!(
+                        ?error,
+                        "unbinding a closed flow failed; the binding expires"
+                    );
+                }
+            }
+        });
+    }
+
     /// Marks a transaction in flight (shutdown waits for it).
     pub fn begin(&self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -273,6 +330,7 @@ impl SipService {
     /// Waits until no transaction is in flight (or `timeout` passed), then closes every flow.
     /// Called after the listeners stopped accepting.
     pub async fn drain(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + timeout;
         while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -290,18 +348,27 @@ impl SipService {
     /// Handles one request from a flow.
     pub async fn handle(&self, request: Request, flow: &FlowInfo) -> Reply {
         let to_tag = self.to_tag();
-        let reply = match request.method {
-            Method::Register => self.register(&request, flow, &to_tag).await.map(Reply::Now),
-            Method::Message => self.message(&request, &to_tag).await,
-            Method::Options => {
-                let mut response = response_to(&request, 200, "OK", &to_tag);
-                response.headers.push("Allow", ALLOW);
-                response.headers.push("Accept", crate::status::ACCEPT);
-                Ok(Reply::Now(response))
-            }
-            // ACK has no response; nothing PMS sends creates a dialog to ACK.
-            Method::Ack => return Reply::Nothing,
-            _ => Err(Refusal::MethodNotAllowed),
+        // ACK has no response; nothing PMS sends creates a dialog to ACK.
+        if request.method == Method::Ack {
+            return Reply::Nothing;
+        }
+        let reply = match Self::check_common(&request) {
+            Err(refusal) => Err(refusal),
+            Ok(()) => match request.method {
+                Method::Register => self.register(&request, flow, &to_tag).await.map(Reply::Now),
+                Method::Message => self.message(&request, &to_tag).await,
+                Method::Options => {
+                    let mut response = response_to(&request, 200, "OK", &to_tag);
+                    response.headers.push("Allow", ALLOW);
+                    response.headers.push("Accept", crate::status::ACCEPT);
+                    response
+                        .headers
+                        .push("Accept-Encoding", pms_sip::encoding::ACCEPT_ENCODING);
+                    response.headers.push("Supported", SUPPORTED);
+                    Ok(Reply::Now(response))
+                }
+                _ => Err(Refusal::MethodNotAllowed),
+            },
         };
         match reply {
             Ok(reply) => reply,
@@ -313,6 +380,36 @@ impl SipService {
                 Reply::Now(response)
             }
         }
+    }
+
+    /// Checks every request PMS answers must pass, whatever its method: a From tag (RFC 3261
+    /// §8.1.1.3) and no `Require` option tag PMS does not support (§8.2.2.3: 420).
+    fn check_common(request: &Request) -> Result<(), Refusal> {
+        let from = request
+            .from()
+            .map_err(|error| Refusal::Malformed(error.reason()))?;
+        if from.tag().is_none_or(str::is_empty) {
+            return Err(Refusal::Malformed("From header has no tag".into()));
+        }
+        let unsupported: Vec<String> = request
+            .headers
+            .get_list("Require")
+            .into_iter()
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+            .filter(|tag| {
+                !SUPPORTED
+                    .split(',')
+                    .any(|known| known.trim().eq_ignore_ascii_case(tag))
+            })
+            .map(|tag| truncate(tag))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(Refusal::BadExtension {
+                unsupported: unsupported.join(", "),
+            });
+        }
+        Ok(())
     }
 
     fn check_max_forwards(request: &Request) -> Result<(), Refusal> {
@@ -344,17 +441,48 @@ impl SipService {
             .map_err(|error| Refusal::Internal(error.to_string()))
     }
 
-    /// Digest authentication (RFC 8760). `Ok(None)` means "challenge": the caller answers
-    /// 401/407 with `challenges`.
+    /// The digest policy of `record`'s account (empty: the node's policy), in challenge order.
+    fn digest_policy(record: Option<&UserRecord>) -> Vec<Algorithm> {
+        record
+            .map(|record| {
+                record
+                    .digest_algorithms
+                    .iter()
+                    .map(|algorithm| match algorithm {
+                        DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                        DigestAlgorithm::Md5 => Algorithm::Md5,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Digest authentication (RFC 8760). `Ok(Err(challenges))` means "challenge": the caller
+    /// answers 401/407 with them. `claimed` is the user the request speaks for (To of a
+    /// REGISTER, From of a MESSAGE): its account's policy picks the challenges, so an account
+    /// that must use MD5 is offered MD5 first while every other account keeps SHA-256. An
+    /// unknown user gets the node's policy, like everyone else, so a challenge does not tell
+    /// whether an account exists.
     fn authenticate(
         &self,
         request: &Request,
         header: &str,
+        claimed: Option<&UserId>,
         now: UnixMillis,
     ) -> Result<Result<(UserId, UserRecord), Vec<String>>, Refusal> {
+        let claimed_policy = || -> Result<Vec<Algorithm>, Refusal> {
+            let record = match claimed {
+                Some(user) => self.user_record(user)?,
+                None => None,
+            };
+            Ok(Self::digest_policy(record.as_ref()))
+        };
         let credentials = match request.authorization(header) {
             Ok(Some(credentials)) => credentials,
-            Ok(None) => return Ok(Err(self.digest().challenges(now, false))),
+            Ok(None) => {
+                let policy = claimed_policy()?;
+                return Ok(Err(self.digest().challenges_for(now, false, &policy)));
+            }
             Err(error) => {
                 return Err(Refusal::Malformed(format!(
                     "Malformed {header}: {}",
@@ -362,12 +490,23 @@ impl SipService {
                 )));
             }
         };
+        if let Err(error) = pms_sip::digest::check_uri(&credentials, &request.uri) {
+            debug!(%error, request_uri = %request.uri, "digest uri mismatch");
+            self.metrics
+                .auth_failures_total
+                .inc(request.method.as_str());
+            return Err(Refusal::Malformed(
+                "Digest uri does not match the Request-URI".into(),
+            ));
+        }
         let user = UserId::parse(&credentials.username)
             .map_err(|_| Refusal::Forbidden("Authentication failed".into()))?;
         let record = self.user_record(&user)?;
-        let verified = self.digest().verify(
+        let policy = Self::digest_policy(record.as_ref());
+        let verified = self.digest().verify_for(
             &credentials,
             request.method.as_str(),
+            &policy,
             |algorithm| {
                 record.as_ref().map(|record| match algorithm {
                     Algorithm::Sha256 => record.credentials.ha1_sha256.clone(),
@@ -379,10 +518,10 @@ impl SipService {
         match verified {
             Ok(_) => {}
             Err(DigestError::StaleNonce | DigestError::InvalidNonce { .. }) => {
-                return Ok(Err(self.digest().challenges(now, true)));
+                return Ok(Err(self.digest().challenges_for(now, true, &policy)));
             }
             Err(DigestError::UnsupportedAlgorithm { .. }) => {
-                return Ok(Err(self.digest().challenges(now, false)));
+                return Ok(Err(self.digest().challenges_for(now, false, &policy)));
             }
             Err(error) => {
                 self.metrics
@@ -451,19 +590,34 @@ impl SipService {
             .to()
             .map_err(|error| Refusal::Malformed(error.reason()))?;
         let user = self.local_user(&to.uri)?;
-        let now = self.clock.now();
-        let (authenticated, record) = match self.authenticate(request, "Authorization", now)? {
-            Ok(found) => found,
-            Err(challenges) => {
-                return Ok(Self::challenge(
-                    request,
-                    401,
-                    "WWW-Authenticate",
-                    challenges,
-                    to_tag,
-                ));
+        // RFC 3261 §10.3 step 1: the Request-URI names the registrar's domain; a REGISTER for
+        // another domain must not touch local bindings.
+        let request_uri = request.request_uri().map_err(|error| match error {
+            ParseError::InvalidUri { detail, .. } if detail == NOT_SIP_URI => {
+                Refusal::UnsupportedUriScheme
             }
-        };
+            error => Refusal::Malformed(error.reason()),
+        })?;
+        if !request_uri.host.eq_ignore_ascii_case(&self.config.domain) {
+            return Err(Refusal::NotFound(format!(
+                "Domain {} is not served here",
+                truncate(&request_uri.host)
+            )));
+        }
+        let now = self.clock.now();
+        let (authenticated, record) =
+            match self.authenticate(request, "Authorization", Some(&user), now)? {
+                Ok(found) => found,
+                Err(challenges) => {
+                    return Ok(Self::challenge(
+                        request,
+                        401,
+                        "WWW-Authenticate",
+                        challenges,
+                        to_tag,
+                    ));
+                }
+            };
         if authenticated != user {
             self.metrics.auth_failures_total.inc("REGISTER");
             return Err(Refusal::Forbidden(
@@ -531,11 +685,19 @@ impl SipService {
             });
         }
         for command in changes {
+            let bound_key = match &command {
+                Command::Bind { binding, .. } => Some(binding.key.clone()),
+                _ => None,
+            };
             match self
                 .propose(self.config.mailbox_group(&user), command)
                 .await?
             {
-                CommandResponse::Done => {}
+                CommandResponse::Done => {
+                    if let Some(key) = bound_key {
+                        self.flows.note_binding(flow.flow, &user, &key);
+                    }
+                }
                 CommandResponse::TooManyBindings { .. } => {
                     return Err(Refusal::Forbidden("Too many registered devices".into()));
                 }
@@ -562,6 +724,24 @@ impl SipService {
                 format!("<{}>;expires={remaining_secs}", binding.contact),
             );
         }
+        // RFC 5626 §6: a registration that used outbound (Supported: outbound and a Contact
+        // with +sip.instance and reg-id) gets Require: outbound and the keep-alive interval;
+        // clients such as libre start their CRLF keep-alives only when they see it.
+        let outbound_requested = request
+            .headers
+            .get_list("Supported")
+            .iter()
+            .any(|tag| tag.trim().eq_ignore_ascii_case("outbound"));
+        let outbound_contact = contacts
+            .iter()
+            .any(|contact| contact.sip_instance().is_some() && contact.reg_id().is_some());
+        if outbound_requested && outbound_contact && !bindings.is_empty() {
+            response.headers.push("Require", "outbound");
+            response
+                .headers
+                .push("Flow-Timer", self.config.flow_timer_secs.to_string());
+        }
+        response.headers.push("Supported", SUPPORTED);
         if !bindings.is_empty() {
             self.wake(&user);
         }
@@ -581,21 +761,25 @@ impl SipService {
             .from()
             .map_err(|error| Refusal::Malformed(error.reason()))?;
         let now = self.clock.now();
-        let (sender, sender_record) =
-            match self.authenticate(request, "Proxy-Authorization", now)? {
-                Ok(found) => found,
-                Err(challenges) => {
-                    return Ok(Reply::Now(Self::challenge(
-                        request,
-                        407,
-                        "Proxy-Authenticate",
-                        challenges,
-                        to_tag,
-                    )));
-                }
-            };
-        let from_user = self.local_user(&from.uri).ok();
-        if from_user.as_ref() != Some(&sender) {
+        let claimed_sender = self.local_user(&from.uri).ok();
+        let (sender, sender_record) = match self.authenticate(
+            request,
+            "Proxy-Authorization",
+            claimed_sender.as_ref(),
+            now,
+        )? {
+            Ok(found) => found,
+            Err(challenges) => {
+                return Ok(Reply::Now(Self::challenge(
+                    request,
+                    407,
+                    "Proxy-Authenticate",
+                    challenges,
+                    to_tag,
+                )));
+            }
+        };
+        if claimed_sender.as_ref() != Some(&sender) {
             self.metrics.auth_failures_total.inc("MESSAGE");
             return Err(Refusal::Forbidden(
                 "Authenticated user is not the From user".into(),
@@ -617,6 +801,10 @@ impl SipService {
                 "Unsupported Media Type".into(),
             ));
         }
+        // RFC 3261 §8.2.3: a coding PMS cannot decode is refused with 415 and Accept-Encoding.
+        // Known codings are kept: the body is stored and delivered as sent.
+        parse_content_encoding(request.headers.get("Content-Encoding"))
+            .map_err(|_| Refusal::UnsupportedEncoding)?;
         if !sender_record.messaging_enabled {
             return Err(Refusal::Forbidden(format!(
                 "Secure messaging is not enabled for sender {sender}"
@@ -630,8 +818,15 @@ impl SipService {
                 "Secure messaging is not enabled for recipient {recipient}"
             )));
         }
-        let imdn = imdn_fields(request).map_err(|error| {
-            Refusal::Malformed(format!("Malformed CPIM body: {}", short(&error)))
+        let imdn = imdn_fields(request).map_err(|error| match error {
+            ImdnError::Encoding(EncodingError::UnsupportedCoding { .. }) => {
+                Refusal::UnsupportedEncoding
+            }
+            ImdnError::Encoding(error) => Refusal::Malformed(format!(
+                "Body does not decode as its Content-Encoding: {}",
+                short(&error)
+            )),
+            error => Refusal::Malformed(format!("Malformed CPIM body: {}", short(&error))),
         })?;
         let validity_secs = request
             .expires()
@@ -652,12 +847,12 @@ impl SipService {
                 .map(str::to_string)
                 .unwrap_or_else(|| rfc1123(now)),
             imdn_message_id: imdn.message_id.clone(),
-            disposition_notification: request
-                .headers
-                .get("Disposition-Notification")
-                .or_else(|| request.headers.get("imdn.Disposition-Notification"))
-                .map(str::to_string)
-                .filter(|_| imdn.dispositions.any()),
+            disposition_notification: imdn
+                .dispositions
+                .any()
+                .then(|| imdn.dispositions.header_value()),
+            notification_in_cpim: imdn.from_cpim,
+            content_encoding: request.headers.get("Content-Encoding").map(str::to_string),
         };
         let message_id = MessageId::from_random_bytes(rand::random());
         let sealed = self.seal_for(&recipient, &recipient_record, &message_id, &payload)?;
@@ -749,12 +944,15 @@ impl SipService {
             self.metrics.queue_depth.inc();
             self.wake(&sender);
         }
-        // No registered device: nothing can be delivered within the window, answer 202 now.
+        // No reachable device: nothing can be delivered within the window, answer 202 now. A
+        // binding whose flow this node knows is closed (the device's connection dropped
+        // without unregistering) does not count.
         let recipient_registered = {
             let state = self.mailboxes.state(recipient_group);
-            !query::bindings(&*state, recipient_group, &recipient, now)
+            query::bindings(&*state, recipient_group, &recipient, now)
                 .map_err(|error| Refusal::Internal(error.to_string()))?
-                .is_empty()
+                .iter()
+                .any(|binding| !self.flows.is_known_dead(binding.flow))
         };
         if !recipient_registered {
             return Ok(Reply::Now(accepted));

@@ -130,28 +130,50 @@ pub struct Deliver {
     pub timeout: Duration,
 }
 
-/// Most recent answers a session remembers for retransmissions.
+/// Most recent server transactions a session remembers for retransmissions.
 const ANSWERED_MAX: usize = 32;
 
-/// The last answers of a session by transaction key (Via branch + CSeq), bounded.
-#[derive(Default)]
+/// Where a server transaction of this session is (RFC 3261 §17.2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    /// Its final response waits for the synchronous window: a retransmission gets 100 Trying.
+    Pending,
+    /// Its final response, sent again for every retransmission.
+    Final(Vec<u8>),
+}
+
+/// The last transactions of a session by key (Via branch + CSeq), bounded. Shared between the
+/// session's request worker and the tasks that send answers after the synchronous window.
+#[derive(Clone, Default)]
 struct AnsweredCache {
-    entries: std::collections::VecDeque<(String, Vec<u8>)>,
+    entries: Arc<std::sync::Mutex<std::collections::VecDeque<(String, Answer)>>>,
 }
 
 impl AnsweredCache {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, Answer)>> {
         self.entries
-            .iter()
-            .find(|(known, _)| known == key)
-            .map(|(_, bytes)| bytes.clone())
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn insert(&mut self, key: String, bytes: Vec<u8>) {
-        if self.entries.len() >= ANSWERED_MAX {
-            self.entries.pop_front();
+    fn get(&self, key: &str) -> Option<Answer> {
+        self.lock()
+            .iter()
+            .find(|(known, _)| known == key)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    /// Records `answer` for `key`, replacing what was there.
+    fn insert(&self, key: String, answer: Answer) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.iter_mut().find(|(known, _)| *known == key) {
+            entry.1 = answer;
+            return;
         }
-        self.entries.push_back((key, bytes));
+        if entries.len() >= ANSWERED_MAX {
+            entries.pop_front();
+        }
+        entries.push_back((key, answer));
     }
 }
 
@@ -296,24 +318,49 @@ impl Actor for SessionActor {
         let outbound = self.outbound.clone();
         // Invariant: one worker per session handles requests in arrival order.
         tokio::spawn(async move {
-            let mut answered = AnsweredCache::default();
+            let answered = AnsweredCache::default();
             while let Some(request) = receiver.recv().await {
                 let key = transaction_key(&request);
-                if let Some(bytes) = key.as_ref().and_then(|key| answered.get(key)) {
-                    // A retransmission of a request already answered: the same answer again,
-                    // without re-running it (its digest nonce count would look like a replay).
-                    let _ = outbound.send(bytes);
-                    continue;
+                // A retransmission is absorbed (RFC 3261 §17.2.2), never run again: its digest
+                // nonce count would look like a replay and get 403.
+                match key.as_ref().and_then(|key| answered.get(key)) {
+                    Some(Answer::Final(bytes)) => {
+                        let _ = outbound.send(bytes);
+                        continue;
+                    }
+                    Some(Answer::Pending) => {
+                        let mut trying = pms_sip::message::response_to(&request, 100, "Trying", "");
+                        crate::via::stamp_top_via(&mut trying, info.peer);
+                        let _ = outbound.send(trying.to_bytes());
+                        continue;
+                    }
+                    None => {}
                 }
                 let in_flight = service.begin();
                 let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
-                let reply =
+                let mut reply =
                     tracing::Instrument::instrument(service.handle(request, &info), span.clone())
                         .await;
-                if let (Some(key), Reply::Now(response)) = (key, &reply) {
-                    answered.insert(key, response.to_bytes());
-                }
-                reply.send(&outbound, span, in_flight, service.metrics_handle());
+                reply.stamp_top_via(info.peer);
+                let remember: Box<dyn FnOnce(&[u8]) + Send> = match key {
+                    Some(key) => {
+                        if matches!(reply, Reply::AfterWindow { .. }) {
+                            answered.insert(key.clone(), Answer::Pending);
+                        }
+                        let answered = answered.clone();
+                        Box::new(move |bytes: &[u8]| {
+                            answered.insert(key, Answer::Final(bytes.to_vec()));
+                        })
+                    }
+                    None => Box::new(|_: &[u8]| {}),
+                };
+                reply.send(
+                    &outbound,
+                    span,
+                    in_flight,
+                    service.metrics_handle(),
+                    remember,
+                );
             }
         });
         if self.info.transport == Transport::Udp {
@@ -335,6 +382,7 @@ impl Actor for SessionActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.service.flows().remove(self.info.flow);
+        SipService::flow_closed(&self.service, self.info.flow);
         self.service
             .metrics()
             .connections_open
@@ -352,7 +400,13 @@ impl Handler<Inbound> for SessionActor {
         self.last_inbound = std::time::Instant::now();
         match frame {
             Frame::Message(bytes) => self.on_message(&bytes, ctx),
-            Frame::KeepAlivePing => self.send_bytes(b"\r\n".to_vec(), ctx),
+            Frame::KeepAlivePing => {
+                self.service
+                    .metrics()
+                    .sip_keepalives_total
+                    .inc(self.info.transport.label());
+                self.send_bytes(b"\r\n".to_vec(), ctx);
+            }
             Frame::KeepAlivePong => {}
             Frame::Oversized {
                 head,

@@ -24,8 +24,12 @@ pub enum Refusal {
     TooLarge { body_bytes_max: usize },
     /// 415: body type PMS does not store.
     UnsupportedMediaType(String),
+    /// 415: a Content-Encoding PMS cannot decode (RFC 3261 §8.2.3).
+    UnsupportedEncoding,
     /// 416: a Request-URI scheme other than sip/sips.
     UnsupportedUriScheme,
+    /// 420: the request requires option tags PMS does not support (listed in `Unsupported`).
+    BadExtension { unsupported: String },
     /// 423: registration expiry below the minimum.
     IntervalTooBrief { min_secs: u64 },
     /// 480: the recipient cannot take more messages now.
@@ -47,7 +51,9 @@ impl Refusal {
             Refusal::MethodNotAllowed => (405, "Method Not Allowed".into()),
             Refusal::TooLarge { .. } => (413, "Request Entity Too Large".into()),
             Refusal::UnsupportedMediaType(reason) => (415, reason.clone()),
+            Refusal::UnsupportedEncoding => (415, "Unsupported Content-Encoding".into()),
             Refusal::UnsupportedUriScheme => (416, "Unsupported URI Scheme".into()),
+            Refusal::BadExtension { .. } => (420, "Bad Extension".into()),
             Refusal::IntervalTooBrief { .. } => (423, "Interval Too Brief".into()),
             Refusal::TemporarilyUnavailable(reason) => (480, reason.clone()),
             Refusal::TooManyHops => (483, "Too Many Hops".into()),
@@ -63,6 +69,12 @@ impl Refusal {
         match self {
             Refusal::MethodNotAllowed => response.headers.push("Allow", ALLOW),
             Refusal::UnsupportedMediaType(_) => response.headers.push("Accept", ACCEPT),
+            Refusal::UnsupportedEncoding => response
+                .headers
+                .push("Accept-Encoding", pms_sip::encoding::ACCEPT_ENCODING),
+            Refusal::BadExtension { unsupported } => {
+                response.headers.push("Unsupported", unsupported.clone());
+            }
             Refusal::IntervalTooBrief { min_secs } => {
                 response.headers.push("Min-Expires", min_secs.to_string())
             }

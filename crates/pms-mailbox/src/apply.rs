@@ -41,12 +41,27 @@ pub fn apply(
         Command::SetMessagingEnabled { user, enabled } => {
             tx.set_messaging_enabled(user, *enabled)?
         }
+        Command::SetDigestAlgorithms { user, algorithms } => {
+            tx.set_digest_algorithms(user, algorithms)?
+        }
         Command::RemoveUser { user } => tx.remove_user(user)?,
         Command::Bind { binding, now } => tx.bind(binding, *now)?,
         Command::Unbind { user, key } => {
             let binding_key = keys::binding(group, user, key);
             if tx.get(Keyspace::Bindings, &binding_key)?.is_some() {
                 tx.delete(Keyspace::Bindings, binding_key);
+            }
+            CommandResponse::Done
+        }
+        Command::UnbindFlow { user, key, flow } => {
+            let binding_key = keys::binding(group, user, key);
+            if let Some(value) = tx.get(Keyspace::Bindings, &binding_key)? {
+                let binding: Binding = decode(Keyspace::Bindings, &value)?;
+                // Invariant: only the binding still on the closed flow goes; a device that
+                // registered again on a new flow meanwhile keeps its new binding.
+                if binding.flow == *flow {
+                    tx.delete(Keyspace::Bindings, binding_key);
+                }
             }
             CommandResponse::Done
         }
@@ -236,6 +251,19 @@ impl<S: StateRead> Transaction<'_, S> {
             return Ok(CommandResponse::UnknownUser { user: user.clone() });
         };
         record.messaging_enabled = enabled;
+        self.put(Keyspace::Users, keys::user(self.group, user), &record);
+        Ok(CommandResponse::Done)
+    }
+
+    fn set_digest_algorithms(
+        &mut self,
+        user: &UserId,
+        algorithms: &[crate::DigestAlgorithm],
+    ) -> Result<CommandResponse, ApplyError> {
+        let Some(mut record) = self.user(user)? else {
+            return Ok(CommandResponse::UnknownUser { user: user.clone() });
+        };
+        record.digest_algorithms = algorithms.to_vec();
         self.put(Keyspace::Users, keys::user(self.group, user), &record);
         Ok(CommandResponse::Done)
     }

@@ -14,11 +14,62 @@ pub struct Credentials {
     pub ha1_sha256: String,
 }
 
+/// A digest algorithm an account may authenticate with (RFC 8760).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DigestAlgorithm {
+    Sha256,
+    Md5,
+}
+
+impl DigestAlgorithm {
+    /// The name operators write (`--digest-algorithms md5,sha256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Md5 => "md5",
+        }
+    }
+
+    /// Parses a comma-separated list of names (`sha256`, `md5`; `sha-256` also accepted), in
+    /// order, without repeats. The error says what is wrong in words for an operator.
+    pub fn parse_list(text: &str) -> Result<Vec<DigestAlgorithm>, String> {
+        let mut algorithms = Vec::new();
+        for name in text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            let algorithm = match name.to_ascii_lowercase().as_str() {
+                "sha256" | "sha-256" => DigestAlgorithm::Sha256,
+                "md5" => DigestAlgorithm::Md5,
+                _ => return Err(format!("unknown algorithm {name:?} (known: sha256, md5)")),
+            };
+            if algorithms.contains(&algorithm) {
+                return Err(format!("{name:?} is listed twice"));
+            }
+            algorithms.push(algorithm);
+        }
+        if algorithms.is_empty() {
+            return Err("at least one algorithm is required (sha256, md5)".into());
+        }
+        Ok(algorithms)
+    }
+}
+
+impl std::fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub user: UserId,
     pub credentials: Credentials,
+    /// The digest algorithms this account may use, in the order the registrar challenges
+    /// with them; empty means the node's policy (`pmsd --digest-algorithms`).
+    pub digest_algorithms: Vec<DigestAlgorithm>,
     /// Secure messaging is a per-account service the operator enables.
     pub messaging_enabled: bool,
     /// The user's data key wrapped by the cluster master key.
@@ -129,6 +180,11 @@ pub enum Command {
         user: UserId,
         enabled: bool,
     },
+    /// Replaces the account's digest policy (empty: the node's policy).
+    SetDigestAlgorithms {
+        user: UserId,
+        algorithms: Vec<DigestAlgorithm>,
+    },
     /// Deletes the wrapped data key first (crypto-shredding), then everything else of the user.
     RemoveUser {
         user: UserId,
@@ -141,6 +197,13 @@ pub enum Command {
     Unbind {
         user: UserId,
         key: String,
+    },
+    /// Drops the binding `key` of `user` if it is still on `flow` (the flow closed without an
+    /// unREGISTER, RFC 5626 §5.2 / §6: its binding is no longer usable).
+    UnbindFlow {
+        user: UserId,
+        key: String,
+        flow: FlowId,
     },
     UnbindAll {
         user: UserId,
@@ -253,6 +316,13 @@ pub struct MessagePayload {
     pub date: String,
     /// `imdn.Message-ID` of the original request, when present.
     pub imdn_message_id: Option<String>,
-    /// `Disposition-Notification` of the original request, when present. Never set on an IMDN.
+    /// What the original request asked to be notified of (`Disposition-Notification`, as a
+    /// SIP header or inside its CPIM body), when anything. Never set on an IMDN.
     pub disposition_notification: Option<String>,
+    /// The request asked inside its CPIM body (RFC 5438 §6): the request is delivered without
+    /// a `Disposition-Notification` SIP header, and the IMDNs PMS sends back are CPIM too.
+    pub notification_in_cpim: bool,
+    /// The `Content-Encoding` of the body as sent (the body is stored and delivered encoded,
+    /// byte for byte, with this header).
+    pub content_encoding: Option<String>,
 }

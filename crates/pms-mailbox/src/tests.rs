@@ -8,8 +8,8 @@ use pms_types::{
 };
 
 use crate::{
-    Applied, Binding, Command, CommandResponse, Credentials, DedupKey, MessageState, NewMessage,
-    UserRecord, apply, query,
+    Applied, Binding, Command, CommandResponse, Credentials, DedupKey, DigestAlgorithm,
+    MessageState, NewMessage, UserRecord, apply, query,
 };
 
 /// A minimal in-memory state for unit tests only.
@@ -77,6 +77,7 @@ fn provision(name: &str) -> Command {
                 ha1_md5: "m".into(),
                 ha1_sha256: "s".into(),
             },
+            digest_algorithms: Vec::new(),
             messaging_enabled: true,
             wrapped_data_key: vec![7; 72],
             created_at: UnixMillis(1),
@@ -434,6 +435,40 @@ fn bind_replaces_the_same_key_and_drops_expired_bindings() {
 }
 
 #[test]
+fn a_closed_flow_unbinds_only_the_binding_still_on_it() {
+    let mut state = with_alice_and_bob();
+    let old = binding("phone", 100);
+    state.run(Command::Bind {
+        binding: old.clone(),
+        now: UnixMillis(1),
+    });
+    let mut moved = binding("phone", 100);
+    moved.flow.connection = 9;
+    state.run(Command::Bind {
+        binding: moved.clone(),
+        now: UnixMillis(2),
+    });
+    // The old flow closes after the device already registered on a new one: nothing goes.
+    state.run(Command::UnbindFlow {
+        user: user("bob"),
+        key: "phone".into(),
+        flow: old.flow,
+    });
+    let live = query::bindings(&state, GROUP, &user("bob"), UnixMillis(3)).unwrap();
+    assert_eq!(live, vec![moved.clone()]);
+    state.run(Command::UnbindFlow {
+        user: user("bob"),
+        key: "phone".into(),
+        flow: moved.flow,
+    });
+    assert!(
+        query::bindings(&state, GROUP, &user("bob"), UnixMillis(3))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
 fn stale_flows_of_an_earlier_incarnation_are_unbound() {
     let mut state = with_alice_and_bob();
     state.run(Command::Bind {
@@ -494,6 +529,37 @@ fn remove_user_deletes_the_wrapped_key_first_and_everything_else() {
         .filter(|(ks, _)| *ks != Keyspace::Users && *ks != Keyspace::Dedup)
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn an_account_digest_policy_is_set_and_kept() {
+    let mut state = with_alice_and_bob();
+    let policy = vec![DigestAlgorithm::Md5, DigestAlgorithm::Sha256];
+    let applied = state.run(Command::SetDigestAlgorithms {
+        user: user("bob"),
+        algorithms: policy.clone(),
+    });
+    assert_eq!(applied.response, CommandResponse::Done);
+    let record = query::user(&state, GROUP, &user("bob")).unwrap().unwrap();
+    assert_eq!(record.digest_algorithms, policy);
+    assert!(record.messaging_enabled, "nothing else changed");
+    let unknown = state.run(Command::SetDigestAlgorithms {
+        user: user("carol"),
+        algorithms: vec![DigestAlgorithm::Md5],
+    });
+    assert_eq!(
+        unknown.response,
+        CommandResponse::UnknownUser {
+            user: user("carol")
+        }
+    );
+    assert_eq!(
+        DigestAlgorithm::parse_list("MD5, sha-256"),
+        Ok(vec![DigestAlgorithm::Md5, DigestAlgorithm::Sha256])
+    );
+    for bad in ["", "md5,md5", "sha1"] {
+        assert!(DigestAlgorithm::parse_list(bad).is_err(), "{bad:?}");
+    }
 }
 
 #[test]

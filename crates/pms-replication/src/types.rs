@@ -33,9 +33,11 @@ pub fn command_name(command: &Command) -> &'static str {
     match command {
         Command::ProvisionUser { .. } => "ProvisionUser",
         Command::SetMessagingEnabled { .. } => "SetMessagingEnabled",
+        Command::SetDigestAlgorithms { .. } => "SetDigestAlgorithms",
         Command::RemoveUser { .. } => "RemoveUser",
         Command::Bind { .. } => "Bind",
         Command::Unbind { .. } => "Unbind",
+        Command::UnbindFlow { .. } => "UnbindFlow",
         Command::UnbindAll { .. } => "UnbindAll",
         Command::UnbindStaleFlows { .. } => "UnbindStaleFlows",
         Command::Enqueue { .. } => "Enqueue",

@@ -100,6 +100,47 @@ pub enum DigestError {
     BadResponse { username: String },
     #[error("unknown user {username:?}")]
     UnknownUser { username: String },
+    #[error("digest uri {uri:?} is not the Request-URI")]
+    UriMismatch { uri: String },
+}
+
+/// The policy without repeats, in the given order.
+fn dedup_policy(algorithms: &[Algorithm]) -> Vec<Algorithm> {
+    let mut policy = Vec::new();
+    for algorithm in algorithms {
+        if !policy.contains(algorithm) {
+            policy.push(*algorithm);
+        }
+    }
+    policy
+}
+
+/// Checks that the credentials' `uri` names the Request-URI (RFC 7616 §3.4.6: a server
+/// must not accept credentials computed for another URI). SIP URIs are compared by scheme,
+/// user, host (case-insensitively) and port; anything else must match exactly.
+pub fn check_uri(credentials: &DigestCredentials, request_uri: &str) -> Result<(), DigestError> {
+    if credentials.uri == request_uri {
+        return Ok(());
+    }
+    let same = match (
+        crate::message::SipUri::parse(&credentials.uri),
+        crate::message::SipUri::parse(request_uri),
+    ) {
+        (Ok(given), Ok(request)) => {
+            given.scheme.eq_ignore_ascii_case(&request.scheme)
+                && given.user == request.user
+                && given.host.eq_ignore_ascii_case(&request.host)
+                && given.port == request.port
+        }
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(DigestError::UriMismatch {
+            uri: snippet(&credentials.uri),
+        })
+    }
 }
 
 /// H(A1) = H(username:realm:password), lower hex.
@@ -266,8 +307,8 @@ pub struct DigestServer {
 }
 
 impl DigestServer {
-    /// `algorithms` is the policy: the algorithms offered and accepted. SHA-256 is always
-    /// offered first whatever the order given; duplicates are ignored.
+    /// `algorithms` is the node's default policy: the algorithms offered (in this order) and
+    /// accepted for accounts without a policy of their own; duplicates are ignored.
     pub fn new(realm: String, secret: [u8; 32], algorithms: Vec<Algorithm>) -> DigestServer {
         DigestServer::with_nonces_max(realm, secret, algorithms, DIGEST_NONCES_MAX)
     }
@@ -279,12 +320,7 @@ impl DigestServer {
         algorithms: Vec<Algorithm>,
         nonces_max: usize,
     ) -> DigestServer {
-        let mut policy = Vec::new();
-        for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
-            if algorithms.contains(&algorithm) {
-                policy.push(algorithm);
-            }
-        }
+        let policy = dedup_policy(&algorithms);
         let opaque = hex::encode(
             hmac_sha256(&secret, b"pms-digest-opaque")
                 .get(..16)
@@ -336,13 +372,35 @@ impl DigestServer {
         nonce
     }
 
-    /// One `WWW-Authenticate` / `Proxy-Authenticate` value per policy algorithm, SHA-256
-    /// first, each with a fresh nonce. `stale` tells the client its previous nonce expired
-    /// (it retries without asking the user for the password again).
+    /// The node's default policy, in offer order.
+    pub fn default_policy(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// One `WWW-Authenticate` / `Proxy-Authenticate` value per algorithm of the default
+    /// policy, in its order, each with a fresh nonce. `stale` tells the client its previous
+    /// nonce expired (it retries without asking the user for the password again).
     pub fn challenges(&mut self, now: UnixMillis, stale: bool) -> Vec<String> {
+        let policy = self.algorithms.clone();
+        self.challenges_for(now, stale, &policy)
+    }
+
+    /// Like [`DigestServer::challenges`] for an account's own policy (in its order: clients
+    /// such as libre 1.1 answer only the first challenge, so an account that must use MD5
+    /// lists it first). An empty policy means the default one.
+    pub fn challenges_for(
+        &mut self,
+        now: UnixMillis,
+        stale: bool,
+        policy: &[Algorithm],
+    ) -> Vec<String> {
         self.forget_expired(now);
-        self.algorithms
-            .clone()
+        let policy = if policy.is_empty() {
+            self.algorithms.clone()
+        } else {
+            dedup_policy(policy)
+        };
+        policy
             .into_iter()
             .map(|algorithm| {
                 let nonce = self.make_nonce(algorithm, now);
@@ -404,8 +462,27 @@ impl DigestServer {
         ha1_for: impl Fn(Algorithm) -> Option<String>,
         now: UnixMillis,
     ) -> Result<VerifiedUser, DigestError> {
+        let policy = self.algorithms.clone();
+        self.verify_for(credentials, method, &policy, ha1_for, now)
+    }
+
+    /// Like [`DigestServer::verify`] under an account's own policy (empty: the default one):
+    /// an algorithm outside it is `UnsupportedAlgorithm`.
+    pub fn verify_for(
+        &mut self,
+        credentials: &DigestCredentials,
+        method: &str,
+        policy: &[Algorithm],
+        ha1_for: impl Fn(Algorithm) -> Option<String>,
+        now: UnixMillis,
+    ) -> Result<VerifiedUser, DigestError> {
         let algorithm = Algorithm::parse(credentials.algorithm.as_deref())?;
-        if !self.algorithms.contains(&algorithm) {
+        let allowed = if policy.is_empty() {
+            self.algorithms.contains(&algorithm)
+        } else {
+            policy.contains(&algorithm)
+        };
+        if !allowed {
             return Err(DigestError::UnsupportedAlgorithm {
                 algorithm: algorithm.as_str().to_string(),
             });
@@ -678,14 +755,29 @@ mod tests {
     }
 
     #[test]
-    fn challenges_follow_policy_with_sha256_first() {
-        let mut both = server(vec![Algorithm::Md5, Algorithm::Sha256, Algorithm::Md5]);
+    fn challenges_follow_the_policy_order() {
+        let mut md5_first = server(vec![Algorithm::Md5, Algorithm::Sha256, Algorithm::Md5]);
+        let offered = |values: &[String]| -> Vec<Algorithm> {
+            values
+                .iter()
+                .map(|value| parse_challenge(value).expect("parses").algorithm)
+                .collect()
+        };
+        assert_eq!(
+            offered(&md5_first.challenges(NOW, false)),
+            vec![Algorithm::Md5, Algorithm::Sha256]
+        );
+        let mut both = server(vec![Algorithm::Sha256, Algorithm::Md5]);
         let values = both.challenges(NOW, false);
-        let algorithms: Vec<_> = values
-            .iter()
-            .map(|value| parse_challenge(value).expect("parses").algorithm)
-            .collect();
-        assert_eq!(algorithms, vec![Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(offered(&values), vec![Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(
+            offered(&both.challenges_for(NOW, false, &[Algorithm::Md5])),
+            vec![Algorithm::Md5]
+        );
+        assert_eq!(
+            offered(&both.challenges_for(NOW, false, &[])),
+            offered(&values)
+        );
         assert!(values.iter().all(|value| !value.contains("stale")));
         let stale = both.challenges(NOW, true);
         assert!(
@@ -790,6 +882,70 @@ mod tests {
             login(&mut server, &twin_value, "pw", 1, NOW),
             Err(DigestError::StaleNonce)
         );
+    }
+
+    #[test]
+    fn an_account_policy_narrows_what_is_accepted() {
+        let mut server = server(vec![Algorithm::Sha256, Algorithm::Md5]);
+        let md5 = server
+            .challenges_for(NOW, false, &[Algorithm::Md5])
+            .remove(0);
+        let challenge = parse_challenge(&md5).expect("parses");
+        let value = authorization(
+            &challenge,
+            "alice",
+            "pw",
+            "REGISTER",
+            "sip:pms.test",
+            "c",
+            1,
+        );
+        let credentials = parse_credentials(&value).expect("parses");
+        let ha1_for = |algorithm| Some(ha1(algorithm, "alice", "pms.test", "pw"));
+        assert!(matches!(
+            server.verify_for(&credentials, "REGISTER", &[Algorithm::Sha256], ha1_for, NOW),
+            Err(DigestError::UnsupportedAlgorithm { .. })
+        ));
+        assert!(
+            server
+                .verify_for(&credentials, "REGISTER", &[Algorithm::Md5], ha1_for, NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_digest_uri_must_name_the_request_uri() {
+        let credentials = |uri: &str| DigestCredentials {
+            uri: uri.to_string(),
+            ..parse_credentials(
+                "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"sip:x\", response=\"0\"",
+            )
+            .expect("parses")
+        };
+        assert_eq!(
+            check_uri(&credentials("sip:bob@localhost"), "sip:bob@localhost"),
+            Ok(())
+        );
+        assert_eq!(
+            check_uri(
+                &credentials("sip:bob@LOCALHOST"),
+                "SIP:bob@localhost;transport=tls"
+            ),
+            Ok(())
+        );
+        for other in [
+            "sip:carol@localhost",
+            "sip:bob@localhost:5070",
+            "sip:127.0.0.1:5060",
+        ] {
+            assert_eq!(
+                check_uri(&credentials(other), "sip:bob@localhost"),
+                Err(DigestError::UriMismatch {
+                    uri: other.to_string()
+                }),
+                "{other}"
+            );
+        }
     }
 
     #[test]

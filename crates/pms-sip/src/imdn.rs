@@ -35,6 +35,8 @@ pub enum ImdnError {
     MissingElement { element: &'static str },
     #[error("unknown IMDN status {status:?}")]
     UnknownStatus { status: String },
+    #[error(transparent)]
+    Encoding(#[from] crate::encoding::EncodingError),
     #[error("malformed CPIM: {detail} ({snippet:?})")]
     MalformedCpim {
         detail: &'static str,
@@ -54,6 +56,21 @@ pub struct Dispositions {
 impl Dispositions {
     pub fn any(&self) -> bool {
         self.positive_delivery || self.negative_delivery || self.processing || self.display
+    }
+
+    /// The `Disposition-Notification` value that asks for exactly these.
+    pub fn header_value(&self) -> String {
+        [
+            (self.positive_delivery, "positive-delivery"),
+            (self.negative_delivery, "negative-delivery"),
+            (self.processing, "processing"),
+            (self.display, "display"),
+        ]
+        .into_iter()
+        .filter(|(asked, _)| *asked)
+        .map(|(_, token)| token)
+        .collect::<Vec<_>>()
+        .join(", ")
     }
 }
 
@@ -441,18 +458,75 @@ pub fn parse_cpim(body: &[u8]) -> Result<Cpim, ImdnError> {
 
 /// Builds a `message/cpim` body. Line breaks in names and values are replaced by spaces.
 pub fn build_cpim(headers: &[(&str, &str)], content_type: &str, content: &[u8]) -> Vec<u8> {
+    build_cpim_with(headers, &[("Content-Type", content_type)], content)
+}
+
+/// Builds a `message/cpim` body with the given MIME content headers (`Content-Type` first).
+pub fn build_cpim_with(
+    headers: &[(&str, &str)],
+    content_headers: &[(&str, &str)],
+    content: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + content.len());
-    for (name, value) in headers {
-        out.extend_from_slice(
-            format!("{}: {}\r\n", header_safe(name), header_safe(value)).as_bytes(),
-        );
+    for block in [headers, content_headers] {
+        for (name, value) in block {
+            out.extend_from_slice(
+                format!("{}: {}\r\n", header_safe(name), header_safe(value)).as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(
-        format!("Content-Type: {}\r\n\r\n", header_safe(content_type)).as_bytes(),
-    );
     out.extend_from_slice(content);
     out
+}
+
+/// An IMDN wrapped in CPIM the way RFC 5438 §7.1.1 and liblinphone send it: CPIM `From`, `To`,
+/// `DateTime`, the `imdn` namespace and the notification's own `imdn.Message-ID`, then the
+/// `message/imdn+xml` content with `Content-Disposition: notification`. Use it when the
+/// request asked for notifications inside CPIM.
+pub fn build_cpim_imdn(
+    from_uri: &str,
+    to_uri: &str,
+    datetime: &str,
+    notification_message_id: &str,
+    imdn_xml: &str,
+) -> Vec<u8> {
+    let from = format!("<{from_uri}>");
+    let to = format!("<{to_uri}>");
+    let namespace = format!("imdn <{IMDN_CPIM_NAMESPACE}>");
+    build_cpim_with(
+        &[
+            ("From", &from),
+            ("To", &to),
+            ("DateTime", datetime),
+            ("NS", &namespace),
+            ("imdn.Message-ID", notification_message_id),
+        ],
+        &[
+            ("Content-Type", "message/imdn+xml"),
+            ("Content-Disposition", "notification"),
+        ],
+        imdn_xml.as_bytes(),
+    )
+}
+
+/// The IMDN a MESSAGE carries: a `message/imdn+xml` body, or one wrapped in `message/cpim`
+/// (decoded first when the request has a `Content-Encoding`, as liblinphone deflates its
+/// reports). `None` when the request carries no readable IMDN.
+pub fn imdn_report(request: &Request) -> Option<ImdnReport> {
+    let content_type = request.content_type()?;
+    let body = crate::encoding::decoded_body(request).ok()?;
+    match content_type.mime_type.as_str() {
+        "message/imdn+xml" => parse_imdn(&body).ok(),
+        "message/cpim" => {
+            let cpim = parse_cpim(&body).ok()?;
+            let inner = crate::message::ContentType::parse(&cpim.content_type).ok()?;
+            (inner.mime_type == "message/imdn+xml")
+                .then(|| parse_imdn(&cpim.content).ok())
+                .flatten()
+        }
+        _ => None,
+    }
 }
 
 /// IMDN request fields of a MESSAGE, wherever the client put them.
@@ -465,14 +539,16 @@ pub struct ImdnFields {
 }
 
 /// Finds `imdn.Message-ID` and `Disposition-Notification`: inside the CPIM body (with the
-/// namespace prefix the body declares) when the body is `message/cpim`, else as SIP headers
+/// namespace prefix the body declares; decoded first when the request has a
+/// `Content-Encoding`) when the body is `message/cpim`, else as SIP headers
 /// (`imdn.Message-ID`, `Disposition-Notification` or `imdn.Disposition-Notification`).
 pub fn imdn_fields(request: &Request) -> Result<ImdnFields, ImdnError> {
     let is_cpim = request
         .content_type()
         .is_some_and(|content_type| content_type.mime_type == "message/cpim");
     if is_cpim {
-        let cpim = parse_cpim(&request.body)?;
+        let body = crate::encoding::decoded_body(request)?;
+        let cpim = parse_cpim(&body)?;
         let prefix = cpim.imdn_prefix();
         return Ok(ImdnFields {
             message_id: cpim
@@ -600,6 +676,45 @@ mod tests {
             parse_imdn(&vec![b' '; IMDN_BODY_BYTES_MAX + 1]),
             Err(ImdnError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_cpim_wrapped_imdn_parses_back_with_its_headers() {
+        let xml = build_imdn("m-9", "d", "sip:b@x", "sip:b@x", ImdnStatus::Delivered);
+        let body = build_cpim_imdn(
+            "sip:b@x",
+            "sip:a@x",
+            "2026-12-01T00:00:00.000Z",
+            "n-1",
+            &xml,
+        );
+        let cpim = parse_cpim(&body).expect("valid CPIM");
+        assert_eq!(cpim.header("From"), Some("<sip:b@x>"));
+        assert_eq!(cpim.header("To"), Some("<sip:a@x>"));
+        assert_eq!(cpim.header("imdn.Message-ID"), Some("n-1"));
+        assert_eq!(cpim.content_type, "message/imdn+xml");
+        assert!(cpim.content_headers.contains(&(
+            "Content-Disposition".to_string(),
+            "notification".to_string()
+        )));
+        let mut request = Request::new(crate::message::Method::Message, "sip:a@x");
+        request.headers.push("Content-Type", "message/cpim");
+        request.headers.push("Content-Encoding", "deflate");
+        request.body = crate::encoding::deflate(&body);
+        let report = imdn_report(&request).expect("a deflated CPIM IMDN is read");
+        assert_eq!(
+            (report.message_id.as_str(), report.status),
+            ("m-9", ImdnStatus::Delivered)
+        );
+        assert_eq!(
+            Dispositions {
+                positive_delivery: true,
+                display: true,
+                ..Dispositions::default()
+            }
+            .header_value(),
+            "positive-delivery, display"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! what is needed to debug (truncated snippets of the offending input, never unbounded copies).
 
 pub mod digest;
+pub mod encoding;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -16,8 +16,9 @@ mod tls;
 pub use admin::client::AdminClient;
 pub use admin::server::{AdminServer, ServiceAdder, admin_routes, serve_admin};
 pub use admin::{
-    AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
-    MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserPage, UserSummary,
+    AdminBackend, AdminError, BackendFuture, ClusterStatus, DigestAlgorithm, GroupMemberStatus,
+    GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserPage,
+    UserSummary,
 };
 pub use internal::server::local_status;
 pub use internal::{
@@ -36,20 +37,20 @@ pub enum TransportError {
     #[error("cannot load certificates from {certs_dir}: {reason}")]
     Certificates { certs_dir: PathBuf, reason: String },
     /// The TLS configuration was rejected by tonic/rustls.
-    #[error("invalid TLS configuration: {0}")]
+    #[error("invalid TLS configuration")]
     Tls(#[source] tonic::transport::Error),
     /// The address is not `HOST:PORT`.
     #[error("invalid address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
     /// Binding the listen socket failed.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         address: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
     /// Connecting (TCP + TLS + HTTP/2) to a server failed.
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}")]
     Connect {
         address: String,
         #[source]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use pms_transport::{
     AdminBackend, AdminClient, AdminError, AdminServer, BackendFuture, ClusterStatus,
-    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password,
-    UserSummary,
+    DigestAlgorithm, GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser,
+    NodeStatus, Password, UserSummary,
 };
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 
@@ -80,6 +80,23 @@ impl AdminBackend for FakeBackend {
         })
     }
 
+    fn set_digest_algorithms(
+        &self,
+        user: UserId,
+        _algorithms: Vec<DigestAlgorithm>,
+    ) -> BackendFuture<'_, ()> {
+        self.called();
+        Box::pin(async move {
+            if self.users.lock().unwrap().contains_key(&user) {
+                Ok(())
+            } else {
+                Err(AdminError::NotFound {
+                    what: format!("user {user}"),
+                })
+            }
+        })
+    }
+
     fn list_users(
         &self,
         after: Option<UserId>,
@@ -95,6 +112,7 @@ impl AdminBackend for FakeBackend {
                 .map(|(user, enabled)| UserSummary {
                     user: user.clone(),
                     messaging_enabled: *enabled,
+                    digest_algorithms: Vec::new(),
                 })
                 .collect())
         })
@@ -212,6 +230,7 @@ fn new_user(name: &str, messaging_enabled: bool) -> NewUser {
         user: user(name),
         password: Password::new("correct horse").unwrap(),
         messaging_enabled,
+        digest_algorithms: Vec::new(),
     }
 }
 
@@ -236,11 +255,13 @@ async fn admin_adds_lists_enables_and_removes_users_over_mtls() {
         vec![
             UserSummary {
                 user: user("alice"),
-                messaging_enabled: true
+                messaging_enabled: true,
+                digest_algorithms: Vec::new(),
             },
             UserSummary {
                 user: user("bob"),
-                messaging_enabled: false
+                messaging_enabled: false,
+                digest_algorithms: Vec::new(),
             },
         ]
     );
@@ -255,7 +276,8 @@ async fn admin_adds_lists_enables_and_removes_users_over_mtls() {
         users,
         vec![UserSummary {
             user: user("bob"),
-            messaging_enabled: true
+            messaging_enabled: true,
+            digest_algorithms: Vec::new(),
         }]
     );
 

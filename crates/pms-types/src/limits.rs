@@ -42,6 +42,12 @@ pub const DELIVERY_TIMEOUT_MS: u64 = 8_000;
 pub const DELIVERY_BACKOFF_MIN_MS: u64 = 1_000;
 pub const DELIVERY_BACKOFF_MAX_MS: u64 = 60_000;
 
+/// `Flow-Timer` (RFC 5626 §4.4.1) sent to outbound devices: they send a keep-alive about
+/// this often. Default, and the bounds `--flow-timer-secs` accepts.
+pub const FLOW_TIMER_SECS_DEFAULT: u64 = 120;
+pub const FLOW_TIMER_SECS_MIN: u64 = 5;
+pub const FLOW_TIMER_SECS_MAX: u64 = 3_600;
+
 /// Default synchronous window: a device 2xx within it turns the sender's 202 into 200.
 pub const SYNC_WINDOW_MS_DEFAULT: u64 = 1_000;
 

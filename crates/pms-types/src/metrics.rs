@@ -330,6 +330,8 @@ pub struct Metrics {
     pub registrations: Gauge,
     /// Open SIP connections, by `transport` ("tls", "tcp", "udp" flows).
     pub connections_open: LabeledGauge,
+    /// RFC 5626 keep-alive pings (double CRLF) received, by `transport` ("tls", "tcp").
+    pub sip_keepalives_total: LabeledCounter,
     /// Failed digest authentications, by `method` ("REGISTER", "MESSAGE").
     pub auth_failures_total: LabeledCounter,
     /// SIP traffic, by `kind`: a request method received (e.g. "MESSAGE") or a response status
@@ -358,6 +360,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             registrations: Gauge::default(),
             connections_open: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
+            sip_keepalives_total: LabeledCounter::new("transport", &["tls", "tcp"]),
             auth_failures_total: LabeledCounter::new("method", &["REGISTER", "MESSAGE"]),
             sip_requests_total: LabeledCounter::new("kind", &[]),
             raft_commit_latency_seconds: Histogram::new(&RAFT_COMMIT_LATENCY_BUCKETS_SECONDS),
@@ -428,6 +431,14 @@ impl Metrics {
             "gauge",
             self.connections_open.0.label_name,
             self.connections_open.0.snapshot(Gauge::get),
+        );
+        write_labeled(
+            &mut out,
+            "sip_keepalives_total",
+            "RFC 5626 keep-alive pings (double CRLF) received by transport.",
+            "counter",
+            self.sip_keepalives_total.0.label_name,
+            self.sip_keepalives_total.0.snapshot(Counter::get),
         );
         write_labeled(
             &mut out,

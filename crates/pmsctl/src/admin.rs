@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::Path;
 
 use pms_transport::{
-    AdminClient, AdminError, ClusterStatus, MessageState, MessageStatusReport, NewUser, Password,
-    TransportError, UserSummary,
+    AdminClient, AdminError, ClusterStatus, DigestAlgorithm, MessageState, MessageStatusReport,
+    NewUser, Password, TransportError, UserSummary,
 };
 use pms_types::{MessageId, NodeId, UserId};
 use serde::Serialize;
@@ -28,6 +28,13 @@ pub enum AdminCommand {
         user: String,
         password: String,
         messaging_enabled: bool,
+        /// A comma-separated list; `None` follows the node's policy.
+        digest_algorithms: Option<String>,
+    },
+    /// `algorithms` is a comma-separated list, or `default`.
+    UserSetDigestAlgorithms {
+        user: String,
+        algorithms: String,
     },
     UserRemove {
         user: String,
@@ -72,6 +79,7 @@ enum Validated {
     UserAdd(NewUser),
     UserRemove(UserId),
     UserSetMessagingEnabled(UserId, bool),
+    UserSetDigestAlgorithms(UserId, Vec<DigestAlgorithm>),
     UserList { json: bool },
     MessageStatus(MessageId),
     ClusterStatus { json: bool },
@@ -93,18 +101,37 @@ fn parse_user(name: &str) -> Result<UserId, AdminCommandError> {
         .map_err(|e| AdminCommandError::InvalidArgument(format!("user {name:?}: {e}")))
 }
 
+fn parse_digest_algorithms(list: &str) -> Result<Vec<DigestAlgorithm>, AdminCommandError> {
+    DigestAlgorithm::parse_list(list).map_err(|reason| {
+        AdminCommandError::InvalidArgument(format!("--digest-algorithms: {reason}"))
+    })
+}
+
 fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
     Ok(match command {
         AdminCommand::UserAdd {
             user,
             password,
             messaging_enabled,
+            digest_algorithms,
         } => Validated::UserAdd(NewUser {
             user: parse_user(&user)?,
             password: Password::new(password)
                 .map_err(|e| AdminCommandError::InvalidArgument(e.to_string()))?,
             messaging_enabled,
+            digest_algorithms: match digest_algorithms {
+                Some(list) => parse_digest_algorithms(&list)?,
+                None => Vec::new(),
+            },
         }),
+        AdminCommand::UserSetDigestAlgorithms { user, algorithms } => {
+            let algorithms = if algorithms.trim().eq_ignore_ascii_case("default") {
+                Vec::new()
+            } else {
+                parse_digest_algorithms(&algorithms)?
+            };
+            Validated::UserSetDigestAlgorithms(parse_user(&user)?, algorithms)
+        }
         AdminCommand::UserRemove { user } => Validated::UserRemove(parse_user(&user)?),
         AdminCommand::UserSetMessagingEnabled { user, enabled } => {
             Validated::UserSetMessagingEnabled(parse_user(&user)?, enabled)
@@ -162,6 +189,14 @@ pub async fn run(
             let verb = if enabled { "enabled" } else { "disabled" };
             writeln!(out, "{verb} messaging for user {user}")?;
         }
+        Validated::UserSetDigestAlgorithms(user, algorithms) => {
+            client.set_digest_algorithms(&user, &algorithms).await?;
+            writeln!(
+                out,
+                "digest algorithms of user {user}: {}",
+                policy_text(&algorithms)
+            )?;
+        }
         Validated::UserList { json } => list_users(&client, json, out).await?,
         Validated::MessageStatus(message_id) => {
             let report = client.message_status(&message_id).await?;
@@ -215,11 +250,25 @@ async fn list_users(
 struct UserLine<'a> {
     user: &'a str,
     messaging_enabled: bool,
+    /// Empty when the account follows the node's policy.
+    digest_algorithms: Vec<&'static str>,
+}
+
+/// An account's digest policy as people read it: `md5,sha256`, or `default`.
+fn policy_text(algorithms: &[DigestAlgorithm]) -> String {
+    if algorithms.is_empty() {
+        return "default".to_owned();
+    }
+    algorithms
+        .iter()
+        .map(|algorithm| algorithm.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The header of the human-readable user table.
 pub fn write_user_table_header(out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(out, "{:<32} MESSAGING", "USER")
+    writeln!(out, "{:<32} {:<10} DIGEST", "USER", "MESSAGING")
 }
 
 /// One user: a JSON line (`{"user":…,"messaging_enabled":…}`) or a table row.
@@ -228,6 +277,11 @@ pub fn write_user(user: &UserSummary, json: bool, out: &mut dyn Write) -> std::i
         let line = UserLine {
             user: user.user.as_str(),
             messaging_enabled: user.messaging_enabled,
+            digest_algorithms: user
+                .digest_algorithms
+                .iter()
+                .map(|algorithm| algorithm.name())
+                .collect(),
         };
         serde_json::to_writer(&mut *out, &line)?;
         writeln!(out)
@@ -237,7 +291,12 @@ pub fn write_user(user: &UserSummary, json: bool, out: &mut dyn Write) -> std::i
         } else {
             "disabled"
         };
-        writeln!(out, "{:<32} {enabled}", user.user)
+        writeln!(
+            out,
+            "{:<32} {enabled:<10} {}",
+            user.user,
+            policy_text(&user.digest_algorithms)
+        )
     }
 }
 
@@ -423,10 +482,12 @@ mod tests {
             UserSummary {
                 user: UserId::parse("alice").unwrap(),
                 messaging_enabled: true,
+                digest_algorithms: Vec::new(),
             },
             UserSummary {
                 user: UserId::parse("bob").unwrap(),
                 messaging_enabled: false,
+                digest_algorithms: vec![DigestAlgorithm::Md5, DigestAlgorithm::Sha256],
             },
         ];
         let mut json = Vec::new();
@@ -440,7 +501,7 @@ mod tests {
             .collect();
         assert_eq!(
             lines[1],
-            serde_json::json!({"user": "bob", "messaging_enabled": false})
+            serde_json::json!({"user": "bob", "messaging_enabled": false, "digest_algorithms": ["md5", "sha256"]})
         );
 
         let mut table = Vec::new();
@@ -456,9 +517,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                vec!["USER", "MESSAGING"],
-                vec!["alice", "enabled"],
-                vec!["bob", "disabled"]
+                vec!["USER", "MESSAGING", "DIGEST"],
+                vec!["alice", "enabled", "default"],
+                vec!["bob", "disabled", "md5,sha256"]
             ]
         );
     }

@@ -38,14 +38,14 @@ pub enum CertError {
     InvalidClientName { name: String, reason: &'static str },
     #[error("invalid host {host:?}: {reason}")]
     InvalidHost { host: String, reason: &'static str },
-    #[error("cannot create certs dir {}: {source}", certs_dir.display())]
+    #[error("cannot create certs dir {}", certs_dir.display())]
     CreateDir {
         certs_dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Crypto(String),
+    #[error(transparent)]
+    Crypto(#[from] pms_crypto::Error),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -106,7 +106,7 @@ pub fn validate_hosts(hosts: &[String]) -> Result<(), CertError> {
 /// Runs one cert command against `certs_dir` (created if missing) and reports to `out`.
 pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Result<(), CertError> {
     if let CertCommand::CreateMasterKey { path } = command {
-        pms_crypto::MasterKey::write_new(path).map_err(|e| CertError::Crypto(e.to_string()))?;
+        pms_crypto::MasterKey::write_new(path)?;
         writeln!(out, "created master key {}", path.display())?;
         return Ok(());
     }
@@ -119,14 +119,13 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
         certs_dir: certs_dir.to_path_buf(),
         source,
     })?;
-    let crypto = |e: &dyn std::fmt::Display| CertError::Crypto(e.to_string());
     match command {
         CertCommand::CreateCa => {
-            pms_crypto::create_ca(certs_dir).map_err(|e| crypto(&e))?;
+            pms_crypto::create_ca(certs_dir)?;
             writeln!(out, "created CA in {}", certs_dir.display())?;
         }
         CertCommand::CreateNode { hosts } => {
-            pms_crypto::create_node(certs_dir, hosts).map_err(|e| crypto(&e))?;
+            pms_crypto::create_node(certs_dir, hosts)?;
             writeln!(
                 out,
                 "created node certificate for {} in {}",
@@ -135,7 +134,7 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
             )?;
         }
         CertCommand::CreateClient { name } => {
-            pms_crypto::create_client(certs_dir, name).map_err(|e| crypto(&e))?;
+            pms_crypto::create_client(certs_dir, name)?;
             writeln!(
                 out,
                 "created client certificate {name:?} in {}",

@@ -91,6 +91,18 @@ enum UserSubcommand {
         /// Create the account with secure messaging disabled.
         #[arg(long)]
         disabled: bool,
+        /// The digest algorithms this account may use, in the order the registrar challenges
+        /// with them (e.g. `md5,sha256` for a device that answers only the first challenge and
+        /// cannot do SHA-256). Default: the node's policy (`pmsd --digest-algorithms`).
+        #[arg(long, value_name = "LIST")]
+        digest_algorithms: Option<String>,
+    },
+    /// Change an account's digest policy: a list such as `md5,sha256` (challenge order), or
+    /// `default` to follow the node's policy again.
+    SetDigest {
+        name: String,
+        #[arg(value_name = "LIST|default")]
+        algorithms: String,
     },
     /// Remove an account and shred its stored messages.
     Remove { name: String },
@@ -214,11 +226,19 @@ fn admin_command(command: Command) -> Option<AdminCommand> {
             name,
             password,
             disabled,
+            digest_algorithms,
         }) => AdminCommand::UserAdd {
             user: name,
             password,
             messaging_enabled: !disabled,
+            digest_algorithms,
         },
+        Command::User(UserSubcommand::SetDigest { name, algorithms }) => {
+            AdminCommand::UserSetDigestAlgorithms {
+                user: name,
+                algorithms,
+            }
+        }
         Command::User(UserSubcommand::Remove { name }) => AdminCommand::UserRemove { user: name },
         Command::User(UserSubcommand::Enable { name }) => AdminCommand::UserSetMessagingEnabled {
             user: name,

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use pms_transport::{
-    AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, GroupMemberStatus,
-    GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary,
+    AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, DigestAlgorithm,
+    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus,
+    UserSummary,
 };
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 
@@ -59,6 +60,22 @@ impl AdminBackend for FakeBackend {
         })
     }
 
+    fn set_digest_algorithms(
+        &self,
+        user: UserId,
+        _algorithms: Vec<DigestAlgorithm>,
+    ) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            if self.users.lock().unwrap().contains_key(&user) {
+                Ok(())
+            } else {
+                Err(AdminError::NotFound {
+                    what: format!("user {user}"),
+                })
+            }
+        })
+    }
+
     fn list_users(
         &self,
         after: Option<UserId>,
@@ -73,6 +90,7 @@ impl AdminBackend for FakeBackend {
                 .map(|(user, enabled)| UserSummary {
                     user: user.clone(),
                     messaging_enabled: *enabled,
+                    digest_algorithms: Vec::new(),
                 })
                 .collect())
         })
@@ -274,9 +292,9 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
     assert_eq!(
         rows,
         [
-            vec!["USER", "MESSAGING"],
-            vec!["alice", "disabled"],
-            vec!["bob", "enabled"]
+            vec!["USER", "MESSAGING", "DIGEST"],
+            vec!["alice", "disabled", "default"],
+            vec!["bob", "enabled", "default"]
         ]
     );
 

@@ -157,6 +157,7 @@ impl AdminBackend for AdminApi {
                     ha1_md5: ha1(Algorithm::Md5, name, &self.realm, password),
                     ha1_sha256: ha1(Algorithm::Sha256, name, &self.realm, password),
                 },
+                digest_algorithms: user.digest_algorithms.clone(),
                 messaging_enabled: user.messaging_enabled,
                 wrapped_data_key: wrap_data_key(self.keyring.master(), name, &data_key),
                 created_at: self.clock.now(),
@@ -213,6 +214,23 @@ impl AdminBackend for AdminApi {
         })
     }
 
+    fn set_digest_algorithms(
+        &self,
+        user: UserId,
+        algorithms: Vec<pms_transport::DigestAlgorithm>,
+    ) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            // The edge reads the policy from the directory only, like the enabled flag.
+            expect_done(
+                self.propose(
+                    GroupId::DIRECTORY,
+                    Command::SetDigestAlgorithms { user, algorithms },
+                )
+                .await?,
+            )
+        })
+    }
+
     fn list_users(
         &self,
         after: Option<UserId>,
@@ -227,6 +245,7 @@ impl AdminBackend for AdminApi {
                 .map(|record| UserSummary {
                     user: record.user,
                     messaging_enabled: record.messaging_enabled,
+                    digest_algorithms: record.digest_algorithms,
                 })
                 .collect())
         })

@@ -16,7 +16,6 @@
 //! production keep the master key off the data volume (another mount, a secret store).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,30 +61,8 @@ const DEFAULT_DIGEST_ALGORITHMS: &str = "sha256,md5";
 const DEFAULT_LOG: &str = "info";
 
 /// A digest algorithm the registrar offers, in the order of [`Config::digest_algorithms`]
-/// (most preferred first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DigestAlgorithm {
-    /// SHA-256 (RFC 8760).
-    Sha256,
-    /// MD5 (RFC 2617): only for clients that cannot do better.
-    Md5,
-}
-
-impl DigestAlgorithm {
-    /// The name used in `--digest-algorithms` (lower case; the SIP token is upper case).
-    pub fn name(self) -> &'static str {
-        match self {
-            DigestAlgorithm::Sha256 => "sha256",
-            DigestAlgorithm::Md5 => "md5",
-        }
-    }
-}
-
-impl fmt::Display for DigestAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// (most preferred first); accounts may have their own list (`pmsctl user set-digest`).
+pub use pms_mailbox::DigestAlgorithm;
 
 /// Another node of the cluster, as given by `--peers 1=host:port,2=host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +96,9 @@ pub struct Config {
     pub message_expires_default_secs: u64,
     pub message_expires_max_secs: u64,
     pub sync_window_ms: u64,
+    /// `Flow-Timer` of RFC 5626 registrations: how often (seconds) a device keeps its flow
+    /// alive.
+    pub flow_timer_secs: u64,
     /// Mailbox groups users are hashed onto; fixed when the cluster is bootstrapped.
     pub mailbox_groups: u32,
     /// Entries applied between two Raft snapshots of a group.
@@ -192,6 +172,10 @@ struct Args {
     /// A device 2xx within this window turns the sender's 202 into 200 [default: 1000].
     #[arg(long, env = "PMS_SYNC_WINDOW_MS", value_name = "MS")]
     sync_window_ms: Option<u64>,
+    /// Keep-alive interval asked of RFC 5626 (outbound) devices in the REGISTER 2xx's
+    /// `Flow-Timer`, seconds [default: 120].
+    #[arg(long, env = "PMS_FLOW_TIMER_SECS", value_name = "SECS")]
+    flow_timer_secs: Option<u64>,
     /// Mailbox groups users are hashed onto; the same on every node and fixed at bootstrap
     /// [default: 8].
     #[arg(long, env = "PMS_MAILBOX_GROUPS", value_name = "N")]
@@ -250,6 +234,7 @@ struct FileConfig {
     message_expires_default: Option<u64>,
     message_expires_max: Option<u64>,
     sync_window_ms: Option<u64>,
+    flow_timer_secs: Option<u64>,
     mailbox_groups: Option<u32>,
     raft_snapshot_logs: Option<u64>,
     raft_logs_kept: Option<u64>,
@@ -347,6 +332,10 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .sync_window_ms
             .or(file.sync_window_ms)
             .unwrap_or(limits::SYNC_WINDOW_MS_DEFAULT),
+        flow_timer_secs: args
+            .flow_timer_secs
+            .or(file.flow_timer_secs)
+            .unwrap_or(limits::FLOW_TIMER_SECS_DEFAULT),
         sip_header_bytes_max: args
             .sip_header_bytes_max
             .or(file.sip_header_bytes_max)
@@ -435,26 +424,8 @@ pub fn parse_peers(text: &str) -> anyhow::Result<Vec<Peer>> {
 
 /// Parses `sha256,md5` (case-insensitive, order kept as preference).
 pub fn parse_digest_algorithms(text: &str) -> anyhow::Result<Vec<DigestAlgorithm>> {
-    let mut algorithms = Vec::new();
-    for name in text
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-    {
-        let algorithm = match name.to_ascii_lowercase().as_str() {
-            "sha256" | "sha-256" => DigestAlgorithm::Sha256,
-            "md5" => DigestAlgorithm::Md5,
-            _ => bail!("--digest-algorithms: unknown algorithm {name:?} (known: sha256, md5)"),
-        };
-        if algorithms.contains(&algorithm) {
-            bail!("--digest-algorithms: {name:?} is listed twice");
-        }
-        algorithms.push(algorithm);
-    }
-    if algorithms.is_empty() {
-        bail!("--digest-algorithms: at least one algorithm is required (sha256, md5)");
-    }
-    Ok(algorithms)
+    DigestAlgorithm::parse_list(text)
+        .map_err(|reason| anyhow::anyhow!("--digest-algorithms: {reason}"))
 }
 
 impl Config {
@@ -491,6 +462,16 @@ impl Config {
         }
         if self.raft_snapshot_logs == 0 {
             bail!("--raft-snapshot-logs must be at least 1");
+        }
+        if !(limits::FLOW_TIMER_SECS_MIN..=limits::FLOW_TIMER_SECS_MAX)
+            .contains(&self.flow_timer_secs)
+        {
+            bail!(
+                "--flow-timer-secs {} is outside {}..={}",
+                self.flow_timer_secs,
+                limits::FLOW_TIMER_SECS_MIN,
+                limits::FLOW_TIMER_SECS_MAX
+            );
         }
         if self.sync_window_ms > SYNC_WINDOW_MS_MAX {
             bail!(

@@ -452,6 +452,7 @@ fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
     edge.message_expires_default_secs = config.message_expires_default_secs;
     edge.message_expires_max_secs = config.message_expires_max_secs;
     edge.sync_window_ms = config.sync_window_ms;
+    edge.flow_timer_secs = config.flow_timer_secs;
     edge
 }
 

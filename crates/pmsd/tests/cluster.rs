@@ -12,6 +12,12 @@ use common::Cluster;
 /// Sync window long enough that a device on another node answers inside it on a slow machine.
 const CLUSTER_ARGS: &[&str] = &["--sync-window-ms", "5000"];
 
+/// Bob's mailbox group among the default 8: the group whose leader the failover tests kill.
+fn bob_group() -> u32 {
+    let bob = pms_types::UserId::parse("bob").expect("valid user");
+    pms_types::mailbox_group_for(&bob, 8).0
+}
+
 fn body_of(line: &serde_json::Value) -> String {
     line["body"].as_str().unwrap_or_default().to_owned()
 }
@@ -94,7 +100,7 @@ fn any_node_serves_any_user_and_deliveries_cross_nodes() {
 #[test]
 fn killing_the_leader_loses_no_acknowledged_message_and_it_rejoins() {
     let mut cluster = Cluster::start(3, CLUSTER_ARGS);
-    let leader = cluster.leader_index(Duration::from_secs(30));
+    let leader = cluster.leader_index(bob_group(), Duration::from_secs(30));
     let followers: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
     cluster.nodes[followers[0]].add_user("alice");
     cluster.nodes[followers[0]].add_user("bob");
@@ -182,7 +188,7 @@ fn a_node_down_for_long_catches_up_from_a_snapshot() {
     let mut args = CLUSTER_ARGS.to_vec();
     args.extend(["--raft-snapshot-logs", "20", "--raft-logs-kept", "5"]);
     let mut cluster = Cluster::start(3, &args);
-    let leader = cluster.leader_index(Duration::from_secs(30));
+    let leader = cluster.leader_index(bob_group(), Duration::from_secs(30));
     let down = (leader + 1) % 3;
     let other = 3 - leader - down;
     cluster.nodes[leader].add_user("alice");

@@ -28,6 +28,7 @@ pub fn provision(name: &str) -> Command {
                 ha1_md5: "0".repeat(32),
                 ha1_sha256: "0".repeat(64),
             },
+            digest_algorithms: Vec::new(),
             messaging_enabled: true,
             wrapped_data_key: vec![7; 48],
             created_at: UnixMillis(1_000),

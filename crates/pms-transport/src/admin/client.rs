@@ -8,7 +8,12 @@ use std::time::Duration;
 use pms_types::{MessageId, NodeId, UserId};
 use tonic::transport::{Channel, Endpoint};
 
-use super::convert::{cluster_status_from_proto, message_status_from_proto, user_from_proto};
+use pms_mailbox::DigestAlgorithm;
+
+use super::convert::{
+    cluster_status_from_proto, digest_algorithms_to_proto, message_status_from_proto,
+    user_from_proto,
+};
 use super::{
     AdminError, ClusterStatus, MessageStatusReport, NewUser, USERS_PAGE_SIZE_MAX, UserPage,
     UserSummary,
@@ -77,6 +82,7 @@ impl AdminClient {
             user: user.user.as_str().to_owned(),
             password: user.password.expose().to_owned(),
             messaging_enabled: Some(user.messaging_enabled),
+            digest_algorithms: digest_algorithms_to_proto(&user.digest_algorithms),
         };
         self.stub().add_user(request).await?;
         Ok(())
@@ -100,6 +106,20 @@ impl AdminClient {
             enabled,
         };
         self.stub().set_messaging_enabled(request).await?;
+        Ok(())
+    }
+
+    /// Replaces `user`'s digest policy (empty: the node's).
+    pub async fn set_digest_algorithms(
+        &self,
+        user: &UserId,
+        algorithms: &[DigestAlgorithm],
+    ) -> Result<(), AdminError> {
+        let request = pb::SetDigestAlgorithmsRequest {
+            user: user.as_str().to_owned(),
+            digest_algorithms: digest_algorithms_to_proto(algorithms),
+        };
+        self.stub().set_digest_algorithms(request).await?;
         Ok(())
     }
 

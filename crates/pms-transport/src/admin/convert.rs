@@ -3,6 +3,7 @@
 //! (`UserId::parse`, `MessageId::parse`, `Password::new`) and every failure becomes an
 //! [`AdminError`], never a panic.
 
+use pms_mailbox::DigestAlgorithm;
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 use tonic::{Code, Status};
 
@@ -82,6 +83,7 @@ pub(crate) fn user_to_proto(user: &UserSummary) -> pb::User {
     pb::User {
         user: user.user.as_str().to_owned(),
         messaging_enabled: user.messaging_enabled,
+        digest_algorithms: digest_algorithms_to_proto(&user.digest_algorithms),
     }
 }
 
@@ -89,7 +91,27 @@ pub(crate) fn user_from_proto(user: pb::User) -> Result<UserSummary, AdminError>
     Ok(UserSummary {
         user: parse_user(&user.user).map_err(malformed_answer)?,
         messaging_enabled: user.messaging_enabled,
+        digest_algorithms: parse_digest_algorithms(&user.digest_algorithms)
+            .map_err(malformed_answer)?,
     })
+}
+
+pub(crate) fn digest_algorithms_to_proto(algorithms: &[DigestAlgorithm]) -> Vec<String> {
+    algorithms
+        .iter()
+        .map(|algorithm| algorithm.name().to_owned())
+        .collect()
+}
+
+/// A digest policy from the wire: empty (the node's policy) or known names without repeats.
+pub(crate) fn parse_digest_algorithms(
+    names: &[String],
+) -> Result<Vec<DigestAlgorithm>, AdminError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    DigestAlgorithm::parse_list(&names.join(","))
+        .map_err(|reason| AdminError::InvalidArgument { reason })
 }
 
 pub(crate) fn message_status_to_proto(report: &MessageStatusReport) -> pb::MessageStatusResponse {

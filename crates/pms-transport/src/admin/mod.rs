@@ -14,6 +14,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use pms_mailbox::DigestAlgorithm;
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 
 /// Longest password the admin API accepts (it is hashed into digest HA1 values on the server).
@@ -92,6 +93,8 @@ pub struct NewUser {
     pub password: Password,
     /// Whether secure messaging is enabled from the start (the API's default is `true`).
     pub messaging_enabled: bool,
+    /// The account's digest policy in challenge order; empty: the node's policy.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 /// One account as listed.
@@ -99,6 +102,8 @@ pub struct NewUser {
 pub struct UserSummary {
     pub user: UserId,
     pub messaging_enabled: bool,
+    /// Empty when the account follows the node's policy.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 /// One page of [`UserSummary`] in user-name order.
@@ -212,6 +217,13 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn remove_user(&self, user: UserId) -> BackendFuture<'_, ()>;
     /// Enables or disables secure messaging; [`AdminError::NotFound`] if absent.
     fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()>;
+    /// Replaces the account's digest policy (empty: the node's); [`AdminError::NotFound`] if
+    /// absent.
+    fn set_digest_algorithms(
+        &self,
+        user: UserId,
+        algorithms: Vec<DigestAlgorithm>,
+    ) -> BackendFuture<'_, ()>;
     /// At most `limit` accounts whose names sort after `after` (from the start when `None`), in
     /// order.
     fn list_users(

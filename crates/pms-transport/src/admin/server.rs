@@ -17,7 +17,8 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    cluster_status_to_proto, message_status_to_proto, parse_message_id, parse_user, user_to_proto,
+    cluster_status_to_proto, message_status_to_proto, parse_digest_algorithms, parse_message_id,
+    parse_user, user_to_proto,
 };
 use super::{
     AdminBackend, AdminError, NewUser, Password, USERS_PAGE_SIZE_DEFAULT, USERS_PAGE_SIZE_MAX,
@@ -160,6 +161,7 @@ impl pb::admin_server::Admin for AdminService {
             user: parse_user(&request.user)?,
             password: Password::new(request.password)?,
             messaging_enabled: request.messaging_enabled.unwrap_or(true),
+            digest_algorithms: parse_digest_algorithms(&request.digest_algorithms)?,
         };
         self.backend.add_user(user).await?;
         Ok(Response::new(pb::AddUserResponse {}))
@@ -184,6 +186,17 @@ impl pb::admin_server::Admin for AdminService {
             .set_messaging_enabled(user, request.enabled)
             .await?;
         Ok(Response::new(pb::SetMessagingEnabledResponse {}))
+    }
+
+    async fn set_digest_algorithms(
+        &self,
+        request: Request<pb::SetDigestAlgorithmsRequest>,
+    ) -> Result<Response<pb::SetDigestAlgorithmsResponse>, Status> {
+        let request = request.into_inner();
+        let user = parse_user(&request.user)?;
+        let algorithms = parse_digest_algorithms(&request.digest_algorithms)?;
+        self.backend.set_digest_algorithms(user, algorithms).await?;
+        Ok(Response::new(pb::SetDigestAlgorithmsResponse {}))
     }
 
     async fn list_users(

@@ -226,7 +226,7 @@ fn error_response(response: &Response) -> (StatusLine, i32) {
 /// The terminal status an incoming IMDN gives our message, if it is about our message and
 /// terminal (`processed`/`stored` are not).
 fn report_for_us(request: &Request, outgoing: &Outgoing) -> Option<(StatusLine, i32)> {
-    let report = imdn_report(request)?;
+    let report = pms_sip::imdn::imdn_report(request)?;
     let ours = report.message_id == outgoing.imdn_message_id
         || outgoing.server_message_id.as_deref() == Some(report.message_id.as_str());
     if !ours {
@@ -245,21 +245,5 @@ fn report_for_us(request: &Request, outgoing: &Outgoing) -> Option<(StatusLine, 
             EXIT_ERROR,
         )),
         ImdnStatus::Processed | ImdnStatus::Stored => None,
-    }
-}
-
-/// The IMDN in a MESSAGE: a `message/imdn+xml` body, or one wrapped in `message/cpim`.
-pub fn imdn_report(request: &Request) -> Option<pms_sip::ImdnReport> {
-    let content_type = request.content_type()?;
-    match content_type.mime_type.as_str() {
-        "message/imdn+xml" => pms_sip::imdn::parse_imdn(&request.body).ok(),
-        "message/cpim" => {
-            let cpim = pms_sip::imdn::parse_cpim(&request.body).ok()?;
-            let inner = pms_sip::ContentType::parse(&cpim.content_type).ok()?;
-            (inner.mime_type == "message/imdn+xml")
-                .then(|| pms_sip::imdn::parse_imdn(&cpim.content).ok())
-                .flatten()
-        }
-        _ => None,
     }
 }

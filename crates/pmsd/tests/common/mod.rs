@@ -596,9 +596,10 @@ impl Cluster {
         }
     }
 
-    /// The index in `nodes` of the node that leads group 1, waiting until the running nodes
-    /// agree on one.
-    pub fn leader_index(&self, timeout: Duration) -> usize {
+    /// The index in `nodes` of the node that leads `group` (as the first running node sees
+    /// it), waiting until one is known. Leadership may still move afterwards (leaders are
+    /// spread over the nodes every few seconds).
+    pub fn leader_index(&self, group: u32, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status();
@@ -607,9 +608,11 @@ impl Cluster {
                 .into_iter()
                 .flatten()
                 .find(|node| {
-                    node["groups"]
-                        .as_array()
-                        .is_some_and(|groups| groups.iter().any(|group| group["role"] == "leader"))
+                    node["groups"].as_array().is_some_and(|groups| {
+                        groups.iter().any(|entry| {
+                            entry["group"] == u64::from(group) && entry["role"] == "leader"
+                        })
+                    })
                 })
                 .and_then(|node| node["node"].as_u64());
             if let Some(leader) = leader {
