@@ -116,6 +116,8 @@ pub struct NetnsNetwork {
     node_ips: Vec<Ipv4Addr>,
     bridge_ip: Ipv4Addr,
     bridge_created: bool,
+    /// The root namespace's FORWARD rule that lets the bridge's traffic through.
+    forward_rule_added: bool,
 }
 
 impl NetnsNetwork {
@@ -139,6 +141,7 @@ impl NetnsNetwork {
                 .collect(),
             bridge_ip: Ipv4Addr::new(10, a, b, BRIDGE_HOST_OCTET),
             bridge_created: false,
+            forward_rule_added: false,
         };
         // On error `network` drops here and removes what was made.
         network.build(run_pid, nodes)?;
@@ -158,6 +161,13 @@ impl NetnsNetwork {
             &bridge,
         ])?;
         run(&["ip", "link", "set", &bridge, "up"])?;
+        // A Docker engine sets the root namespace's FORWARD policy to DROP and has bridged
+        // frames pass through iptables (br_netfilter): without this rule the nodes cannot reach
+        // each other across the bridge.
+        run(&[
+            "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ])?;
+        self.forward_rule_added = true;
         for node in 1..=nodes {
             let namespace = format!("{NAMESPACE_PREFIX}{run_pid}-{node}");
             run(&["ip", "netns", "add", &namespace])?;
@@ -246,6 +256,19 @@ impl Drop for NetnsNetwork {
                 let _ = run(&["kill", "-KILL", pid]);
             }
             let _ = run(&["ip", "netns", "del", namespace]);
+        }
+        if self.forward_rule_added {
+            let _ = run(&[
+                "iptables",
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
         }
         if self.bridge_created {
             let _ = run(&["ip", "link", "del", &self.bridge]);

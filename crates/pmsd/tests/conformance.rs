@@ -815,3 +815,124 @@ fn an_imdn_requested_inside_cpim_is_answered_inside_cpim() {
         ("cpim-imdn-1", pms_sip::ImdnStatus::Displayed)
     );
 }
+
+/// The algorithms of the `WWW-Authenticate` challenges a REGISTER for `user` gets, in order.
+fn offered_algorithms(phone: &mut Phone, user: &str) -> Vec<String> {
+    let challenge = phone.exchange(&request(
+        "REGISTER",
+        "sip:localhost",
+        &phone.via(&format!("pol{}", unique())),
+        &format!("<sip:{user}@localhost>;tag=p{}", unique()),
+        &format!("<sip:{user}@localhost>"),
+        &format!("pol-{}", unique()),
+        1,
+        &[format!("Contact: <sip:{user}@{}>", phone.local())],
+        b"",
+    ));
+    assert_eq!(challenge.status, 401, "{challenge:?}");
+    challenge
+        .headers
+        .get_all("WWW-Authenticate")
+        .iter()
+        .map(|value| {
+            pms_sip::digest::parse_challenge(value)
+                .expect("challenge parses")
+                .algorithm
+                .as_str()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
+    let node = node_with(&[]);
+    let added = node.run_pmsctl(&[
+        "user",
+        "add",
+        "carol",
+        "--password",
+        PASSWORD,
+        "--digest-algorithms",
+        "md5,sha256",
+    ]);
+    assert!(added.status.success(), "{added:?}");
+    let mut phone = Phone::tcp(&node);
+    assert_eq!(offered_algorithms(&mut phone, "carol"), ["MD5", "SHA-256"]);
+    assert_eq!(
+        offered_algorithms(&mut phone, "alice"),
+        ["SHA-256", "MD5"],
+        "other accounts keep the node's policy"
+    );
+    assert_eq!(
+        offered_algorithms(&mut phone, "nobody"),
+        ["SHA-256", "MD5"],
+        "an unknown user gets the node's policy, like everyone else"
+    );
+    let listed = node.run_pmsctl(&["user", "list", "--json"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains(
+            r#"{"user":"carol","messaging_enabled":true,"digest_algorithms":["md5","sha256"]}"#
+        ),
+        "{listed}"
+    );
+    let changed = node.run_pmsctl(&["user", "set-digest", "carol", "sha256"]);
+    assert_eq!(
+        String::from_utf8_lossy(&changed.stdout),
+        "digest algorithms of user carol: sha256\n"
+    );
+    assert_eq!(offered_algorithms(&mut phone, "carol"), ["SHA-256"]);
+    // An MD5 answer is no longer accepted for carol: she is challenged again, with SHA-256.
+    let call_id = format!("md5-{}", unique());
+    let from = format!("<sip:carol@localhost>;tag=c{}", unique());
+    let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
+        let mut lines = vec![format!("Contact: <sip:carol@{}>", phone.local())];
+        lines.extend(auth);
+        request(
+            "REGISTER",
+            "sip:localhost",
+            &phone.via(&format!("{call_id}-{cseq}")),
+            &from,
+            "<sip:carol@localhost>",
+            &call_id,
+            cseq,
+            &lines,
+            b"",
+        )
+    };
+    let challenge = phone.exchange(&build(&phone, 1, None));
+    let sha = pms_sip::digest::parse_challenge(
+        challenge
+            .headers
+            .get("WWW-Authenticate")
+            .expect("challenge"),
+    )
+    .expect("parses");
+    let md5_answer = authorization(
+        &sha,
+        "carol",
+        PASSWORD,
+        "REGISTER",
+        "sip:localhost",
+        "c-md5",
+        1,
+    )
+    .replace("algorithm=SHA-256", "algorithm=MD5");
+    let refused = phone.exchange(&build(
+        &phone,
+        2,
+        Some(format!("Authorization: {md5_answer}")),
+    ));
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(refused.headers.get_all("WWW-Authenticate").len(), 1);
+    let reset = node.run_pmsctl(&["user", "set-digest", "carol", "default"]);
+    assert!(reset.status.success(), "{reset:?}");
+    assert_eq!(offered_algorithms(&mut phone, "carol"), ["SHA-256", "MD5"]);
+    let bad = node.run_pmsctl(&["user", "set-digest", "carol", "sha1"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown algorithm \"sha1\""),
+        "{bad:?}"
+    );
+}
