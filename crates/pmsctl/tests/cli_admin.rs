@@ -271,8 +271,8 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
     assert_eq!(
         lines,
         [
-            serde_json::json!({"user": "alice", "messaging_enabled": true}),
-            serde_json::json!({"user": "bob", "messaging_enabled": false}),
+            serde_json::json!({"user": "alice", "messaging_enabled": true, "digest_algorithms": []}),
+            serde_json::json!({"user": "bob", "messaging_enabled": false, "digest_algorithms": []}),
         ]
     );
 

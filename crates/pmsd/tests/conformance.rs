@@ -127,31 +127,37 @@ impl Phone {
         }
     }
 
-    /// The next response (requests that arrive meanwhile are kept for `next_request`).
-    fn response(&mut self) -> Response {
+    /// The next message that `wanted` accepts; others that arrive meanwhile are kept, in
+    /// order, for later calls.
+    fn next_where(&mut self, what: &str, wanted: fn(&SipMessage) -> bool) -> SipMessage {
         let mut skipped = Vec::new();
         let found = loop {
             match self.next_message() {
-                Some(SipMessage::Response(response)) => break response,
-                Some(request) => skipped.push(request),
-                None => panic!("no response within {READ_TIMEOUT:?}"),
+                Some(message) if wanted(&message) => break message,
+                Some(other) => skipped.push(other),
+                None => panic!("no {what} within {READ_TIMEOUT:?}"),
             }
         };
         self.pending.extend(skipped);
         found
     }
 
+    fn response(&mut self) -> Response {
+        match self.next_where("response", |message| {
+            matches!(message, SipMessage::Response(_))
+        }) {
+            SipMessage::Response(response) => response,
+            SipMessage::Request(_) => unreachable!("filtered"),
+        }
+    }
+
     fn next_request(&mut self) -> Request {
-        let mut skipped = Vec::new();
-        let found = loop {
-            match self.next_message() {
-                Some(SipMessage::Request(request)) => break request,
-                Some(response) => skipped.push(response),
-                None => panic!("no request within {READ_TIMEOUT:?}"),
-            }
-        };
-        self.pending.extend(skipped);
-        found
+        match self.next_where("request", |message| {
+            matches!(message, SipMessage::Request(_))
+        }) {
+            SipMessage::Request(request) => request,
+            SipMessage::Response(_) => unreachable!("filtered"),
+        }
     }
 
     fn exchange(&mut self, bytes: &[u8]) -> Response {

@@ -57,13 +57,21 @@ fn offline_message_is_stored_then_delivered_byte_for_byte_over_tls() {
             .starts_with("text/plain")
     );
 
-    let output = node.run_pmsctl(&["message", "status", &message_id]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let status: Value = serde_json::from_slice(&output.stdout).expect("status json");
+    // The device's 200 is committed as delivered right after it is sent: wait for the commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let output = node.run_pmsctl(&["message", "status", &message_id]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let status: Value = serde_json::from_slice(&output.stdout).expect("status json");
+        if status["status"] != "enqueued" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(status["status"], "delivered");
     assert_eq!(status["recipient"], "bob");
 }

@@ -30,13 +30,29 @@ pub fn pmsctl_path() -> PathBuf {
     path
 }
 
-/// A free loopback port for both TCP and UDP (bound and released; a race with other processes is
-/// possible but unlikely on a test machine).
+/// First port [`free_port`] hands out; below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of another test can take a port between its choice and its use.
+const TEST_PORT_FIRST: u16 = 20_000;
+/// Ports [`free_port`] cycles through.
+const TEST_PORTS: u16 = 12_000;
+
+/// A free loopback port for both TCP and UDP. Each test process walks its own sequence from a
+/// pid-derived start below the ephemeral range, so two tests of one process never get the
+/// same port, and a port is bound once to check it is free.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(97) % u32::from(TEST_PORTS),
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % u32::from(TEST_PORTS);
+        let port = TEST_PORT_FIRST + u16::try_from(offset).expect("offset below TEST_PORTS");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
