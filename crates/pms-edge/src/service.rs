@@ -80,7 +80,7 @@ impl Reply {
         span: Span,
         in_flight: InFlight,
         metrics: Arc<Metrics>,
-        remember: Box<dyn FnOnce(&[u8]) + Send>,
+        remember: RememberAnswer,
     ) {
         match self {
             Reply::Nothing => drop(in_flight),
@@ -116,6 +116,10 @@ impl Reply {
         }
     }
 }
+
+/// Called with a final response's bytes as they are sent (the session keeps them for
+/// retransmissions).
+pub type RememberAnswer = Box<dyn FnOnce(&[u8]) + Send>;
 
 /// Counts a transaction as in flight until dropped (after its final response is queued).
 #[derive(Debug)]
@@ -402,7 +406,7 @@ impl SipService {
                     .split(',')
                     .any(|known| known.trim().eq_ignore_ascii_case(tag))
             })
-            .map(|tag| truncate(tag))
+            .map(truncate)
             .collect();
         if !unsupported.is_empty() {
             return Err(Refusal::BadExtension {

@@ -342,7 +342,7 @@ impl Actor for SessionActor {
                     tracing::Instrument::instrument(service.handle(request, &info), span.clone())
                         .await;
                 reply.stamp_top_via(info.peer);
-                let remember: Box<dyn FnOnce(&[u8]) + Send> = match key {
+                let remember: crate::service::RememberAnswer = match key {
                     Some(key) => {
                         if matches!(reply, Reply::AfterWindow { .. }) {
                             answered.insert(key.clone(), Answer::Pending);
