@@ -13,12 +13,15 @@
 //!   [`pms_types::limits`] or the `*_MAX` constants of each module).
 //! - Invariant: message bodies are opaque bytes and survive parse → build byte for byte.
 //!
-//! Parser choice: the parser is our own and rsip is **not used**. rsip 0.4.0 merges pipelined
-//! messages, rejects folded headers and `Name : value`, does not expand compact header names
-//! and keeps quotes in display names (see the design notes, deps.md); working around each of those cost
-//! more than the small grammar subset PMS needs (request/status line, header lines, name-addr,
-//! SIP URI, digest parameters). Keeping rsip out also means no third-party SIP type can leak
-//! through this crate's API.
+//! Parser choice: the parser is our own and rsip is **not used at run time**. rsip 0.4.0 merges
+//! pipelined messages, rejects folded headers and `Name : value`, does not expand compact
+//! header names and keeps quotes in display names (see the design notes, deps.md); working
+//! around each of those cost more than the small grammar subset PMS needs (request/status line,
+//! header lines, name-addr, SIP URI, digest parameters). Keeping rsip out also means no
+//! third-party SIP type can leak through this crate's API. rsip is a dev-dependency only: the
+//! differential oracle (`tests/support/rsip_differential.rs`, run by `tests/rsip_oracle.rs`,
+//! `tests/corpus.rs` and the `rsip_differential` fuzz target) reads the same bytes with both
+//! parsers and lists every known rsip limitation as a named case.
 //!
 //! Errors: one `thiserror` enum per module ([`framing::FramingError`],
 //! [`message::ParseError`], [`digest::DigestError`], [`imdn::ImdnError`]); each variant carries

@@ -8,8 +8,9 @@
 //!   characters (other than tab), has at most [`pms_types::limits::SIP_HEADERS_MAX`] headers,
 //!   and carries exactly one valid From, To, Call-ID and CSeq and at least one Via; for
 //!   requests the CSeq method equals the request method. Optional headers PMS interprets
-//!   (Contact, Expires, Max-Forwards, Content-Type) are validated too, so their `Option`
-//!   accessors never hide a syntax error on a parsed message.
+//!   (Contact, Expires, Max-Forwards, Content-Type) and the parameters of every Via are
+//!   validated too, so their `Option` accessors (`via_branch` included) never hide a syntax
+//!   error on a parsed message.
 //! - Invariant: `Content-Length` is checked against the body by [`parse`] and then dropped from
 //!   [`Headers`]; `to_bytes` always writes it from the body. Hence `parse(m.to_bytes()) == m`
 //!   for every valid `m`, and the body survives byte for byte.
@@ -22,7 +23,7 @@ use crate::headers::{names_match, parse_decimal, parse_header_lines};
 pub use crate::method::Method;
 use crate::parse_error::invalid_value;
 pub use crate::parse_error::{ParseError, REASON_PHRASE_BYTES_MAX};
-use crate::text::{find_bytes, header_safe, is_token, is_token_char, snippet};
+use crate::text::{find_bytes, header_safe, is_token, is_token_char, parse_params, snippet};
 use crate::uri::uri_error;
 pub use crate::uri::{NOT_SIP_URI, SipUri};
 
@@ -331,12 +332,21 @@ fn validate(mut message: SipMessage) -> Result<SipMessage, ParseError> {
     if headers.count("Via") == 0 {
         return Err(ParseError::MissingHeader { name: "Via" });
     }
-    if headers.get_list("Via").iter().any(|via| via.is_empty()) {
-        return Err(invalid_value(
-            "Via",
-            headers.get("Via").unwrap_or_default(),
-            "empty element",
-        ));
+    for via in headers.get_list("Via") {
+        if via.is_empty() {
+            return Err(invalid_value(
+                "Via",
+                headers.get("Via").unwrap_or_default(),
+                "empty element",
+            ));
+        }
+        // Invariant: `via_branch` reads the parameters of a parsed message's top Via, so they
+        // must parse (it must not answer "no branch" for a malformed one).
+        if let Some((_, params)) = via.split_once(';')
+            && parse_params(params).is_none()
+        {
+            return Err(invalid_value("Via", via, "bad parameter"));
+        }
     }
     headers.from_header()?;
     headers.to_header()?;

@@ -136,8 +136,14 @@ pub fn header_safe(text: &str) -> String {
         .collect()
 }
 
+/// Characters that delimit or quote in a SIP header (RFC 3261 §25.1) and so can never be part
+/// of an unquoted parameter value.
+const PARAM_VALUE_FORBIDDEN: &[char] = &[' ', '\t', '"', ',', '<', '>', '\\'];
+
 /// Parses `;name[=value]` parameters (the text after the first `;`, without it). Values keep
-/// their quotes. Returns `None` if a name is not a token.
+/// their quotes. Returns `None` if a name is not a token, a value is empty, a quoted value is
+/// not exactly one quoted-string, or an unquoted value holds whitespace, `"`, `,`, `<`, `>` or
+/// `\` (a stray quote would otherwise swallow the rest of a Via or Contact list).
 pub fn parse_params(text: &str) -> Option<Vec<(String, Option<String>)>> {
     let mut params = Vec::new();
     if text.trim().is_empty() {
@@ -152,7 +158,12 @@ pub fn parse_params(text: &str) -> Option<Vec<(String, Option<String>)>> {
             return None;
         }
         if value.is_some_and(|value| {
-            value.is_empty() || (value.starts_with('"') && unquote(value).is_none())
+            value.is_empty()
+                || if value.starts_with('"') {
+                    unquote(value).is_none()
+                } else {
+                    value.contains(PARAM_VALUE_FORBIDDEN)
+                }
         }) {
             return None;
         }
@@ -206,6 +217,30 @@ mod tests {
     fn split_respects_quotes_and_angles() {
         let parts = split_outside_quotes(r#""a, b" <sip:x;p=1,2>;q=1, <sip:y>"#, ',');
         assert_eq!(parts, vec![r#""a, b" <sip:x;p=1,2>;q=1"#, "<sip:y>"]);
+    }
+
+    #[test]
+    fn params_refuse_structural_characters_in_unquoted_values() {
+        assert_eq!(
+            parse_params(r#" tag = a1 ;lr; x="a b, <c>""#),
+            Some(vec![
+                ("tag".to_string(), Some("a1".to_string())),
+                ("lr".to_string(), None),
+                ("x".to_string(), Some(r#""a b, <c>""#.to_string())),
+            ])
+        );
+        for bad in [
+            "tag=a b",
+            "branch=z9\"hG4bK",
+            "tag=a,b",
+            "tag=<a>",
+            "tag=a\\b",
+            "tag=",
+            "=x",
+            r#"x="a" b"#,
+        ] {
+            assert_eq!(parse_params(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -76,6 +76,9 @@ impl SipUri {
             None => (None, None, rest),
         };
         let (hostport, params) = match rest.split_once(';') {
+            // A `;` with no parameter after it is refused like an empty `?` part, rather than
+            // dropped (RFC 3261 uri-parameter needs a name).
+            Some((_, "")) => return Err(uri_error(text, "empty parameter")),
             Some((hostport, params)) => (
                 hostport,
                 parse_params(params).ok_or_else(|| uri_error(text, "bad parameter"))?,
@@ -220,6 +223,7 @@ mod tests {
             "sip:a@[::1",
             "sip:a@host;=x",
             "sip:a@host?",
+            "sip:a@host;",
             "nocolon",
         ] {
             assert!(SipUri::parse(bad).is_err(), "{bad} should be rejected");

@@ -1,12 +1,17 @@
 //! Crash-regression corpus: every file in `tests/corpus/` is fed through the same entry points
-//! as the fuzz targets (`pms_sip::fuzzing`). Files are chosen by extension: `.sip` (framing +
-//! parse), `.auth` (digest), `.xml`/`.cpim` (IMDN/CPIM); anything else goes through all three.
+//! as the fuzz targets (`pms_sip::fuzzing`, and the rsip differential oracle shared with the
+//! `rsip_differential` target). Files are chosen by extension: `.sip` (framing + parse + rsip
+//! comparison), `.auth` (digest), `.xml`/`.cpim` (IMDN/CPIM); anything else goes through all.
 //!
-//! Invariant: a fuzzer-found crash is fixed by adding its input here first.
+//! Invariant: a fuzzer-found crash or disagreement is fixed by adding its input here first.
+
+#[path = "support/rsip_differential.rs"]
+mod rsip_differential;
 
 use std::path::Path;
 
 use pms_sip::fuzzing::{exercise_digest, exercise_imdn, exercise_sip};
+use rsip_differential::check_arbitrary;
 
 #[test]
 fn corpus_inputs_do_not_panic() {
@@ -20,11 +25,15 @@ fn corpus_inputs_do_not_panic() {
     for path in entries {
         let bytes = std::fs::read(&path).expect("readable corpus file");
         match path.extension().and_then(|extension| extension.to_str()) {
-            Some("sip") => exercise_sip(&bytes),
+            Some("sip") => {
+                exercise_sip(&bytes);
+                check_arbitrary(&bytes);
+            }
             Some("auth") => exercise_digest(&bytes),
             Some("xml" | "cpim") => exercise_imdn(&bytes),
             _ => {
                 exercise_sip(&bytes);
+                check_arbitrary(&bytes);
                 exercise_digest(&bytes);
                 exercise_imdn(&bytes);
             }
@@ -46,4 +55,9 @@ fn valid_seed_parses() {
     let fields = pms_sip::imdn::imdn_fields(&request).expect("CPIM parses");
     assert_eq!(fields.message_id.as_deref(), Some("m1"));
     assert!(fields.dispositions.positive_delivery);
+    // rsip reads it too, so the differential check really compares on the corpus.
+    assert!(matches!(
+        check_arbitrary(&bytes),
+        rsip_differential::Outcome::Compared(_)
+    ));
 }

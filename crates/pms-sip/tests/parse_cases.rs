@@ -284,6 +284,60 @@ fn bad_headers_and_head_shapes() {
     );
 }
 
+/// Found by the rsip differential oracle (`tests/rsip_oracle.rs`): parameter values that no
+/// SIP grammar allows used to be accepted, and a stray quote in a Via branch made the rest of
+/// the Via list part of the "branch".
+#[test]
+fn malformed_parameters() {
+    let base = "From: <sip:alice@pms.test>;tag=a1\nTo: <sip:bob@pms.test>\nCall-ID: c1@host\nCSeq: 1 MESSAGE\n";
+    check(
+        &format!(
+            "MESSAGE sip:b@x SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9\"hG4bK1, SIP/2.0/UDP g;branch=z9hG4bK2\n{base}\n"
+        ),
+        expect![[
+            r#"error: Bad Via header: bad parameter (invalid Via header "SIP/2.0/TLS h;branch=z9\"hG4bK1, SIP/2.0/UDP g;branch=z9hG4bK2": bad parameter)"#
+        ]],
+    );
+    check(
+        &format!("MESSAGE sip:b@x SIP/2.0\nVia: SIP/2.0/TLS h;;branch=z9hG4bK1\n{base}\n"),
+        expect![[
+            r#"error: Bad Via header: bad parameter (invalid Via header "SIP/2.0/TLS h;;branch=z9hG4bK1": bad parameter)"#
+        ]],
+    );
+    check(
+        &format!(
+            "MESSAGE sip:b@x SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\n{}\n",
+            base.replace("tag=a1", "tag=a1 junk")
+        ),
+        expect![[
+            r#"error: Bad From header: not a name-addr (invalid From header "<sip:alice@pms.test>;tag=a1 junk": not a name-addr)"#
+        ]],
+    );
+    // The Request-URI is checked when read (a non-SIP one gets 416): a trailing `;` is refused.
+    assert!(pms_sip::message::SipUri::parse("sip:b@x;").is_err());
+    // Whitespace around `;` and `=` is allowed (RFC 3261 SEMI, EQUAL), and so are quoted values.
+    check(
+        &format!(
+            "MESSAGE sip:b@x SIP/2.0\nVia: SIP/2.0/TLS h ; branch = z9hG4bK1 ;x=\"a b\"\n{base}\n"
+        ),
+        expect![[r#"
+            request MESSAGE sip:b@x
+              Via: SIP/2.0/TLS h ; branch = z9hG4bK1 ;x="a b"
+              From: <sip:alice@pms.test>;tag=a1
+              To: <sip:bob@pms.test>
+              Call-ID: c1@host
+              CSeq: 1 MESSAGE
+              body """#]],
+    );
+    let spaced = parse(
+        format!("MESSAGE sip:b@x SIP/2.0\nVia: SIP/2.0/TLS h ; branch = z9hG4bK1\n{base}\n")
+            .replace('\n', "\r\n")
+            .as_bytes(),
+    )
+    .expect("valid");
+    assert_eq!(spaced.headers().via_branch().as_deref(), Some("z9hG4bK1"));
+}
+
 #[test]
 fn control_characters_and_non_utf8_head() {
     expect![
