@@ -12,7 +12,13 @@ mod telemetry;
 
 use std::process::ExitCode;
 
+/// Mode bits no file or directory `pmsd` creates may have: nothing for group or others. RocksDB,
+/// the certs dir and the master key are all created by this process (guarantee 6: an account on
+/// the host cannot read the data dir).
+const UMASK: u32 = 0o077;
+
 fn main() -> ExitCode {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(UMASK));
     let config = match config::load() {
         Ok(config) => config,
         Err(error) => {

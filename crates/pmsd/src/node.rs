@@ -12,6 +12,7 @@
 //! (bounded by `DRAIN_TIMEOUT`) before Raft and RocksDB are flushed and stopped.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +53,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let members = initial_members(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Invariant: the data dir is the node's alone (0700), also when it existed before.
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| {
+            format!(
+                "making data dir {} private (0700)",
+                config.data_dir.display()
+            )
+        })?;
     prepare_certificates(&config)?;
     if config.allows_md5() {
         info!(
@@ -66,7 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "DEVELOPMENT ONLY: generated a new master key next to the data. Production keeps the master key away from the data dir (--master-key-file on a secret mount)."
         );
     } else if pms_crypto::permissions_too_open(&config.master_key_file) {
-        warn!(path = %config.master_key_file.display(), "master key file is readable by group or others");
+        let path = config.master_key_file.display();
+        anyhow::bail!(
+            "master key file {path} is readable by group or others: make it private with `chmod 600 {path}` (on Kubernetes, mount its secret with defaultMode 0400), then start again"
+        );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store: Arc<dyn Store> = Arc::new(

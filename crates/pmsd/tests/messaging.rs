@@ -504,3 +504,45 @@ fn accounts_without_secure_messaging_are_refused_before_anything_is_stored() {
     assert_eq!(code, 0);
     assert_eq!(bodies(&messages), vec!["now it works"]);
 }
+
+/// Guarantee 6 on the host: nothing the node writes (RocksDB files, WAL, certificates, master
+/// key) is readable by group or others, and a shared master key file that is refuses the start.
+#[test]
+fn the_data_dir_is_private_and_a_readable_master_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut node = node_with_alice_and_bob();
+    let (code, _) = node.send("alice", "bob", "private at rest", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(node.terminate().code(), Some(0));
+    let data_dir = node.data_dir();
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data_dir), 0o700, "data dir");
+    let files = files_under(&data_dir);
+    assert!(files.len() > 5, "RocksDB, certs and key files: {files:?}");
+    let open: Vec<String> = files
+        .iter()
+        .filter(|path| mode(path) & 0o077 != 0)
+        .map(|path| format!("{} {:o}", path.display(), mode(path)))
+        .collect();
+    assert!(open.is_empty(), "readable by group or others: {open:?}");
+
+    let key = data_dir.join("master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    node.spawn_process();
+    let status = node.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = node.log();
+    assert!(
+        log.contains(&format!(
+            "master key file {} is readable by group or others: make it private with `chmod 600",
+            key.display()
+        )),
+        "{log}"
+    );
+}
