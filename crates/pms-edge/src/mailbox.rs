@@ -448,12 +448,8 @@ async fn commit_outcome(
     group: GroupId,
     command: Command,
 ) -> Result<CommandResponse, crate::status::Refusal> {
-    let started = Instant::now();
+    // The group that commits it observes the commit latency (once per proposal).
     let result = service.mailboxes().propose(group, command).await;
-    service
-        .metrics()
-        .raft_commit_latency_seconds
-        .observe(started.elapsed());
     result.map_err(|error| crate::status::Refusal::Internal(error.to_string()))
 }
 

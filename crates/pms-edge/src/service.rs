@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use actix::Addr;
 use pms_mailbox::{
-    Binding, Command, CommandResponse, DedupKey, DigestAlgorithm, MailboxService, MessagePayload,
-    MessageState, NewMessage, ProposeError, UserRecord, query,
+    Binding, BindingChange, Command, CommandResponse, DedupKey, DigestAlgorithm, MailboxService,
+    MessagePayload, MessageState, NewMessage, ProposeError, UserRecord, query,
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::encoding::{EncodingError, parse_content_encoding};
@@ -566,12 +566,10 @@ impl SipService {
         response
     }
 
+    /// Proposes `command`; the commit latency is observed by the group that commits it (each
+    /// proposal counted once, on the node that leads the group).
     async fn propose(&self, group: GroupId, command: Command) -> Result<CommandResponse, Refusal> {
-        let started = std::time::Instant::now();
         let result = self.mailboxes.propose(group, command).await;
-        self.metrics
-            .raft_commit_latency_seconds
-            .observe(started.elapsed());
         result.map_err(|error| match error {
             ProposeError::Retry { reason } => {
                 debug!(%reason, "proposal outcome unknown");
@@ -647,7 +645,7 @@ impl SipService {
                     "Contact: * needs Expires: 0 and no other Contact".into(),
                 ));
             }
-            changes.push(Command::UnbindAll { user: user.clone() });
+            changes.push(BindingChange::UnbindAll);
         }
         for contact in &contacts {
             let Some(name_addr) = contact.name_addr() else {
@@ -664,10 +662,7 @@ impl SipService {
                 .or(header_expires)
                 .unwrap_or(self.config.register_expires_default_secs);
             if expires_secs == 0 {
-                changes.push(Command::Unbind {
-                    user: user.clone(),
-                    key,
-                });
+                changes.push(BindingChange::Unbind { key });
                 continue;
             }
             if expires_secs < self.config.register_expires_min_secs {
@@ -676,40 +671,44 @@ impl SipService {
                 });
             }
             let expires_secs = expires_secs.min(self.config.register_expires_max_secs);
-            changes.push(Command::Bind {
-                binding: Binding {
-                    user: user.clone(),
-                    key,
-                    contact: contact_uri,
-                    flow: flow.flow,
-                    registered_at: now,
-                    expires_at: now.saturating_add_ms(expires_secs * 1000),
-                },
-                now,
-            });
+            changes.push(BindingChange::Bind(Binding {
+                user: user.clone(),
+                key,
+                contact: contact_uri,
+                flow: flow.flow,
+                registered_at: now,
+                expires_at: now.saturating_add_ms(expires_secs * 1000),
+            }));
         }
-        for command in changes {
-            let bound_key = match &command {
-                Command::Bind { binding, .. } => Some(binding.key.clone()),
+        // Invariant: one REGISTER is one command, applied whole or not at all (RFC 3261 §10.3).
+        let bound_keys: Vec<String> = changes
+            .iter()
+            .filter_map(|change| match change {
+                BindingChange::Bind(binding) => Some(binding.key.clone()),
                 _ => None,
-            };
-            match self
-                .propose(self.config.mailbox_group(&user), command)
-                .await?
-            {
-                CommandResponse::Done => {
-                    if let Some(key) = bound_key {
-                        self.flows.note_binding(flow.flow, &user, &key);
-                    }
+            })
+            .collect();
+        let command = Command::Register {
+            user: user.clone(),
+            changes,
+            now,
+        };
+        match self
+            .propose(self.config.mailbox_group(&user), command)
+            .await?
+        {
+            CommandResponse::Done => {
+                for key in &bound_keys {
+                    self.flows.note_binding(flow.flow, &user, key);
                 }
-                CommandResponse::TooManyBindings { .. } => {
-                    return Err(Refusal::Forbidden("Too many registered devices".into()));
-                }
-                CommandResponse::UnknownUser { .. } => {
-                    return Err(Refusal::NotFound(format!("User {user} not found")));
-                }
-                other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
             }
+            CommandResponse::TooManyBindings { .. } => {
+                return Err(Refusal::Forbidden("Too many registered devices".into()));
+            }
+            CommandResponse::UnknownUser { .. } => {
+                return Err(Refusal::NotFound(format!("User {user} not found")));
+            }
+            other => return Err(Refusal::Internal(format!("unexpected response {other:?}"))),
         }
         let bindings = {
             let group = self.config.mailbox_group(&user);

@@ -46,6 +46,7 @@ pub fn apply(
         }
         Command::RemoveUser { user } => tx.remove_user(user)?,
         Command::Bind { binding, now } => tx.bind(binding, *now)?,
+        Command::Register { user, changes, now } => tx.register(user, changes, *now)?,
         Command::Unbind { user, key } => {
             let binding_key = keys::binding(group, user, key);
             if tx.get(Keyspace::Bindings, &binding_key)?.is_some() {
@@ -292,6 +293,56 @@ impl<S: StateRead> Transaction<'_, S> {
             self.delete(Keyspace::Messages, key);
         }
         self.delete(Keyspace::MailboxMeta, keys::mailbox_meta(self.group, user));
+        Ok(CommandResponse::Done)
+    }
+
+    fn register(
+        &mut self,
+        user: &UserId,
+        changes: &[crate::BindingChange],
+        now: UnixMillis,
+    ) -> Result<CommandResponse, ApplyError> {
+        if self.user(user)?.is_none() {
+            return Ok(CommandResponse::UnknownUser { user: user.clone() });
+        }
+        let mut existing = BTreeMap::new();
+        for (key, value) in
+            self.scan_all(Keyspace::Bindings, &keys::user_prefix(self.group, user))?
+        {
+            let binding: Binding = decode(Keyspace::Bindings, &value)?;
+            existing.insert(key, binding);
+        }
+        let mut result: BTreeMap<String, Binding> = existing
+            .values()
+            .filter(|binding| binding.expires_at > now)
+            .map(|binding| (binding.key.clone(), binding.clone()))
+            .collect();
+        for change in changes {
+            match change {
+                crate::BindingChange::Bind(binding) => {
+                    result.insert(binding.key.clone(), binding.clone());
+                }
+                crate::BindingChange::Unbind { key } => {
+                    result.remove(key);
+                }
+                crate::BindingChange::UnbindAll => result.clear(),
+            }
+        }
+        // Invariant: a refused REGISTER changes nothing (no mutation before this check).
+        if result.len() > BINDINGS_PER_USER_MAX {
+            return Ok(CommandResponse::TooManyBindings { user: user.clone() });
+        }
+        for (storage_key, binding) in &existing {
+            if result.get(&binding.key) != Some(binding) {
+                self.delete(Keyspace::Bindings, storage_key.clone());
+            }
+        }
+        for binding in result.values() {
+            let storage_key = keys::binding(self.group, user, &binding.key);
+            if existing.get(&storage_key) != Some(binding) {
+                self.put(Keyspace::Bindings, storage_key, binding);
+            }
+        }
         Ok(CommandResponse::Done)
     }
 

@@ -189,6 +189,14 @@ pub enum Command {
     RemoveUser {
         user: UserId,
     },
+    /// One REGISTER, applied whole or not at all (RFC 3261 §10.3): `changes` in order, then
+    /// the user's expired bindings dropped. Refused with `TooManyBindings` (nothing changed)
+    /// when the result would hold more than the per-user maximum.
+    Register {
+        user: UserId,
+        changes: Vec<BindingChange>,
+        now: UnixMillis,
+    },
     /// Adds or replaces the binding with the same `key`; drops the user's expired bindings.
     Bind {
         binding: Binding,
@@ -250,6 +258,17 @@ pub enum Command {
     ClearOutbox {
         message_id: MessageId,
     },
+}
+
+/// One change a REGISTER makes to a user's bindings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BindingChange {
+    /// Adds or replaces the binding with the same key.
+    Bind(Binding),
+    /// Removes the binding with this key (Expires 0).
+    Unbind { key: String },
+    /// Removes every binding (`Contact: *`).
+    UnbindAll,
 }
 
 /// An IMDN waiting to be queued in another group (its recipient's mailbox is there).

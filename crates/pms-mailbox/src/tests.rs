@@ -8,8 +8,8 @@ use pms_types::{
 };
 
 use crate::{
-    Applied, Binding, Command, CommandResponse, Credentials, DedupKey, DigestAlgorithm,
-    MessageState, NewMessage, UserRecord, apply, query,
+    Applied, Binding, BindingChange, Command, CommandResponse, Credentials, DedupKey,
+    DigestAlgorithm, MessageState, NewMessage, UserRecord, apply, query,
 };
 
 /// A minimal in-memory state for unit tests only.
@@ -431,6 +431,67 @@ fn bind_replaces_the_same_key_and_drops_expired_bindings() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+#[test]
+fn a_register_applies_whole_or_not_at_all() {
+    let mut state = with_alice_and_bob();
+    let kept = binding("phone", 100);
+    state.run(Command::Bind {
+        binding: kept.clone(),
+        now: UnixMillis(1),
+    });
+    // More devices than allowed in one REGISTER: refused, and nothing of it is applied.
+    let too_many: Vec<BindingChange> = std::iter::once(BindingChange::UnbindAll)
+        .chain(
+            (0..=pms_types::limits::BINDINGS_PER_USER_MAX)
+                .map(|n| BindingChange::Bind(binding(&format!("d{n}"), 100))),
+        )
+        .collect();
+    let refused = state.run(Command::Register {
+        user: user("bob"),
+        changes: too_many,
+        now: UnixMillis(2),
+    });
+    assert_eq!(
+        refused.response,
+        CommandResponse::TooManyBindings { user: user("bob") }
+    );
+    assert!(refused.mutations.is_empty(), "{:?}", refused.mutations);
+    assert_eq!(
+        query::bindings(&state, GROUP, &user("bob"), UnixMillis(2)).unwrap(),
+        vec![kept.clone()]
+    );
+    // Unbind one, bind two, in one command.
+    let applied = state.run(Command::Register {
+        user: user("bob"),
+        changes: vec![
+            BindingChange::Unbind {
+                key: "phone".into(),
+            },
+            BindingChange::Bind(binding("laptop", 100)),
+            BindingChange::Bind(binding("tablet", 100)),
+        ],
+        now: UnixMillis(2),
+    });
+    assert_eq!(applied.response, CommandResponse::Done);
+    let keys: Vec<String> = query::bindings(&state, GROUP, &user("bob"), UnixMillis(2))
+        .unwrap()
+        .into_iter()
+        .map(|binding| binding.key)
+        .collect();
+    assert_eq!(keys, ["laptop", "tablet"]);
+    let unknown = state.run(Command::Register {
+        user: user("carol"),
+        changes: vec![BindingChange::UnbindAll],
+        now: UnixMillis(2),
+    });
+    assert_eq!(
+        unknown.response,
+        CommandResponse::UnknownUser {
+            user: user("carol")
+        }
     );
 }
 

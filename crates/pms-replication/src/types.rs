@@ -36,6 +36,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::SetDigestAlgorithms { .. } => "SetDigestAlgorithms",
         Command::RemoveUser { .. } => "RemoveUser",
         Command::Bind { .. } => "Bind",
+        Command::Register { .. } => "Register",
         Command::Unbind { .. } => "Unbind",
         Command::UnbindFlow { .. } => "UnbindFlow",
         Command::UnbindAll { .. } => "UnbindAll",

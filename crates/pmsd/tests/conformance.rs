@@ -943,3 +943,56 @@ fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
         "{bad:?}"
     );
 }
+
+/// A REGISTER of `user` on `phone` with `contacts` Contact headers (each its own device),
+/// authenticated; returns the final answer.
+fn register_many(phone: &mut Phone, user: &str, contacts: usize) -> Response {
+    let call_id = format!("many-{}", unique());
+    let local = phone.local();
+    let mut extra: Vec<String> = (0..contacts)
+        .map(|n| format!("Contact: <sip:{user}-{n}@{local};transport=tcp>"))
+        .collect();
+    extra.push("Expires: 600".to_string());
+    let from = format!("<sip:{user}@localhost>;tag=m{}", unique());
+    let to = format!("<sip:{user}@localhost>");
+    let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
+        let mut lines = extra.clone();
+        lines.extend(auth);
+        request(
+            "REGISTER",
+            "sip:localhost",
+            &phone.via(&format!("{call_id}-{cseq}")),
+            &from,
+            &to,
+            &call_id,
+            cseq,
+            &lines,
+            b"",
+        )
+    };
+    let challenge = phone.exchange(&build(phone, 1, None));
+    assert_eq!(challenge.status, 401, "{challenge:?}");
+    let auth = credentials(&challenge, user, "REGISTER", "sip:localhost");
+    phone.exchange(&build(phone, 2, Some(auth)))
+}
+
+#[test]
+fn a_register_is_one_commit_applied_whole_or_not_at_all() {
+    let node = node_with(&[]);
+    let commits = || metric(&node, "pms_raft_commit_latency_seconds_count").expect("metric");
+    let mut phone = Phone::tcp(&node);
+    let before = commits();
+    let registered = register_many(&mut phone, "bob", 10);
+    assert_eq!(registered.status, 200, "{registered:?}");
+    assert_eq!(registered.headers.get_all("Contact").len(), 10);
+    assert_eq!(commits(), before + 1.0, "ten Contacts, one Raft commit");
+    // Seventeen devices exceed the per-user maximum (16): refused as a whole.
+    let refused = register_many(&mut phone, "bob", 17);
+    assert_eq!(status_line(&refused), "403 Too many registered devices");
+    let again = register_many(&mut phone, "bob", 10);
+    assert_eq!(
+        again.headers.get_all("Contact").len(),
+        10,
+        "none of the refused REGISTER's bindings were kept: {again:?}"
+    );
+}
