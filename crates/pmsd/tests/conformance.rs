@@ -230,7 +230,6 @@ fn credentials(challenge: &Response, user: &str, method: &str, uri: &str) -> Str
 /// REGISTERs `user`'s device on `phone` (with RFC 5626 instance and reg-id, and
 /// `Supported: outbound` when `outbound`); returns the 200.
 fn register(phone: &mut Phone, user: &str, outbound: bool) -> Response {
-    let call_id = format!("reg-{}", unique());
     let local = phone.local();
     let mut extra = vec![
         format!(
@@ -243,10 +242,19 @@ fn register(phone: &mut Phone, user: &str, outbound: bool) -> Response {
     if outbound {
         extra.push("Supported: outbound, path".to_string());
     }
+    let registered = register_with(phone, user, &extra);
+    assert_eq!(registered.status, 200, "{registered:?}");
+    registered
+}
+
+/// A REGISTER of `user` on `phone` with the `extra` header lines: the 401 is answered with
+/// credentials; returns the final answer.
+fn register_with(phone: &mut Phone, user: &str, extra: &[String]) -> Response {
+    let call_id = format!("reg-{}", unique());
     let from = format!("<sip:{user}@localhost>;tag=r{}", unique());
     let to = format!("<sip:{user}@localhost>");
     let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = extra.clone();
+        let mut lines = extra.to_vec();
         lines.extend(auth);
         request(
             "REGISTER",
@@ -263,9 +271,7 @@ fn register(phone: &mut Phone, user: &str, outbound: bool) -> Response {
     let challenge = phone.exchange(&build(phone, 1, None));
     assert_eq!(challenge.status, 401, "{challenge:?}");
     let auth = credentials(&challenge, user, "REGISTER", "sip:localhost");
-    let registered = phone.exchange(&build(phone, 2, Some(auth)));
-    assert_eq!(registered.status, 200, "{registered:?}");
-    registered
+    phone.exchange(&build(phone, 2, Some(auth)))
 }
 
 /// A MESSAGE from alice to bob on `phone`: the challenge is answered; returns the second
@@ -944,36 +950,14 @@ fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
     );
 }
 
-/// A REGISTER of `user` on `phone` with `contacts` Contact headers (each its own device),
-/// authenticated; returns the final answer.
+/// A REGISTER of `user` on `phone` with `contacts` Contact headers (each its own device).
 fn register_many(phone: &mut Phone, user: &str, contacts: usize) -> Response {
-    let call_id = format!("many-{}", unique());
     let local = phone.local();
     let mut extra: Vec<String> = (0..contacts)
         .map(|n| format!("Contact: <sip:{user}-{n}@{local};transport=tcp>"))
         .collect();
     extra.push("Expires: 600".to_string());
-    let from = format!("<sip:{user}@localhost>;tag=m{}", unique());
-    let to = format!("<sip:{user}@localhost>");
-    let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = extra.clone();
-        lines.extend(auth);
-        request(
-            "REGISTER",
-            "sip:localhost",
-            &phone.via(&format!("{call_id}-{cseq}")),
-            &from,
-            &to,
-            &call_id,
-            cseq,
-            &lines,
-            b"",
-        )
-    };
-    let challenge = phone.exchange(&build(phone, 1, None));
-    assert_eq!(challenge.status, 401, "{challenge:?}");
-    let auth = credentials(&challenge, user, "REGISTER", "sip:localhost");
-    phone.exchange(&build(phone, 2, Some(auth)))
+    register_with(phone, user, &extra)
 }
 
 #[test]
