@@ -51,6 +51,20 @@ impl MasterKey {
         MasterKey(random_key())
     }
 
+    /// A 32-byte secret for `purpose`, derived from the master key (SHA-256 over a
+    /// domain-separated input), so that every node of a cluster derives the same one and none
+    /// has to be stored. Different purposes give unrelated secrets.
+    #[must_use]
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"pms-derive-v1\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.0);
+        hasher.finalize().into()
+    }
+
     /// A master key from raw bytes (tests, external key-management backends).
     #[must_use]
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {

@@ -32,6 +32,9 @@ pub struct EdgeConfig {
     pub expiry_tick_ms: u64,
     /// `Flow-Timer` in the 2xx of an RFC 5626 REGISTER (seconds between keep-alives).
     pub flow_timer_secs: u64,
+    /// The key that MACs digest nonces (and makes `opaque`); `pmsd` derives it from the master
+    /// key so every node and every restart verifies the same nonces. `None`: random.
+    pub digest_secret: Option<[u8; 32]>,
 }
 
 impl EdgeConfig {
@@ -57,6 +60,7 @@ impl EdgeConfig {
             delivery_backoff_max_ms: DELIVERY_BACKOFF_MAX_MS,
             expiry_tick_ms: 200,
             flow_timer_secs: FLOW_TIMER_SECS_DEFAULT,
+            digest_secret: None,
         }
     }
 

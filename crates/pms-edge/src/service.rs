@@ -179,7 +179,7 @@ impl SipService {
     ) -> Self {
         let digest = DigestServer::new(
             config.domain.clone(),
-            rand::random(),
+            config.digest_secret.unwrap_or_else(rand::random),
             config.digest_algorithms.clone(),
         );
         let flows = Arc::new(FlowRegistry::new(config.node, config.incarnation));
@@ -521,7 +521,14 @@ impl SipService {
         );
         match verified {
             Ok(_) => {}
-            Err(DigestError::StaleNonce | DigestError::InvalidNonce { .. }) => {
+            // A nonce or opaque this node cannot vouch for (issued before a restart, or by a
+            // node with another key) is re-challenged as stale, so the phone retries at once
+            // without asking its user for the password (RFC 7616 §3.3).
+            Err(
+                DigestError::StaleNonce
+                | DigestError::InvalidNonce { .. }
+                | DigestError::WrongOpaque,
+            ) => {
                 return Ok(Err(self.digest().challenges_for(now, true, &policy)));
             }
             Err(DigestError::UnsupportedAlgorithm { .. }) => {

@@ -221,7 +221,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .queue_depth
         .set(i64::try_from(queued).unwrap_or(i64::MAX));
 
-    let edge_config = edge_config(&config, incarnation);
+    let mut edge_config = edge_config(&config, incarnation);
+    // Every node of the cluster (and every restart) verifies the same nonces.
+    edge_config.digest_secret = Some(keyring.master().derive_secret("sip-digest-nonce"));
     let service = Arc::new(SipService::new(
         edge_config,
         mailboxes,

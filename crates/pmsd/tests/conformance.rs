@@ -980,3 +980,68 @@ fn a_register_is_one_commit_applied_whole_or_not_at_all() {
         "none of the refused REGISTER's bindings were kept: {again:?}"
     );
 }
+
+#[test]
+fn a_nonce_from_before_a_restart_is_re_challenged_as_stale() {
+    let mut node = node_with(&[]);
+    let mut phone = Phone::tcp(&node);
+    let contact = vec![format!("Contact: <sip:bob@{}>", phone.local())];
+    let call_id = format!("stale-{}", unique());
+    let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
+        let mut lines = contact.clone();
+        lines.extend(auth);
+        request(
+            "REGISTER",
+            "sip:localhost",
+            &phone.via(&format!("{call_id}-{cseq}")),
+            "<sip:bob@localhost>;tag=stale",
+            "<sip:bob@localhost>",
+            &call_id,
+            cseq,
+            &lines,
+            b"",
+        )
+    };
+    let challenge = phone.exchange(&build(&phone, 1, None));
+    let parsed =
+        select_challenge(challenge.headers.get_all("WWW-Authenticate")).expect("challenge");
+    let answer = |nc: u32| {
+        format!(
+            "Authorization: {}",
+            authorization(
+                &parsed,
+                "bob",
+                PASSWORD,
+                "REGISTER",
+                "sip:localhost",
+                "c-stale",
+                nc
+            )
+        )
+    };
+    let registered = phone.exchange(&build(&phone, 2, Some(answer(1))));
+    assert_eq!(registered.status, 200, "{registered:?}");
+    drop(phone);
+    assert_eq!(node.terminate().code(), Some(0));
+    node.spawn();
+    // The phone reconnects and reuses its nonce (next nonce count), as phones do.
+    let mut phone = Phone::tcp(&node);
+    let again = phone.exchange(&build(&phone, 3, Some(answer(2))));
+    assert_eq!(status_line(&again), "401 Unauthorized", "{again:?}");
+    let stale = select_challenge(again.headers.get_all("WWW-Authenticate")).expect("challenge");
+    assert!(stale.stale, "re-challenged with stale=true: {again:?}");
+    let fresh = format!(
+        "Authorization: {}",
+        authorization(
+            &stale,
+            "bob",
+            PASSWORD,
+            "REGISTER",
+            "sip:localhost",
+            "c-fresh",
+            1
+        )
+    );
+    let registered = phone.exchange(&build(&phone, 4, Some(fresh)));
+    assert_eq!(registered.status, 200, "{registered:?}");
+}
