@@ -1,6 +1,16 @@
 //! Settings of the edge, filled by `pmsd` from its configuration.
 
+use pms_mailbox::DigestAlgorithm;
 use pms_sip::digest::Algorithm;
+
+/// The SIP digest algorithm of a stored policy entry (accounts and the node's
+/// `--digest-algorithms` share the stored type).
+pub fn sip_digest_algorithm(algorithm: DigestAlgorithm) -> Algorithm {
+    match algorithm {
+        DigestAlgorithm::Sha256 => Algorithm::Sha256,
+        DigestAlgorithm::Md5 => Algorithm::Md5,
+    }
+}
 use pms_types::{GroupId, NodeId, UserId};
 
 #[derive(Clone, Debug)]

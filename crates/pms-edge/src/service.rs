@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use actix::Addr;
 use pms_mailbox::{
-    Binding, BindingChange, Command, CommandResponse, DedupKey, DigestAlgorithm, MailboxService,
-    MessagePayload, MessageState, NewMessage, ProposeError, UserRecord, query,
+    Binding, BindingChange, Command, CommandResponse, DedupKey, MailboxService, MessagePayload,
+    MessageState, NewMessage, ProposeError, UserRecord, query,
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
-use pms_sip::encoding::{EncodingError, parse_content_encoding};
+use pms_sip::encoding::parse_content_encoding;
 use pms_sip::imdn::{ImdnError, imdn_fields};
 use pms_sip::message::{Contact, Method, NOT_SIP_URI, ParseError, Request, Response, response_to};
 use pms_types::metrics::Metrics;
@@ -416,6 +416,16 @@ impl SipService {
         Ok(())
     }
 
+    /// The Request-URI, or the refusal a bad one gets (416 for another scheme, else 400).
+    fn request_uri(request: &Request) -> Result<pms_sip::message::SipUri, Refusal> {
+        request.request_uri().map_err(|error| match error {
+            ParseError::InvalidUri { detail, .. } if detail == NOT_SIP_URI => {
+                Refusal::UnsupportedUriScheme
+            }
+            error => Refusal::Malformed(error.reason()),
+        })
+    }
+
     fn check_max_forwards(request: &Request) -> Result<(), Refusal> {
         if request.max_forwards() == Some(0) {
             return Err(Refusal::TooManyHops);
@@ -452,10 +462,8 @@ impl SipService {
                 record
                     .digest_algorithms
                     .iter()
-                    .map(|algorithm| match algorithm {
-                        DigestAlgorithm::Sha256 => Algorithm::Sha256,
-                        DigestAlgorithm::Md5 => Algorithm::Md5,
-                    })
+                    .copied()
+                    .map(crate::config::sip_digest_algorithm)
                     .collect()
             })
             .unwrap_or_default()
@@ -601,12 +609,7 @@ impl SipService {
         let user = self.local_user(&to.uri)?;
         // RFC 3261 §10.3 step 1: the Request-URI names the registrar's domain; a REGISTER for
         // another domain must not touch local bindings.
-        let request_uri = request.request_uri().map_err(|error| match error {
-            ParseError::InvalidUri { detail, .. } if detail == NOT_SIP_URI => {
-                Refusal::UnsupportedUriScheme
-            }
-            error => Refusal::Malformed(error.reason()),
-        })?;
+        let request_uri = Self::request_uri(request)?;
         if !request_uri.host.eq_ignore_ascii_case(&self.config.domain) {
             return Err(Refusal::NotFound(format!(
                 "Domain {} is not served here",
@@ -760,12 +763,7 @@ impl SipService {
 
     async fn message(&self, request: &Request, to_tag: &str) -> Result<Reply, Refusal> {
         Self::check_max_forwards(request)?;
-        let request_uri = request.request_uri().map_err(|error| match error {
-            ParseError::InvalidUri { detail, .. } if detail == NOT_SIP_URI => {
-                Refusal::UnsupportedUriScheme
-            }
-            error => Refusal::Malformed(error.reason()),
-        })?;
+        let request_uri = Self::request_uri(request)?;
         let recipient = self.local_user(&request_uri)?;
         let from = request
             .from()
@@ -828,10 +826,8 @@ impl SipService {
                 "Secure messaging is not enabled for recipient {recipient}"
             )));
         }
+        // Unknown codings were refused above; a known one that does not decode is a bad body.
         let imdn = imdn_fields(request).map_err(|error| match error {
-            ImdnError::Encoding(EncodingError::UnsupportedCoding { .. }) => {
-                Refusal::UnsupportedEncoding
-            }
             ImdnError::Encoding(error) => Refusal::Malformed(format!(
                 "Body does not decode as its Content-Encoding: {}",
                 short(&error)

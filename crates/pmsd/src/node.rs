@@ -25,7 +25,6 @@ use pms_edge::mailbox::{ExpiryActor, MailboxSupervisorActor};
 use pms_edge::{EdgeConfig, SipService, keyring::Keyring};
 use pms_mailbox::{Command, MailboxService, query};
 use pms_replication::{GroupConfig, Replication};
-use pms_sip::digest::Algorithm;
 use pms_storage::{RocksStore, Store};
 use pms_transport::{GrpcNetworkFactory, PeerClients};
 use pms_types::metrics::Metrics;
@@ -36,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::backends::{AdminApi, ReplicatedMailboxes};
 use crate::cluster::{ClusterRouter, EdgeFlowDelivery, GrpcRemoteFlows, wake_on_apply};
-use crate::config::{Config, DigestAlgorithm};
+use crate::config::Config;
 use crate::http::{HttpState, serve_http};
 
 /// The file in the data dir that records the mailbox group count fixed at bootstrap.
@@ -456,10 +455,8 @@ fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
     edge.digest_algorithms = config
         .digest_algorithms
         .iter()
-        .map(|algorithm| match algorithm {
-            DigestAlgorithm::Sha256 => Algorithm::Sha256,
-            DigestAlgorithm::Md5 => Algorithm::Md5,
-        })
+        .copied()
+        .map(pms_edge::config::sip_digest_algorithm)
         .collect();
     edge.header_bytes_max = config.sip_header_bytes_max;
     edge.body_bytes_max = config.sip_body_bytes_max;

@@ -206,6 +206,36 @@ fn request(
     bytes
 }
 
+/// The fixed headers of one client transaction; each attempt (the first, then the one answering
+/// the challenge) gets its own Via branch and CSeq.
+struct Transaction<'a> {
+    method: &'a str,
+    uri: &'a str,
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    extra: &'a [String],
+}
+
+impl Transaction<'_> {
+    /// Attempt `cseq` on `phone`, with the credentials line `auth` when answering a challenge.
+    fn attempt(&self, phone: &Phone, cseq: u32, auth: Option<String>, body: &[u8]) -> Vec<u8> {
+        let mut lines = self.extra.to_vec();
+        lines.extend(auth);
+        request(
+            self.method,
+            self.uri,
+            &phone.via(&format!("{}-{cseq}", self.call_id)),
+            self.from,
+            self.to,
+            self.call_id,
+            cseq,
+            &lines,
+            body,
+        )
+    }
+}
+
 /// The credentials line answering `challenge` (a 401/407) for `user` and `uri`.
 fn credentials(challenge: &Response, user: &str, method: &str, uri: &str) -> String {
     let (challenge_header, credentials_header) = if challenge.status == 401 {
@@ -253,20 +283,16 @@ fn register_with(phone: &mut Phone, user: &str, extra: &[String]) -> Response {
     let call_id = format!("reg-{}", unique());
     let from = format!("<sip:{user}@localhost>;tag=r{}", unique());
     let to = format!("<sip:{user}@localhost>");
+    let transaction = Transaction {
+        method: "REGISTER",
+        uri: "sip:localhost",
+        from: &from,
+        to: &to,
+        call_id: &call_id,
+        extra,
+    };
     let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = extra.to_vec();
-        lines.extend(auth);
-        request(
-            "REGISTER",
-            "sip:localhost",
-            &phone.via(&format!("{call_id}-{cseq}")),
-            &from,
-            &to,
-            &call_id,
-            cseq,
-            &lines,
-            b"",
-        )
+        transaction.attempt(phone, cseq, auth, b"")
     };
     let challenge = phone.exchange(&build(phone, 1, None));
     assert_eq!(challenge.status, 401, "{challenge:?}");
@@ -284,20 +310,16 @@ fn message(
 ) -> (Vec<u8>, Response) {
     let call_id = format!("msg-{}", unique());
     let from = format!("<sip:alice@localhost>;tag=m{}", unique());
+    let transaction = Transaction {
+        method: "MESSAGE",
+        uri: "sip:bob@localhost",
+        from: &from,
+        to: "<sip:bob@localhost>",
+        call_id: &call_id,
+        extra,
+    };
     let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = extra.to_vec();
-        lines.extend(auth);
-        request(
-            "MESSAGE",
-            "sip:bob@localhost",
-            &phone.via(&format!("{call_id}-{cseq}")),
-            &from,
-            "<sip:bob@localhost>",
-            &call_id,
-            cseq,
-            &lines,
-            body,
-        )
+        transaction.attempt(phone, cseq, auth, body)
     };
     let challenge = phone.exchange(&build(phone, 1, None));
     if challenge.status != 407 {
@@ -899,20 +921,16 @@ fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
     // An MD5 answer is no longer accepted for carol: she is challenged again, with SHA-256.
     let call_id = format!("md5-{}", unique());
     let from = format!("<sip:carol@localhost>;tag=c{}", unique());
+    let transaction = Transaction {
+        method: "REGISTER",
+        uri: "sip:localhost",
+        from: &from,
+        to: "<sip:carol@localhost>",
+        call_id: &call_id,
+        extra: &[format!("Contact: <sip:carol@{}>", phone.local())],
+    };
     let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = vec![format!("Contact: <sip:carol@{}>", phone.local())];
-        lines.extend(auth);
-        request(
-            "REGISTER",
-            "sip:localhost",
-            &phone.via(&format!("{call_id}-{cseq}")),
-            &from,
-            "<sip:carol@localhost>",
-            &call_id,
-            cseq,
-            &lines,
-            b"",
-        )
+        transaction.attempt(phone, cseq, auth, b"")
     };
     let challenge = phone.exchange(&build(&phone, 1, None));
     let sha = pms_sip::digest::parse_challenge(
@@ -987,20 +1005,16 @@ fn a_nonce_from_before_a_restart_is_re_challenged_as_stale() {
     let mut phone = Phone::tcp(&node);
     let contact = vec![format!("Contact: <sip:bob@{}>", phone.local())];
     let call_id = format!("stale-{}", unique());
+    let transaction = Transaction {
+        method: "REGISTER",
+        uri: "sip:localhost",
+        from: "<sip:bob@localhost>;tag=stale",
+        to: "<sip:bob@localhost>",
+        call_id: &call_id,
+        extra: &contact,
+    };
     let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
-        let mut lines = contact.clone();
-        lines.extend(auth);
-        request(
-            "REGISTER",
-            "sip:localhost",
-            &phone.via(&format!("{call_id}-{cseq}")),
-            "<sip:bob@localhost>;tag=stale",
-            "<sip:bob@localhost>",
-            &call_id,
-            cseq,
-            &lines,
-            b"",
-        )
+        transaction.attempt(phone, cseq, auth, b"")
     };
     let challenge = phone.exchange(&build(&phone, 1, None));
     let parsed =
