@@ -59,3 +59,21 @@ pub const CONNECTIONS_MAX: usize = 20_000;
 pub const SESSION_OUTBOUND_QUEUE_MAX: usize = 256;
 /// Most active mailbox actors; idle ones stop first.
 pub const MAILBOX_ACTORS_MAX: usize = 100_000;
+
+/// Operations HTTP endpoint (`/livez`, `/readyz`, `/metrics`): largest request head (request
+/// line plus header fields); a larger one gets 431. At least 8 KiB, hyper's smallest buffer.
+pub const HTTP_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Most header fields in one HTTP request; more get 431.
+pub const HTTP_REQUEST_HEADERS_MAX: usize = 64;
+/// Deadline for an HTTP connection's complete request head; past it the connection is closed.
+pub const HTTP_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// Longest life of one HTTP connection, answer and lingering included.
+pub const HTTP_CONNECTION_DEADLINE_MS: u64 = 15_000;
+/// Most open HTTP connections; when that many are open, the oldest one not being answered is
+/// closed to make room for a new one.
+pub const HTTP_CONNECTIONS_MAX: usize = 4_096;
+/// After an HTTP answer, how long and how many unread request bytes are drained before closing.
+pub const HTTP_LINGER_TIMEOUT_MS: u64 = 1_000;
+pub const HTTP_LINGER_BYTES_MAX: usize = 64 * 1024;
+/// Pause after a failed HTTP `accept` (e.g. out of file descriptors) so the loop does not spin.
+pub const HTTP_ACCEPT_ERROR_BACKOFF_MS: u64 = 100;

@@ -1,45 +1,66 @@
-// Lead: register with `mod http;` in crates/pmsd/src/main.rs (or `pub mod http;` in a lib.rs).
-//! The operations HTTP endpoint: `GET /livez`, `GET /readyz` and `GET /metrics` (Prometheus text
-//! format 0.0.4), served by a small hand-written HTTP/1.1 server on tokio.
+//! The operations HTTP endpoint: `GET`/`HEAD` `/livez`, `/readyz` and `/metrics` (Prometheus
+//! text format 0.0.4), routed by axum and served by hyper's HTTP/1.1 server, one task per
+//! connection.
 //!
-//! One request per connection, answered with `Connection: close`. Anything else is 404 (unknown
-//! path) or 405 (method other than GET/HEAD).
+//! One request per connection: keep-alive is off and every response says `Connection: close`.
+//! An unknown path gets 404, a method other than GET/HEAD 405 with `Allow: GET, HEAD`, a request
+//! target that is not a path 400; hyper itself answers a malformed request head with 400 and a
+//! head over [`HTTP_REQUEST_HEAD_BYTES_MAX`] bytes or [`HTTP_REQUEST_HEADERS_MAX`] fields with 431.
+//! Request bodies are never read.
 //!
-//! Invariant: a request head is at most [`HTTP_REQUEST_HEAD_BYTES_MAX`] bytes (else 431) and must
-//! arrive within [`HTTP_REQUEST_READ_TIMEOUT`]; request bodies are never read.
-//! Invariant: at most [`HTTP_CONNECTIONS_MAX`] connections are served at once; further ones wait
-//! in the listen backlog (backpressure, no unbounded task growth).
+//! Invariant: idle connections cannot delay a probe. Each connection has its own task (there is
+//! no small concurrency limit for idle sockets to use up); one that has not sent a complete
+//! request head within [`HTTP_HEADER_READ_TIMEOUT`] is closed, and none lives longer than
+//! [`HTTP_CONNECTION_DEADLINE`] (a client that never reads its response cannot hold one).
+//! Invariant: at most [`HTTP_CONNECTIONS_MAX`] connections are open at once (file descriptors
+//! are shared with SIP and RocksDB). Whenever that many are open, the oldest one that is not
+//! being answered (still waiting for its request head, or lingering after its response) is
+//! closed, so there is room for the next connection — a probe, which sends its request at once
+//! and is answered before it could become the oldest; only while every open connection is being
+//! answered does accepting wait (in the listen backlog).
 //! Invariant: when `shutdown` completes, no new connection is accepted and `serve_http` returns
-//! once the connections in flight are answered (each bounded by the timeouts above).
+//! once the connections in flight are done (each bounded by the deadline above).
 
-use std::future::Future;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
+use futures::FutureExt as _;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pms_types::limits::{
+    HTTP_ACCEPT_ERROR_BACKOFF_MS, HTTP_CONNECTION_DEADLINE_MS, HTTP_CONNECTIONS_MAX,
+    HTTP_HEADER_READ_TIMEOUT_MS, HTTP_LINGER_BYTES_MAX, HTTP_LINGER_TIMEOUT_MS,
+    HTTP_REQUEST_HEAD_BYTES_MAX, HTTP_REQUEST_HEADERS_MAX,
+};
 use pms_types::metrics::Metrics;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Duration;
+use tower_service::Service as _;
 
-/// Largest request line plus headers read.
-pub const HTTP_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
-/// Most connections served concurrently.
-pub const HTTP_CONNECTIONS_MAX: usize = 64;
-/// Deadline for a complete request head.
-pub const HTTP_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline for writing the response.
-pub const HTTP_RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After an error response, how long unread request bytes are drained before closing (closing
-/// with unread input would reset the connection and could destroy the response in flight).
-pub const HTTP_LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most request bytes drained while lingering.
-pub const HTTP_LINGER_BYTES_MAX: usize = 64 * 1024;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-pub const HTTP_ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Deadline for a complete request head ([`HTTP_HEADER_READ_TIMEOUT_MS`]).
+pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(HTTP_HEADER_READ_TIMEOUT_MS);
+/// Longest life of one connection ([`HTTP_CONNECTION_DEADLINE_MS`]).
+pub const HTTP_CONNECTION_DEADLINE: Duration = Duration::from_millis(HTTP_CONNECTION_DEADLINE_MS);
+const HTTP_LINGER_TIMEOUT: Duration = Duration::from_millis(HTTP_LINGER_TIMEOUT_MS);
+const HTTP_ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(HTTP_ACCEPT_ERROR_BACKOFF_MS);
 
 /// The Prometheus text format content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// A health probe: `true` when healthy.
 pub type Probe = Box<dyn Fn() -> bool + Send + Sync>;
@@ -59,205 +80,264 @@ pub async fn serve_http(
     state: Arc<HttpState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    serve_http_bounded(listener, state, shutdown, HTTP_CONNECTIONS_MAX).await;
+}
+
+/// [`serve_http`] with at most `connections_max` open connections.
+async fn serve_http_bounded(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()>,
+    connections_max: usize,
+) {
+    let router = router(state);
+    let builder = Arc::new(connection_builder());
     let mut connections = JoinSet::new();
+    // Open connections by accept order (oldest first), each with the key its task returns.
+    let mut open: BTreeMap<u64, Arc<Slot>> = BTreeMap::new();
+    let mut next_key = 0u64;
+    let mut evictions_pending = 0usize;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        if open.len() >= connections_max
+            && evictions_pending == 0
+            && open.values().any(|slot| slot.try_evict())
+        {
+            evictions_pending += 1;
+        }
         tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            permit = Arc::clone(&permits).acquire_owned() => {
-                let Ok(permit) = permit else { break };
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, peer)) => {
-                            let state = Arc::clone(&state);
-                            connections.spawn(async move {
-                                if let Err(error) = serve_connection(stream, &state).await {
-                                    tracing::debug!(%peer, %error, "http connection failed");
-                                }
-                                drop(permit);
-                            });
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "http accept failed");
-                            tokio::time::sleep(HTTP_ACCEPT_ERROR_BACKOFF).await;
-                        }
-                    },
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                // A task returns its key even when serving panicked (it catches the unwind).
+                let Ok(key) = joined else { continue };
+                if open.remove(&key).is_some_and(|slot| slot.is_evicted()) {
+                    evictions_pending = evictions_pending.saturating_sub(1);
                 }
             }
+            accepted = listener.accept(), if open.len() < connections_max => match accepted {
+                Ok((stream, peer)) => {
+                    let key = next_key;
+                    next_key += 1;
+                    let slot = Arc::new(Slot::default());
+                    open.insert(key, Arc::clone(&slot));
+                    let builder = Arc::clone(&builder);
+                    let router = router.clone();
+                    connections.spawn(async move {
+                        let serving = serve_connection(stream, &builder, router, slot);
+                        if AssertUnwindSafe(serving).catch_unwind().await.is_err() {
+                            tracing::error!(%peer, "http connection task panicked");
+                        }
+                        key
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "http accept failed");
+                    tokio::time::sleep(HTTP_ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
         }
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
 
-/// A response before serialisation.
-#[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: String,
-    /// Extra header lines, each without CRLF.
-    extra_headers: Vec<String>,
+/// hyper's HTTP/1.1 settings, shared by every connection.
+fn connection_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_READ_TIMEOUT)
+        .max_header_size(HTTP_REQUEST_HEAD_BYTES_MAX)
+        .max_headers(HTTP_REQUEST_HEADERS_MAX)
+        .keep_alive(false)
+        // A client may send its request and shut down its side before reading the answer.
+        .half_close(true)
+        .title_case_headers(true);
+    builder
 }
 
-impl Response {
-    fn text(status: u16, reason: &'static str, body: &str) -> Self {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
-            extra_headers: Vec::new(),
-        }
+/// Where a connection is; only the accept loop evicts, only the connection's task serves.
+#[derive(Default)]
+struct Slot {
+    state: AtomicU8,
+    evict: Notify,
+}
+
+/// No request head yet.
+const SLOT_WAITING: u8 = 0;
+/// The router is answering its request.
+const SLOT_SERVING: u8 = 1;
+/// Answered; unread request bytes are being drained before closing.
+const SLOT_LINGERING: u8 = 2;
+/// Told to close to make room for a new connection.
+const SLOT_EVICTED: u8 = 3;
+
+impl Slot {
+    fn advance(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
-    fn to_bytes(&self, include_body: bool) -> Vec<u8> {
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
-             Cache-Control: no-store\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len()
-        );
-        for header in &self.extra_headers {
-            head.push_str(header);
-            head.push_str("\r\n");
+    /// Evicts the connection unless it is being answered.
+    fn try_evict(&self) -> bool {
+        let evicted =
+            self.advance(SLOT_WAITING, SLOT_EVICTED) || self.advance(SLOT_LINGERING, SLOT_EVICTED);
+        if evicted {
+            // Stores a permit if the task is not waiting yet.
+            self.evict.notify_one();
         }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        if include_body {
-            bytes.extend_from_slice(self.body.as_bytes());
-        }
-        bytes
+        evicted
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SLOT_EVICTED
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
-    let head = tokio::time::timeout(HTTP_REQUEST_READ_TIMEOUT, read_request_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout"))??;
-    let (response, include_body) = match head {
-        RequestHead::Complete(bytes) => respond(&bytes, state),
-        RequestHead::TooLarge => (
-            Response::text(431, "Request Header Fields Too Large", "request too large"),
-            true,
-        ),
-        RequestHead::Closed => return Ok(()),
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// Serves one request on `stream`, then lingers (see [`linger`]); returns early when evicted or
+/// at [`HTTP_CONNECTION_DEADLINE`], dropping (closing) the connection.
+async fn serve_connection(
+    stream: TcpStream,
+    builder: &http1::Builder,
+    router: Router,
+    slot: Arc<Slot>,
+) {
+    let deadline = tokio::time::sleep(HTTP_CONNECTION_DEADLINE);
+    let evicted = slot.evict.notified();
+    tokio::pin!(deadline, evicted);
+    let service = hyper::service::service_fn({
+        let slot = Arc::clone(&slot);
+        move |request: Request<Incoming>| -> ResponseFuture {
+            // Once serving, the accept loop no longer evicts this connection; if it already
+            // did, the task is closing and this answer is dropped with it.
+            slot.advance(SLOT_WAITING, SLOT_SERVING);
+            let mut router = router.clone();
+            Box::pin(async move {
+                let mut response = router.call(request).await?;
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Ok(response)
+            })
+        }
+    });
+    let mut connection = builder.serve_connection(TokioIo::new(stream), service);
+    let served = tokio::select! {
+        served = poll_fn(|context| connection.poll_without_shutdown(context)) => served,
+        () = &mut evicted => return,
+        () = &mut deadline => return,
     };
-    let bytes = response.to_bytes(include_body);
-    tokio::time::timeout(HTTP_RESPONSE_WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response write timeout"))??;
-    // Error responses may leave request bytes unread (an oversized head, a body).
-    if matches!(response.status, 400 | 405 | 431) {
-        let _ = tokio::time::timeout(HTTP_LINGER_TIMEOUT, drain(&mut stream)).await;
-    }
-    Ok(())
-}
-
-/// Reads and discards input until end of stream or [`HTTP_LINGER_BYTES_MAX`] bytes.
-async fn drain(stream: &mut TcpStream) {
-    let mut chunk = [0u8; 4096];
-    let mut drained = 0usize;
-    while drained < HTTP_LINGER_BYTES_MAX {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => drained += read,
+    if let Err(error) = served {
+        tracing::debug!(%error, "http connection failed");
+        if error.is_timeout() {
+            // Nothing was answered; no need to linger.
+            return;
         }
+    }
+    let mut stream = connection.into_parts().io.into_inner();
+    if !(slot.advance(SLOT_SERVING, SLOT_LINGERING) || slot.advance(SLOT_WAITING, SLOT_LINGERING)) {
+        return;
+    }
+    tokio::select! {
+        () = linger(&mut stream) => {}
+        () = &mut evicted => {}
+        () = &mut deadline => {}
     }
 }
 
-enum RequestHead {
-    /// Everything up to and including the blank line.
-    Complete(Vec<u8>),
-    TooLarge,
-    /// The client closed before sending a full head.
-    Closed,
-}
-
-async fn read_request_head(stream: &mut TcpStream) -> std::io::Result<RequestHead> {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(RequestHead::Closed);
-        }
-        let search_from = buffer.len().saturating_sub(3);
-        buffer.extend_from_slice(&chunk[..read]);
-        if let Some(end) = find(&buffer[search_from..], b"\r\n\r\n") {
-            let end = search_from + end + 4;
-            if end > HTTP_REQUEST_HEAD_BYTES_MAX {
-                return Ok(RequestHead::TooLarge);
+/// Sends end of stream, then reads and discards what the client still sends (an oversized head,
+/// a body) until it closes, for at most [`HTTP_LINGER_TIMEOUT`] and [`HTTP_LINGER_BYTES_MAX`]
+/// bytes: closing with unread input would reset the connection and could destroy the response
+/// in flight.
+async fn linger(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut chunk = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < HTTP_LINGER_BYTES_MAX {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => drained += read,
             }
-            buffer.truncate(end);
-            return Ok(RequestHead::Complete(buffer));
         }
-        if buffer.len() >= HTTP_REQUEST_HEAD_BYTES_MAX {
-            return Ok(RequestHead::TooLarge);
-        }
+    };
+    let _ = tokio::time::timeout(HTTP_LINGER_TIMEOUT, drain).await;
+}
+
+type SharedState = State<Arc<HttpState>>;
+
+fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(fallback)
+        .with_state(state)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], body).into_response()
+}
+
+async fn livez(State(state): SharedState) -> Response {
+    if (state.live)() {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not live\n")
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+async fn readyz(State(state): SharedState) -> Response {
+    if (state.ready)() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
 }
 
-/// Routes one request head. Returns the response and whether to send its body (not for HEAD).
-fn respond(head: &[u8], state: &HttpState) -> (Response, bool) {
-    let bad_request = || (Response::text(400, "Bad Request", "bad request"), true);
-    let Ok(head) = std::str::from_utf8(head) else {
-        return bad_request();
-    };
-    let request_line = head.split("\r\n").next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return bad_request();
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return bad_request();
+async fn metrics(State(state): SharedState) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [
+            (header::CONTENT_TYPE, TEXT_CONTENT_TYPE),
+            (header::ALLOW, "GET, HEAD"),
+        ],
+        "method not allowed\n",
+    )
+        .into_response()
+}
+
+/// No route matched: a target that is not a path is malformed, a method other than GET/HEAD is
+/// refused before the path is looked at (as for the routes), anything else is unknown.
+async fn fallback(method: Method, uri: Uri) -> Response {
+    if !uri.path().starts_with('/') {
+        text(StatusCode::BAD_REQUEST, "bad request\n")
+    } else if method != Method::GET && method != Method::HEAD {
+        method_not_allowed().await
+    } else {
+        text(StatusCode::NOT_FOUND, "not found\n")
     }
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    let include_body = method != "HEAD";
-    if method != "GET" && method != "HEAD" {
-        let mut response = Response::text(405, "Method Not Allowed", "method not allowed");
-        response.extra_headers.push("Allow: GET, HEAD".to_owned());
-        return (response, true);
-    }
-    let response = match path {
-        "/livez" if (state.live)() => Response::text(200, "OK", "ok"),
-        "/livez" => Response::text(503, "Service Unavailable", "not live"),
-        "/readyz" if (state.ready)() => Response::text(200, "OK", "ready"),
-        "/readyz" => Response::text(503, "Service Unavailable", "not ready"),
-        "/metrics" => Response {
-            status: 200,
-            reason: "OK",
-            content_type: METRICS_CONTENT_TYPE,
-            body: state.metrics.render(),
-            extra_headers: Vec::new(),
-        },
-        _ => Response::text(404, "Not Found", "not found"),
-    };
-    (response, include_body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use tokio::sync::oneshot;
 
     struct Server {
@@ -269,6 +349,10 @@ mod tests {
     }
 
     async fn start() -> Server {
+        start_bounded(HTTP_CONNECTIONS_MAX).await
+    }
+
+    async fn start_bounded(connections_max: usize) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         let ready = Arc::new(AtomicBool::new(false));
@@ -280,9 +364,15 @@ mod tests {
             live: Box::new(|| true),
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_http(listener, state, async move {
+        let shutdown = async move {
             let _ = stopped.await;
-        }));
+        };
+        let task = tokio::spawn(serve_http_bounded(
+            listener,
+            state,
+            shutdown,
+            connections_max,
+        ));
         Server {
             address,
             ready,
@@ -440,6 +530,117 @@ mod tests {
         assert!(
             TcpStream::connect(server.address).await.is_err(),
             "listener closed"
+        );
+    }
+
+    /// Issue 8 item 7: a kubelet probes with a short timeout and restarts the node when it gets
+    /// no answer, so connections that send nothing (or half a request head) must not delay a
+    /// probe.
+    #[tokio::test]
+    async fn health_probes_answer_while_300_idle_connections_are_held() {
+        const IDLE_CONNECTIONS: usize = 300;
+        /// Kubernetes' default probe timeout is 1 s; allow a loaded test machine twice that.
+        const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+        let server = start().await;
+        server.ready.store(true, Ordering::SeqCst);
+        let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+        for index in 0..IDLE_CONNECTIONS {
+            let mut stream = TcpStream::connect(server.address)
+                .await
+                .expect("connect an idle connection");
+            if index % 3 == 0 {
+                stream
+                    .write_all(b"GET /livez HTTP/1.1\r\nHost: idle\r\n")
+                    .await
+                    .expect("send half a request head");
+            }
+            idle.push(stream);
+        }
+        for (path, expected_body) in [("/livez", "ok\n"), ("/readyz", "ready\n")] {
+            let (status, _, body) = tokio::time::timeout(PROBE_TIMEOUT, get(server.address, path))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{path}: no full response within {PROBE_TIMEOUT:?} while \
+                         {IDLE_CONNECTIONS} idle connections are held"
+                    )
+                });
+            assert_eq!((status, body.as_str()), (200, expected_body), "{path}");
+        }
+        drop(idle);
+    }
+
+    /// At the connection limit a new connection is still answered: the oldest connection that
+    /// is not being answered makes room.
+    #[tokio::test]
+    async fn at_the_connection_limit_the_oldest_idle_connection_makes_room() {
+        const CONNECTIONS_MAX: usize = 4;
+        const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+        let server = start_bounded(CONNECTIONS_MAX).await;
+        let mut idle = Vec::with_capacity(CONNECTIONS_MAX);
+        for index in 0..CONNECTIONS_MAX {
+            let mut stream = TcpStream::connect(server.address)
+                .await
+                .expect("connect an idle connection");
+            if index % 2 == 1 {
+                stream
+                    .write_all(b"GET /livez HTTP/1.1\r\n")
+                    .await
+                    .expect("send half a request head");
+            }
+            idle.push(stream);
+        }
+        for _ in 0..3 {
+            let (status, _, body) =
+                tokio::time::timeout(PROBE_TIMEOUT, get(server.address, "/livez"))
+                    .await
+                    .expect("/livez answered at the connection limit");
+            assert_eq!((status, body.as_str()), (200, "ok\n"));
+        }
+        // The oldest idle connection was closed (end of stream or reset), without an answer.
+        let mut oldest = idle.remove(0);
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(PROBE_TIMEOUT, oldest.read_to_end(&mut received))
+            .await
+            .expect("the oldest idle connection is closed");
+        assert!(closed.is_err() || received.is_empty(), "{received:?}");
+        // The newest one is still held: finishing its head gets it answered.
+        let mut newest = idle.pop().expect("newest idle connection");
+        newest.write_all(b"\r\n").await.expect("finish the head");
+        let mut response = String::new();
+        tokio::time::timeout(PROBE_TIMEOUT, newest.read_to_string(&mut response))
+            .await
+            .expect("the newest idle connection is answered")
+            .expect("read the answer");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+
+    /// A connection that never completes its request head is closed after the header read
+    /// timeout, without an answer, so idle sockets do not pile up.
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_header_read_timeout() {
+        let server = start().await;
+        let started = tokio::time::Instant::now();
+        let mut silent = TcpStream::connect(server.address).await.expect("connect");
+        let mut partial = TcpStream::connect(server.address).await.expect("connect");
+        partial
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: idle\r\n")
+            .await
+            .expect("send half a request head");
+        for stream in [&mut silent, &mut partial] {
+            let mut received = Vec::new();
+            let closed = tokio::time::timeout(
+                HTTP_HEADER_READ_TIMEOUT + Duration::from_secs(5),
+                stream.read_to_end(&mut received),
+            )
+            .await
+            .expect("the idle connection is closed");
+            assert!(closed.is_err() || received.is_empty(), "{received:?}");
+        }
+        assert!(
+            started.elapsed() >= HTTP_HEADER_READ_TIMEOUT,
+            "closed after {:?}, before the header read timeout",
+            started.elapsed()
         );
     }
 }
