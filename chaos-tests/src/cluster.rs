@@ -1039,8 +1039,8 @@ fn free_port(taken: &mut BTreeSet<u16>) -> anyhow::Result<u16> {
     bail!("no free loopback port after {FREE_PORT_ATTEMPTS_MAX} attempts")
 }
 
-/// `pmsctl cert create-ca`, `create-node` (loopback, localhost and every node address) and
-/// `create-client admin` into `certs_dir`.
+/// `pmsctl cert create-ca`, `create-node` and `create-sip` (loopback, localhost and every node
+/// address) and `create-client admin` into `certs_dir`.
 fn create_certificates(
     pmsctl: &Path,
     certs_dir: &Path,
@@ -1059,9 +1059,13 @@ fn create_certificates(
     let certs = certs_dir.to_string_lossy().into_owned();
     let mut create_node = vec!["cert", "create-node"];
     create_node.extend(hosts.iter().map(String::as_str));
+    // The SIP listeners' certificate (what the TLS user agents verify), apart from node.crt.
+    let mut create_sip = vec!["cert", "create-sip"];
+    create_sip.extend(hosts.iter().map(String::as_str));
     for arguments in [
         vec!["cert", "create-ca"],
         create_node,
+        create_sip,
         vec!["cert", "create-client", "admin"],
     ] {
         let mut command = std::process::Command::new(pmsctl);

@@ -3,7 +3,11 @@
 //! Layout of a certs dir (all PEM):
 //! - `ca.crt`, `ca.key`: the cluster CA (the key may be kept offline once leaves exist);
 //! - `node.crt`, `node.key`: a node's certificate, CN `node`, usable as TLS server *and*
-//!   client (nodes dial each other), SANs from the hosts given;
+//!   client (nodes dial each other), SANs from the hosts given; the node's cluster identity,
+//!   presented only on the gRPC port (Raft, forwarding, admin);
+//! - `sip.crt`, `sip.key`: the certificate the public SIP TLS listener presents, server auth
+//!   only, CN the first host. In production it comes from a public CA (copy the chain and key
+//!   here under these names); [`create_sip`] signs one with the cluster CA for development.
 //! - `client.<name>.crt`, `client.<name>.key`: a client certificate with CN `<name>`
 //!   (`client.admin.*` authenticates `pmsctl` to the admin API).
 //!
@@ -15,6 +19,10 @@
 //!   is written before its certificate, so a present `.crt` always has its `.key`.
 //! - Invariant: client names are restricted to `[A-Za-z0-9._-]` (no leading dot) so a
 //!   name can never escape the certs dir.
+//! - Invariant: `sip.crt` carries the server-auth usage only, never client auth, and never
+//!   the common name `node`: the gRPC services require a client certificate with the
+//!   client-auth usage and CN `node` (or `admin`), so the public SIP key cannot act as a node
+//!   or an admin even though, in development, the cluster CA signed it.
 
 use crate::error::{Error, Result};
 use crate::keys::{PUBLIC_FILE_MODE, SECRET_FILE_MODE, write_new_file};
@@ -40,6 +48,10 @@ pub const NODE_CERT_FILE: &str = "node.crt";
 pub const NODE_KEY_FILE: &str = "node.key";
 /// Common name of node certificates.
 pub const NODE_COMMON_NAME: &str = "node";
+/// SIP TLS certificate file name inside a certs dir (the public SIP listener's identity).
+pub const SIP_CERT_FILE: &str = "sip.crt";
+/// SIP TLS private key file name inside a certs dir.
+pub const SIP_KEY_FILE: &str = "sip.key";
 /// Name of the client certificate made by [`ensure_dev_certs`].
 pub const ADMIN_CLIENT_NAME: &str = "admin";
 /// Longest accepted client name.
@@ -121,6 +133,36 @@ pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
     )
 }
 
+/// Creates `sip.crt`/`sip.key`, signed by the CA in `certs_dir` (development; production
+/// uses a certificate from a public CA): server auth only, CN the first host that is not
+/// `node`, one SAN per host as for [`create_node`]. Phones verify it against `ca.crt` and
+/// the name they dial; the gRPC port never accepts it (no client auth, CN not `node`).
+pub fn create_sip(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+    if hosts.is_empty() {
+        return Err(Error::InvalidHost {
+            host: String::new(),
+            reason: "at least one host is required".into(),
+        });
+    }
+    let subject_alt_names = hosts
+        .iter()
+        .map(|host| parse_host(host))
+        .collect::<Result<Vec<_>>>()?;
+    let common_name = hosts
+        .iter()
+        .map(|host| host.trim())
+        .find(|host| !host.eq_ignore_ascii_case(NODE_COMMON_NAME))
+        .unwrap_or("sip");
+    create_leaf(
+        certs_dir,
+        SIP_CERT_FILE,
+        SIP_KEY_FILE,
+        common_name,
+        subject_alt_names,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )
+}
+
 /// Creates `client.<name>.crt`/`.key`, signed by the CA in `certs_dir`: CN `name`,
 /// client auth only.
 pub fn create_client(certs_dir: &Path, name: &str) -> Result<()> {
@@ -136,8 +178,8 @@ pub fn create_client(certs_dir: &Path, name: &str) -> Result<()> {
 }
 
 /// Development bootstrap. When `ca.crt` is missing, creates the CA; then, if the CA key
-/// is present, creates whichever of the node certificate (for `hosts`, or
-/// [`default_dev_hosts`] when empty) and `client.admin` certificate is missing.
+/// is present, creates whichever of the node certificate, the SIP certificate (both for
+/// `hosts`, or [`default_dev_hosts`] when empty) and `client.admin` certificate is missing.
 /// Returns whether anything was created.
 pub fn ensure_dev_certs(certs_dir: &Path, hosts: &[String]) -> Result<bool> {
     let mut created = false;
@@ -149,22 +191,45 @@ pub fn ensure_dev_certs(certs_dir: &Path, hosts: &[String]) -> Result<bool> {
         // A CA kept offline: the operator manages leaves by hand.
         return Ok(created);
     }
+    let defaults;
+    let hosts = if hosts.is_empty() {
+        defaults = default_dev_hosts();
+        &defaults
+    } else {
+        hosts
+    };
     if !certs_dir.join(NODE_CERT_FILE).exists() {
-        let defaults;
-        let hosts = if hosts.is_empty() {
-            defaults = default_dev_hosts();
-            &defaults
-        } else {
-            hosts
-        };
         create_node(certs_dir, hosts)?;
         created = true;
     }
+    created |= ensure_dev_sip_cert(certs_dir, hosts)?;
     if !certs_dir.join(client_cert_file(ADMIN_CLIENT_NAME)).exists() {
         create_client(certs_dir, ADMIN_CLIENT_NAME)?;
         created = true;
     }
     Ok(created)
+}
+
+/// Creates `sip.crt`/`sip.key` for `hosts` (or [`default_dev_hosts`]) when `sip.crt` is
+/// missing and the CA key is present (a development certs dir made before the SIP listener
+/// had its own certificate). Returns whether it created them. Another process sharing the
+/// certs dir may create them at the same moment; its files are kept.
+pub fn ensure_dev_sip_cert(certs_dir: &Path, hosts: &[String]) -> Result<bool> {
+    if certs_dir.join(SIP_CERT_FILE).exists() || !certs_dir.join(CA_KEY_FILE).exists() {
+        return Ok(false);
+    }
+    let defaults;
+    let hosts = if hosts.is_empty() {
+        defaults = default_dev_hosts();
+        &defaults
+    } else {
+        hosts
+    };
+    match create_sip(certs_dir, hosts) {
+        Ok(()) => Ok(true),
+        Err(Error::AlreadyExists { .. }) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 pub(crate) fn validate_client_name(name: &str) -> Result<()> {
@@ -378,6 +443,30 @@ mod tests {
         );
         assert_eq!(sans.len(), 3);
 
+        create_sip(dir.path(), &["sip.example.net".into(), "10.0.0.7".into()]).unwrap();
+        let sip_der = read_cert(&dir.path().join(SIP_CERT_FILE));
+        let (_, sip) = parse_x509_certificate(&sip_der).unwrap();
+        assert_eq!(
+            crate::peer_common_name(&sip_der).as_deref(),
+            Some("sip.example.net")
+        );
+        assert_eq!(sip.issuer(), ca.subject());
+        assert!(!sip.is_ca());
+        let eku = sip.extended_key_usage().unwrap().unwrap().value;
+        assert!(
+            eku.server_auth && !eku.client_auth,
+            "a SIP certificate must not authenticate clients"
+        );
+        let sans = &sip
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert!(sans.contains(&GeneralName::DNSName("sip.example.net")));
+        assert!(sans.contains(&ip4));
+        assert_ne!(sip_der, node_der);
+
         let client_der = read_cert(&dir.path().join("client.admin.crt"));
         let (_, client) = parse_x509_certificate(&client_der).unwrap();
         assert_eq!(
@@ -402,10 +491,15 @@ mod tests {
                 .mode()
                 & 0o777
         };
-        for key in [CA_KEY_FILE, NODE_KEY_FILE, "client.admin.key"] {
+        for key in [CA_KEY_FILE, NODE_KEY_FILE, SIP_KEY_FILE, "client.admin.key"] {
             assert_eq!(mode(key), 0o600, "{key}");
         }
-        for cert in [CA_CERT_FILE, NODE_CERT_FILE, "client.admin.crt"] {
+        for cert in [
+            CA_CERT_FILE,
+            NODE_CERT_FILE,
+            SIP_CERT_FILE,
+            "client.admin.crt",
+        ] {
             assert_eq!(mode(cert), 0o644, "{cert}");
         }
     }
@@ -426,6 +520,11 @@ mod tests {
         create_node(dir.path(), &["localhost".into()]).unwrap();
         assert!(matches!(
             create_node(dir.path(), &["localhost".into()]),
+            Err(Error::AlreadyExists { .. })
+        ));
+        create_sip(dir.path(), &["localhost".into()]).unwrap();
+        assert!(matches!(
+            create_sip(dir.path(), &["localhost".into()]),
             Err(Error::AlreadyExists { .. })
         ));
         create_client(dir.path(), "ops").unwrap();
@@ -487,9 +586,20 @@ mod tests {
         assert!(certs.join("client.admin.crt").exists());
         assert_eq!(fs::read(certs.join(NODE_CERT_FILE)).unwrap(), node_before);
 
+        // A dev certs dir from before the SIP certificate existed gets one; node.crt stays.
+        fs::remove_file(certs.join(SIP_CERT_FILE)).unwrap();
+        fs::remove_file(certs.join(SIP_KEY_FILE)).unwrap();
+        assert!(ensure_dev_sip_cert(&certs, &[]).unwrap());
+        assert!(certs.join(SIP_KEY_FILE).exists());
+        assert!(!ensure_dev_sip_cert(&certs, &[]).unwrap());
+        assert_eq!(fs::read(certs.join(NODE_CERT_FILE)).unwrap(), node_before);
+
         // CA key kept offline: nothing to sign with, nothing created, no error.
         fs::remove_file(certs.join(CA_KEY_FILE)).unwrap();
         fs::remove_file(certs.join(NODE_CERT_FILE)).unwrap();
+        fs::remove_file(certs.join(SIP_CERT_FILE)).unwrap();
         assert!(!ensure_dev_certs(&certs, &[]).unwrap());
+        assert!(!ensure_dev_sip_cert(&certs, &[]).unwrap());
+        assert!(!certs.join(SIP_CERT_FILE).exists());
     }
 }

@@ -45,6 +45,10 @@ pub enum Error {
     /// Authentication failed unwrapping a data key: wrong master key, user, or tampering.
     #[error("cannot unwrap data key of user {user:?}: authentication failed")]
     UnwrapFailed { user: String },
+    /// Authentication failed opening an account's sealed credentials: wrong master key, user,
+    /// or tampering.
+    #[error("cannot open the credentials of user {user:?}: authentication failed")]
+    CredentialsOpenFailed { user: String },
     /// A PEM file held no usable item of the expected kind, or was malformed.
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },

@@ -65,6 +65,13 @@ impl MasterKey {
         hasher.finalize().into()
     }
 
+    /// A short public name of this key (32 hex digits of a derived hash): nodes compare it to
+    /// find out whether they hold the same master key, without revealing the key.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.derive_secret("fingerprint")[..16])
+    }
+
     /// A master key from raw bytes (tests, external key-management backends).
     #[must_use]
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
@@ -161,7 +168,10 @@ impl DataKey {
         DataKey(bytes)
     }
 
-    pub(crate) fn as_bytes(&self) -> &[u8; KEY_LEN] {
+    /// The raw key, for audits that look for it where it must not be (a process's memory
+    /// after the account was removed). Never store or log it.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
 }

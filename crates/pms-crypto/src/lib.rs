@@ -4,7 +4,7 @@
 //! - [`keys`]: the cluster [`MasterKey`] (and its key file) and per-user [`DataKey`]s;
 //! - [`seal`]: sealing/opening message records and wrapping/unwrapping data keys with
 //!   XChaCha20-Poly1305 (guarantee 6: plaintext never touches disk), plus [`dedup_hash`];
-//! - [`certs`] and [`tls`]: a CockroachDB-style certs dir (CA, node and client
+//! - [`certs`] and [`tls`]: a CockroachDB-style certs dir (CA, node, SIP and client
 //!   certificates) and the rustls configurations built from it (guarantee 7: nodes talk
 //!   over mutually authenticated TLS).
 //!
@@ -38,14 +38,15 @@ pub mod tls;
 
 pub use certs::{
     ADMIN_CLIENT_NAME, CA_CERT_FILE, CA_KEY_FILE, NODE_CERT_FILE, NODE_COMMON_NAME, NODE_KEY_FILE,
-    client_cert_file, client_key_file, create_ca, create_client, create_node, default_dev_hosts,
-    ensure_dev_certs,
+    SIP_CERT_FILE, SIP_KEY_FILE, client_cert_file, client_key_file, create_ca, create_client,
+    create_node, create_sip, default_dev_hosts, ensure_dev_certs, ensure_dev_sip_cert,
 };
 pub use error::{Error, Result};
 pub use keys::{DataKey, KEY_LEN, MASTER_KEY_FILE_LENGTH_MAX, MasterKey, permissions_too_open};
 pub use seal::{
-    SEAL_FORMAT_VERSION, SEAL_OVERHEAD, WRAP_FORMAT_VERSION, WRAPPED_KEY_LEN, dedup_hash, open,
-    rewrap_data_key, seal, unwrap_data_key, wrap_data_key,
+    CREDENTIALS_FORMAT_VERSION, SEAL_FORMAT_VERSION, SEAL_OVERHEAD, WRAP_FORMAT_VERSION,
+    WRAPPED_KEY_LEN, dedup_hash, open, open_credentials, rewrap_data_key, seal, seal_credentials,
+    unwrap_data_key, wrap_data_key,
 };
 pub use tls::{
     PemIdentity, client_config, insecure_client_config, load_ca_pem, load_client_identity,

@@ -40,6 +40,11 @@ pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 pub const WRAPPED_KEY_LEN: usize = HEADER_LEN + KEY_LEN + TAG_LEN;
 
 const SEAL_DOMAIN: &[u8] = b"pms/seal";
+const CREDENTIALS_DOMAIN: &[u8] = b"pms/credentials";
+/// The format version byte of sealed credentials.
+pub const CREDENTIALS_FORMAT_VERSION: u8 = 1;
+/// The purpose under which the credentials key is derived from the master key.
+const CREDENTIALS_KEY_PURPOSE: &str = "credentials-seal";
 const WRAP_DOMAIN: &[u8] = b"pms/data-key-wrap";
 
 fn cipher(key: &[u8; KEY_LEN]) -> XChaCha20Poly1305 {
@@ -185,6 +190,49 @@ pub fn unwrap_data_key(master: &MasterKey, user: &str, wrapped: &[u8]) -> Result
     Ok(DataKey::from_bytes(bytes))
 }
 
+/// Seals an account's digest credentials (HA1 values: password equivalents) for storage,
+/// under a key derived from the master key and bound to `user`. Like a wrapped data key, the
+/// result is useless without the master key.
+#[must_use]
+pub fn seal_credentials(master: &MasterKey, user: &str, plaintext: &[u8]) -> Vec<u8> {
+    let key = Zeroizing::new(master.derive_secret(CREDENTIALS_KEY_PURPOSE));
+    let aad = associated_data(
+        CREDENTIALS_DOMAIN,
+        CREDENTIALS_FORMAT_VERSION,
+        &[user.as_bytes()],
+    );
+    encrypt(&key, CREDENTIALS_FORMAT_VERSION, &aad, plaintext)
+}
+
+/// Opens credentials made by [`seal_credentials`] for the same user and master key. The
+/// plaintext is zeroed when dropped.
+pub fn open_credentials(
+    master: &MasterKey,
+    user: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(Error::SealedTooShort {
+            len: sealed.len(),
+            min: SEAL_OVERHEAD,
+        });
+    }
+    let version = sealed[0];
+    if version != CREDENTIALS_FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: "sealed credentials",
+            version,
+        });
+    }
+    let key = Zeroizing::new(master.derive_secret(CREDENTIALS_KEY_PURPOSE));
+    let aad = associated_data(CREDENTIALS_DOMAIN, version, &[user.as_bytes()]);
+    decrypt(&key, &aad, sealed)
+        .map(Zeroizing::new)
+        .ok_or_else(|| Error::CredentialsOpenFailed {
+            user: user.to_string(),
+        })
+}
+
 /// Master-key rotation: unwraps with `old` and wraps again with `new`.
 pub fn rewrap_data_key(
     old: &MasterKey,
@@ -230,6 +278,36 @@ mod tests {
             assert_eq!(sealed[0], SEAL_FORMAT_VERSION);
             assert_eq!(open(&key, USER, MESSAGE, &sealed).unwrap(), plaintext);
         }
+    }
+
+    #[test]
+    fn credentials_open_only_with_the_same_master_key_and_user() {
+        let master = MasterKey::generate();
+        let plaintext = b"ha1-sha256=0123456789abcdef";
+        let sealed = seal_credentials(&master, USER, plaintext);
+        assert_eq!(sealed[0], CREDENTIALS_FORMAT_VERSION);
+        assert!(!sealed.windows(8).any(|window| window == &plaintext[..8]));
+        assert_eq!(
+            open_credentials(&master, USER, &sealed).unwrap().as_slice(),
+            plaintext
+        );
+        assert!(open_credentials(&master, "mallory", &sealed).is_err());
+        assert!(open_credentials(&MasterKey::generate(), USER, &sealed).is_err());
+        // A sealed message record is not credentials, even under a key derived the same way.
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(open_credentials(&master, USER, &tampered).is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_master_keys_apart_without_revealing_them() {
+        let master = MasterKey::from_bytes([7; KEY_LEN]);
+        let same = MasterKey::from_bytes([7; KEY_LEN]);
+        assert_eq!(master.fingerprint(), same.fingerprint());
+        assert_eq!(master.fingerprint().len(), 32);
+        assert_ne!(master.fingerprint(), MasterKey::generate().fingerprint());
+        assert!(!master.fingerprint().contains(&hex::encode([7u8; 4])));
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //!   certs dir's `ca.crt`; the only config that skips server verification is
 //!   [`insecure_client_config`], which still verifies the handshake signatures.
 //! - Invariant: private-key PEM held in a [`PemIdentity`] is zeroized on drop.
+//! - Invariant: the public SIP listener presents `sip.crt`/`sip.key` and nothing else; the
+//!   node's cluster identity (`node.crt`/`node.key`) is presented only by the mutual-TLS
+//!   configurations (the gRPC port and node-to-node calls).
 
 use crate::certs::{
-    CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, client_cert_file, client_key_file,
-    validate_client_name,
+    CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, SIP_CERT_FILE, SIP_KEY_FILE, client_cert_file,
+    client_key_file, validate_client_name,
 };
 use crate::error::{Error, Result};
 use std::fmt;
@@ -88,11 +91,13 @@ pub fn load_ca_pem(certs_dir: &Path) -> Result<String> {
     Ok(pem)
 }
 
-/// SIP over TLS server: presents `node.crt`, asks for no client certificate.
+/// SIP over TLS server: presents `sip.crt` (its whole chain, as a public CA issues it) with
+/// `sip.key`, asks for no client certificate. Never `node.crt`: the public port must not hold
+/// the key that authenticates a node to the cluster.
 pub fn sip_server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>> {
     let (certs, key) = load_pair(
-        &certs_dir.join(NODE_CERT_FILE),
-        &certs_dir.join(NODE_KEY_FILE),
+        &certs_dir.join(SIP_CERT_FILE),
+        &certs_dir.join(SIP_KEY_FILE),
     )?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)

@@ -11,6 +11,14 @@ pub fn sip_digest_algorithm(algorithm: DigestAlgorithm) -> Algorithm {
         DigestAlgorithm::Md5 => Algorithm::Md5,
     }
 }
+
+/// The stored form of a SIP digest algorithm (the inverse of [`sip_digest_algorithm`]).
+pub fn stored_digest_algorithm(algorithm: Algorithm) -> DigestAlgorithm {
+    match algorithm {
+        Algorithm::Sha256 => DigestAlgorithm::Sha256,
+        Algorithm::Md5 => DigestAlgorithm::Md5,
+    }
+}
 use pms_types::{GroupId, NodeId, UserId};
 
 #[derive(Clone, Debug)]
@@ -45,6 +53,26 @@ pub struct EdgeConfig {
     /// The key that MACs digest nonces (and makes `opaque`); `pmsd` derives it from the master
     /// key so every node and every restart verifies the same nonces. `None`: random.
     pub digest_secret: Option<[u8; 32]>,
+    /// Policy: a message that arrived over TLS may be delivered through a TCP or UDP flow.
+    /// Off by default: such a message (and any IMDN about it) waits for a TLS flow, so a path
+    /// that started encrypted stays encrypted (RFC 3261 §26.2).
+    pub allow_plaintext_delivery: bool,
+    /// How long a connection (TLS handshake included) or UDP peer may go without a request
+    /// that passed digest authentication before it is closed.
+    pub unauthenticated_timeout_secs: u64,
+    /// Most unauthenticated connections per stream listener, and unauthenticated UDP peers;
+    /// when full the oldest is closed.
+    pub unauthenticated_max: usize,
+    /// Most unauthenticated connections from one source (IPv4 address, IPv6 /64) per stream
+    /// listener.
+    pub unauthenticated_per_source_max: usize,
+    /// Brute-force throttle of digest authentication (per node).
+    pub auth_throttle: crate::auth_throttle::AuthThrottleLimits,
+    /// Most messages one sender may have queued for one recipient; stamped into each
+    /// `Enqueue`, so the group applies the proposing node's value.
+    pub mailbox_messages_per_sender_max: u64,
+    /// Rate of MESSAGEs from one sender to one recipient through this node.
+    pub sender_rate: crate::sender_rate::SenderRateLimits,
 }
 
 impl EdgeConfig {
@@ -71,6 +99,13 @@ impl EdgeConfig {
             expiry_tick_ms: 200,
             flow_timer_secs: FLOW_TIMER_SECS_DEFAULT,
             digest_secret: None,
+            allow_plaintext_delivery: false,
+            unauthenticated_timeout_secs: SIP_UNAUTHENTICATED_TIMEOUT_SECS_DEFAULT,
+            unauthenticated_max: SIP_UNAUTHENTICATED_MAX_DEFAULT,
+            unauthenticated_per_source_max: SIP_UNAUTHENTICATED_PER_SOURCE_MAX_DEFAULT,
+            auth_throttle: crate::auth_throttle::AuthThrottleLimits::default(),
+            mailbox_messages_per_sender_max: MAILBOX_MESSAGES_PER_SENDER_MAX_DEFAULT,
+            sender_rate: crate::sender_rate::SenderRateLimits::default(),
         }
     }
 

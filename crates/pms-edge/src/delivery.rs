@@ -5,12 +5,16 @@
 //! From tag, `imdn.Message-ID` and `X-PMS-Message-ID`, so a device can discard a repeat
 //! (guarantee 3). The delivered body and Content-Type are the sender's, byte for byte.
 //! Invariant: an IMDN never asks for an IMDN (no Disposition-Notification on it).
+//! Invariant: a message that arrived over TLS, and every IMDN about it, goes out only through
+//! a binding registered over TLS, unless the node's policy allows plaintext delivery
+//! ([`may_carry`]; RFC 3261 §26.2: a path that started encrypted stays encrypted).
 
 use pms_mailbox::{Binding, DedupKey, MessagePayload, NewMessage, QueuedMessage, UserRecord};
 use pms_sip::imdn::{ImdnStatus, build_cpim_imdn, build_imdn, parse_disposition_notification};
 use pms_sip::message::{Method, Request, SipUri};
 use pms_types::{GroupId, MessageId, UnixMillis, UserId};
 
+use crate::config::EdgeConfig;
 use crate::service::SipService;
 use crate::status::Refusal;
 use pms_types::time::rfc3339;
@@ -52,6 +56,12 @@ pub fn delivery_request(
     headers.push("X-PMS-Message-ID", message.message_id.as_str());
     request.body = payload.body.clone();
     request
+}
+
+/// Whether the flow of `binding` may carry `payload`: a message that arrived over TLS (or an
+/// IMDN about one) needs a TLS flow unless `config.allow_plaintext_delivery`.
+pub fn may_carry(binding: &Binding, payload: &MessagePayload, config: &EdgeConfig) -> bool {
+    binding.over_tls || !payload.received_over_tls || config.allow_plaintext_delivery
 }
 
 /// Whether the sender of `payload` asked to hear about `status`.
@@ -129,6 +139,8 @@ pub fn notification(
         disposition_notification: None,
         notification_in_cpim: false,
         content_encoding: None,
+        // The report reveals what happened to a message that travelled encrypted.
+        received_over_tls: payload.received_over_tls,
     };
     let sealed = service.seal_for(&sender, &record, &notification_id, &imdn_payload)?;
     let dedup = pms_crypto::dedup_hash(&[
@@ -174,4 +186,52 @@ pub fn open_payload(
     .map_err(|error| Refusal::Internal(format!("opening {}: {error}", message.message_id)))?;
     pms_mailbox::decode(pms_types::Keyspace::Messages, &plaintext)
         .map_err(|error| Refusal::Internal(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pms_types::{FlowId, NodeId};
+
+    fn binding(over_tls: bool) -> Binding {
+        Binding {
+            user: UserId::parse("bob").expect("user"),
+            key: "phone".into(),
+            contact: "sip:bob@127.0.0.1:5999".into(),
+            flow: FlowId {
+                node: NodeId(1),
+                incarnation: 1,
+                connection: 1,
+            },
+            over_tls,
+            registered_at: UnixMillis(1),
+            expires_at: UnixMillis(2),
+        }
+    }
+
+    fn payload(received_over_tls: bool) -> MessagePayload {
+        MessagePayload {
+            from: "sip:alice@localhost".into(),
+            to: "sip:bob@localhost".into(),
+            content_type: "text/plain".into(),
+            body: b"hi".to_vec(),
+            date: String::new(),
+            imdn_message_id: None,
+            disposition_notification: None,
+            notification_in_cpim: false,
+            content_encoding: None,
+            received_over_tls,
+        }
+    }
+
+    #[test]
+    fn a_tls_message_needs_a_tls_flow_unless_the_policy_allows_plaintext() {
+        let mut config = EdgeConfig::new("localhost", pms_types::NodeId(1), 1);
+        assert!(may_carry(&binding(true), &payload(true), &config));
+        assert!(!may_carry(&binding(false), &payload(true), &config));
+        assert!(may_carry(&binding(false), &payload(false), &config));
+        assert!(may_carry(&binding(true), &payload(false), &config));
+        config.allow_plaintext_delivery = true;
+        assert!(may_carry(&binding(false), &payload(true), &config));
+    }
 }

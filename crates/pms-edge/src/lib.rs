@@ -9,12 +9,14 @@
 //! returned `Enqueued` (majority commit, guarantee 1).
 //! Invariant: delivery to a device goes out only through the flow its REGISTER came on.
 
+pub mod auth_throttle;
 pub mod config;
 pub mod delivery;
 pub mod flows;
 pub mod keyring;
 pub mod listeners;
 pub mod mailbox;
+pub mod sender_rate;
 pub mod service;
 pub mod session;
 pub mod status;

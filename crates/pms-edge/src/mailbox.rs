@@ -12,6 +12,11 @@
 //! answered 2xx), `MarkFailed` (device answered a permanent error) or `Expire` (guarantee 2).
 //! Invariant: per user, delivery follows queue order and one attempt at a time (guarantee 4).
 //! Invariant: a message whose validity ended is never sent to a device (guarantee 5).
+//! Invariant: a message that arrived over TLS (and an IMDN about it) is sent only through a
+//! binding registered over TLS unless `allow_plaintext_delivery` ([`may_carry`]). When no live
+//! binding may carry the queue head, the head waits and so does everything behind it: order is
+//! per user, so a later message never overtakes it on a plaintext flow; a TLS registration
+//! (or the head's expiry) unblocks the queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +30,7 @@ use pms_types::{GroupId, MessageId, UserId};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::delivery::{delivery_request, notification, open_payload};
+use crate::delivery::{delivery_request, may_carry, notification, open_payload};
 use crate::service::SipService;
 use crate::session::DeliveryOutcome;
 
@@ -335,6 +340,13 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             return Ok(Step::Progress);
         }
     };
+    bindings.retain(|binding| may_carry(binding, &payload, config));
+    if bindings.is_empty() {
+        // Invariant: the head waits for a flow that may carry it (see the module doc); the
+        // TLS registration that can carry it wakes this mailbox.
+        debug!(%user, message_id = %message.message_id, "queue head arrived over TLS and the user has no TLS flow; waiting");
+        return Ok(Step::Idle);
+    }
     let timeout = Duration::from_millis(config.delivery_timeout_ms);
     let mut outcome = DeliveryOutcome::FlowClosed;
     for binding in &bindings {
@@ -570,6 +582,7 @@ async fn forward_outbox(service: &SipService, group: GroupId) {
             message: entry.message,
             accepted_at: entry.accepted_at,
             notification: None,
+            sender: None,
         };
         match commit_outcome(service, target, command).await {
             Ok(CommandResponse::Enqueued { duplicate, .. }) => {

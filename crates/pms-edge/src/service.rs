@@ -3,6 +3,10 @@
 //!
 //! Invariant: nothing is proposed for a request that failed authentication or admission checks
 //! (guarantee 7: refused before anything is stored).
+//! Invariant: credentials from a source that failed authentication too often (on any account,
+//! or on the account they name) are refused before they are checked (`auth_throttle`).
+//! Invariant: a sender over its rate or its queued quota for one recipient is refused alone;
+//! other senders still reach that recipient (`sender_rate`, `SenderQuota`).
 //! Invariant: a MESSAGE is answered 200/202 only after `propose(Enqueue)` returned `Enqueued`;
 //! 200 only when the recipient's device acknowledged it within the synchronous window.
 //! Invariant: plaintext body, content type and sender exist only in memory; the proposed command
@@ -15,7 +19,7 @@ use std::time::Duration;
 use actix::Addr;
 use pms_mailbox::{
     Binding, BindingChange, Command, CommandResponse, DedupKey, MailboxService, MessagePayload,
-    MessageState, NewMessage, ProposeError, UserRecord, query,
+    MessageState, NewMessage, ProposeError, SenderKey, SenderQuota, UserRecord, query,
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::encoding::parse_content_encoding;
@@ -26,11 +30,13 @@ use pms_types::{Clock, FlowId, GroupId, MessageId, UnixMillis, UserId};
 use tokio::sync::oneshot;
 use tracing::{Span, debug, warn};
 
+use crate::auth_throttle::{AuthThrottle, SourceKey};
 use crate::config::EdgeConfig;
 use crate::flows::FlowRegistry;
 use crate::keyring::Keyring;
 use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
-use crate::session::{Deliver, DeliveryOutcome, FlowInfo, Outbound};
+use crate::sender_rate::SenderRateLimiter;
+use crate::session::{Deliver, DeliveryOutcome, FlowInfo, Outbound, Transport};
 use crate::status::{ALLOW, Refusal};
 use pms_types::time::rfc1123;
 
@@ -137,6 +143,12 @@ pub struct SipService {
     mailboxes: Arc<dyn MailboxService>,
     keyring: Arc<Keyring>,
     digest: Mutex<DigestServer>,
+    /// Failed authentications per source and account (brute-force throttle).
+    auth_throttle: Mutex<AuthThrottle>,
+    /// MESSAGE rate per (sender, recipient).
+    sender_rate: Mutex<SenderRateLimiter>,
+    /// Keys the hash that stands for a sender in its recipient's mailbox ([`SenderKey`]).
+    sender_key_secret: [u8; 32],
     metrics: Arc<Metrics>,
     flows: Arc<FlowRegistry>,
     clock: Arc<dyn Clock>,
@@ -183,11 +195,17 @@ impl SipService {
             config.digest_algorithms.clone(),
         );
         let flows = Arc::new(FlowRegistry::new(config.node, config.incarnation));
+        let auth_throttle = Mutex::new(AuthThrottle::new(config.auth_throttle));
+        let sender_rate = Mutex::new(SenderRateLimiter::new(config.sender_rate));
+        let sender_key_secret = keyring.master().derive_secret("mailbox-sender-key");
         SipService {
             config,
             mailboxes,
             keyring,
             digest: Mutex::new(digest),
+            auth_throttle,
+            sender_rate,
+            sender_key_secret,
             metrics,
             flows,
             clock,
@@ -360,7 +378,7 @@ impl SipService {
             Err(refusal) => Err(refusal),
             Ok(()) => match request.method {
                 Method::Register => self.register(&request, flow, &to_tag).await.map(Reply::Now),
-                Method::Message => self.message(&request, &to_tag).await,
+                Method::Message => self.message(&request, flow, &to_tag).await,
                 Method::Options => {
                     let mut response = response_to(&request, 200, "OK", &to_tag);
                     response.headers.push("Allow", ALLOW);
@@ -475,11 +493,15 @@ impl SipService {
     /// that must use MD5 is offered MD5 first while every other account keeps SHA-256. An
     /// unknown user gets the node's policy, like everyone else, so a challenge does not tell
     /// whether an account exists.
+    ///
+    /// Credentials from a source that failed too often (on any account, or on this one) are
+    /// refused before they are checked, with the same answer whatever they hold (item 8).
     fn authenticate(
         &self,
         request: &Request,
         header: &str,
         claimed: Option<&UserId>,
+        source: std::net::IpAddr,
         now: UnixMillis,
     ) -> Result<Result<(UserId, UserRecord), Vec<String>>, Refusal> {
         let claimed_policy = || -> Result<Vec<Algorithm>, Refusal> {
@@ -511,24 +533,50 @@ impl SipService {
                 "Digest uri does not match the Request-URI".into(),
             ));
         }
-        let user = UserId::parse(&credentials.username)
-            .map_err(|_| Refusal::Forbidden("Authentication failed".into()))?;
+        let source = SourceKey::of(source);
+        let account = UserId::parse(&credentials.username).ok();
+        // Invariant: a throttled attempt is refused before its password is checked.
+        let refused_for_ms = self
+            .auth_throttle()
+            .refused_for_ms(source, account.as_ref(), now);
+        if let Some(left_ms) = refused_for_ms {
+            self.metrics
+                .auth_throttled_total
+                .inc(request.method.as_str());
+            return Err(Refusal::AuthThrottled {
+                retry_after_secs: retry_after_secs(left_ms),
+            });
+        }
+        let Some(user) = account else {
+            self.auth_throttle().failed(source, None, now);
+            return Err(Refusal::Forbidden("Authentication failed".into()));
+        };
         let record = self.user_record(&user)?;
         let policy = Self::digest_policy(record.as_ref());
+        // HA1 values are stored sealed; they are opened for this one verification.
+        let stored = record
+            .as_ref()
+            .map(|record| {
+                self.keyring.credentials(record).map_err(|error| {
+                    Refusal::Internal(format!("credentials of {}: {error}", record.user))
+                })
+            })
+            .transpose()?;
         let verified = self.digest().verify_for(
             &credentials,
             request.method.as_str(),
             &policy,
             |algorithm| {
-                record.as_ref().map(|record| match algorithm {
-                    Algorithm::Sha256 => record.credentials.ha1_sha256.clone(),
-                    Algorithm::Md5 => record.credentials.ha1_md5.clone(),
+                stored.as_ref().and_then(|stored| {
+                    stored
+                        .ha1(crate::config::stored_digest_algorithm(algorithm))
+                        .map(str::to_owned)
                 })
             },
             now,
         );
         match verified {
-            Ok(_) => {}
+            Ok(_) => self.auth_throttle().succeeded(source, &user),
             // A nonce or opaque this node cannot vouch for (issued before a restart, or by a
             // node with another key) is re-challenged as stale, so the phone retries at once
             // without asking its user for the password (RFC 7616 §3.3).
@@ -546,6 +594,14 @@ impl SipService {
                 self.metrics
                     .auth_failures_total
                     .inc(request.method.as_str());
+                // A wrong password and an unknown account count alike (the throttle must not
+                // tell whether an account exists); protocol errors guess no password.
+                if matches!(
+                    error,
+                    DigestError::BadResponse { .. } | DigestError::UnknownUser { .. }
+                ) {
+                    self.auth_throttle().failed(source, Some(&user), now);
+                }
                 debug!(%error, "digest verification failed");
                 return Err(Refusal::Forbidden("Authentication failed".into()));
             }
@@ -554,6 +610,29 @@ impl SipService {
             Some(record) => Ok(Ok((user, record))),
             None => Err(Refusal::Forbidden("Authentication failed".into())),
         }
+    }
+
+    fn auth_throttle(&self) -> std::sync::MutexGuard<'_, AuthThrottle> {
+        self.auth_throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sender_rate(&self) -> std::sync::MutexGuard<'_, SenderRateLimiter> {
+        self.sender_rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What stands for `sender` in `recipient`'s mailbox: a hash keyed by a secret derived
+    /// from the master key, so the state names no sender and links no two mailboxes.
+    fn sender_key(&self, recipient: &UserId, sender: &UserId) -> SenderKey {
+        SenderKey(pms_crypto::dedup_hash(&[
+            b"mailbox-sender",
+            &self.sender_key_secret,
+            recipient.as_str().as_bytes(),
+            sender.as_str().as_bytes(),
+        ]))
     }
 
     fn digest(&self) -> std::sync::MutexGuard<'_, DigestServer> {
@@ -618,7 +697,7 @@ impl SipService {
         }
         let now = self.clock.now();
         let (authenticated, record) =
-            match self.authenticate(request, "Authorization", Some(&user), now)? {
+            match self.authenticate(request, "Authorization", Some(&user), flow.peer.ip(), now)? {
                 Ok(found) => found,
                 Err(challenges) => {
                     return Ok(Self::challenge(
@@ -636,6 +715,8 @@ impl SipService {
                 "Credentials are not those of the To user".into(),
             ));
         }
+        // The flow now belongs to an account holder: it leaves the unauthenticated pool.
+        flow.authentication.mark_authenticated();
         if !record.messaging_enabled {
             return Err(Refusal::Forbidden(format!(
                 "Secure messaging is not enabled for {user}"
@@ -686,6 +767,7 @@ impl SipService {
                 key,
                 contact: contact_uri,
                 flow: flow.flow,
+                over_tls: flow.transport == Transport::Tls,
                 registered_at: now,
                 expires_at: now.saturating_add_ms(expires_secs * 1000),
             }));
@@ -761,7 +843,12 @@ impl SipService {
         Ok(response)
     }
 
-    async fn message(&self, request: &Request, to_tag: &str) -> Result<Reply, Refusal> {
+    async fn message(
+        &self,
+        request: &Request,
+        flow: &FlowInfo,
+        to_tag: &str,
+    ) -> Result<Reply, Refusal> {
         Self::check_max_forwards(request)?;
         let request_uri = Self::request_uri(request)?;
         let recipient = self.local_user(&request_uri)?;
@@ -774,6 +861,7 @@ impl SipService {
             request,
             "Proxy-Authorization",
             claimed_sender.as_ref(),
+            flow.peer.ip(),
             now,
         )? {
             Ok(found) => found,
@@ -793,6 +881,8 @@ impl SipService {
                 "Authenticated user is not the From user".into(),
             ));
         }
+        // The flow now belongs to an account holder: it leaves the unauthenticated pool.
+        flow.authentication.mark_authenticated();
         if request.body.len() > self.config.body_bytes_max {
             return Err(Refusal::TooLarge {
                 body_bytes_max: self.config.body_bytes_max,
@@ -825,6 +915,15 @@ impl SipService {
             return Err(Refusal::Forbidden(format!(
                 "Secure messaging is not enabled for recipient {recipient}"
             )));
+        }
+        // One sender cannot flood one recipient (per node; the queued quota below holds
+        // cluster-wide).
+        let admitted = self.sender_rate().admit(&sender, &recipient, now);
+        if let Err(wait_ms) = admitted {
+            self.metrics.messages_sender_limited_total.inc("rate");
+            return Err(Refusal::SenderTooFast {
+                retry_after_secs: retry_after_secs(wait_ms),
+            });
         }
         // Unknown codings were refused above; a known one that does not decode is a bad body.
         let imdn = imdn_fields(request).map_err(|error| match error {
@@ -859,6 +958,7 @@ impl SipService {
                 .then(|| imdn.dispositions.header_value()),
             notification_in_cpim: imdn.from_cpim,
             content_encoding: request.headers.get("Content-Encoding").map(str::to_string),
+            received_over_tls: flow.transport == Transport::Tls,
         };
         let message_id = MessageId::from_random_bytes(rand::random());
         let sealed = self.seal_for(&recipient, &recipient_record, &message_id, &payload)?;
@@ -907,6 +1007,10 @@ impl SipService {
                     message,
                     accepted_at: now,
                     notification: stored_notification,
+                    sender: Some(SenderQuota {
+                        key: self.sender_key(&recipient, &sender),
+                        queued_max: self.config.mailbox_messages_per_sender_max,
+                    }),
                 },
             )
             .await?
@@ -918,6 +1022,12 @@ impl SipService {
             } => (message_id, duplicate),
             CommandResponse::UnknownUser { user } => {
                 return Err(Refusal::NotFound(format!("User {user} not found")));
+            }
+            CommandResponse::SenderQueueFull { .. } => {
+                self.metrics.messages_sender_limited_total.inc("queued");
+                return Err(Refusal::SenderQueueFull {
+                    retry_after_secs: pms_types::limits::SENDER_QUEUE_FULL_RETRY_AFTER_SECS,
+                });
             }
             CommandResponse::MailboxFull { user } => {
                 return Err(Refusal::TemporarilyUnavailable(format!(
@@ -952,13 +1062,17 @@ impl SipService {
         }
         // No reachable device: nothing can be delivered within the window, answer 202 now. A
         // binding whose flow this node knows is closed (the device's connection dropped
-        // without unregistering) does not count.
+        // without unregistering) does not count, nor one that may not carry this message (a
+        // plaintext flow for a message that arrived over TLS).
         let recipient_registered = {
             let state = self.mailboxes.state(recipient_group);
             query::bindings(&*state, recipient_group, &recipient, now)
                 .map_err(|error| Refusal::Internal(error.to_string()))?
                 .iter()
-                .any(|binding| !self.flows.is_known_dead(binding.flow))
+                .any(|binding| {
+                    !self.flows.is_known_dead(binding.flow)
+                        && crate::delivery::may_carry(binding, &payload, &self.config)
+                })
         };
         if !recipient_registered {
             return Ok(Reply::Now(accepted));
@@ -990,6 +1104,13 @@ impl SipService {
             &pms_mailbox::encode(payload),
         ))
     }
+}
+
+/// A `Retry-After` value (whole seconds, at least 1) for a wait of `wait_ms`.
+fn retry_after_secs(wait_ms: u64) -> u32 {
+    u32::try_from(wait_ms.div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 fn short(error: &impl std::fmt::Display) -> String {

@@ -10,6 +10,9 @@
 //! `Deliver` while one is pending is refused with `DeliveryOutcome::Busy`.
 //! Invariant: a full outbound queue means the peer stopped reading: the session stops, and its
 //! flow leaves the registry, so nothing more is delivered through it.
+//! Invariant: `FlowAuthentication` only ever goes from unauthenticated to authenticated; it is
+//! set when a request on the flow passed digest authentication, and the listeners bound and
+//! time out flows that are not authenticated (see `listeners.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use pms_sip::framing::Frame;
 use pms_sip::message::{ParseError, Request, SipMessage, parse};
 use pms_types::FlowId;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info_span, warn};
 
 use crate::service::{Reply, SipService};
@@ -92,6 +95,41 @@ pub struct FlowInfo {
     pub transport: Transport,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Whether a request on this flow passed digest authentication.
+    pub authentication: FlowAuthentication,
+}
+
+/// Whether a request on a flow has passed digest authentication: set by `SipService`, watched
+/// by the listener that holds the flow's connection (an unauthenticated flow is short-lived).
+#[derive(Clone, Debug)]
+pub struct FlowAuthentication(Arc<watch::Sender<bool>>);
+
+impl Default for FlowAuthentication {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlowAuthentication {
+    /// A flow nothing has authenticated on yet.
+    pub fn new() -> Self {
+        FlowAuthentication(Arc::new(watch::Sender::new(false)))
+    }
+
+    /// Records that a request on the flow authenticated (idempotent; never undone).
+    pub fn mark_authenticated(&self) {
+        self.0
+            .send_if_modified(|authenticated| !std::mem::replace(authenticated, true));
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Follows the flag (for the listener that closes unauthenticated connections).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 /// How a delivery attempt through this flow ended.
@@ -364,6 +402,15 @@ impl Actor for SessionActor {
             }
         });
         if self.info.transport == Transport::Udp {
+            // The UDP listener closes an unauthenticated peer at its deadline; should its
+            // `Close` not fit in this mailbox, the session stops itself a deadline later.
+            let unauthenticated_timeout =
+                Duration::from_secs(self.service.config().unauthenticated_timeout_secs);
+            ctx.run_later(unauthenticated_timeout * 2, |actor, ctx| {
+                if !actor.info.authentication.is_authenticated() {
+                    ctx.stop();
+                }
+            });
             // A UDP "flow" has no close: it ends when the peer has been silent for longer than
             // any registration it could hold (its refreshes count as activity).
             let idle = Duration::from_secs(self.service.config().register_expires_max_secs + 60);

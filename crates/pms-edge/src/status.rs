@@ -16,6 +16,10 @@ pub enum Refusal {
     Malformed(String),
     /// 403: authenticated, but not allowed (wrong identity, service not enabled).
     Forbidden(String),
+    /// 403 with `Retry-After`: too many failed authentications from this source (or from it
+    /// on this account); refused before the credentials are checked, so the answer is the
+    /// same whether they were right or wrong.
+    AuthThrottled { retry_after_secs: u32 },
     /// 404: the addressed user does not exist here.
     NotFound(String),
     /// 405: a method PMS does not serve.
@@ -34,6 +38,12 @@ pub enum Refusal {
     IntervalTooBrief { min_secs: u64 },
     /// 480: the recipient cannot take more messages now.
     TemporarilyUnavailable(String),
+    /// 480 with `Retry-After`, to this sender only: it already has its quota of messages
+    /// queued for the recipient (others can still write to them).
+    SenderQueueFull { retry_after_secs: u32 },
+    /// 480 with `Retry-After`, to this sender only: it sends to the recipient faster than the
+    /// per-(sender, recipient) rate.
+    SenderTooFast { retry_after_secs: u32 },
     /// 483: Max-Forwards reached zero.
     TooManyHops,
     /// 500: an internal fault (storage, crypto) that is not the client's doing.
@@ -47,6 +57,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(reason) => (400, reason.clone()),
             Refusal::Forbidden(reason) => (403, reason.clone()),
+            Refusal::AuthThrottled { .. } => (403, "Too Many Failed Authentications".into()),
             Refusal::NotFound(reason) => (404, reason.clone()),
             Refusal::MethodNotAllowed => (405, "Method Not Allowed".into()),
             Refusal::TooLarge { .. } => (413, "Request Entity Too Large".into()),
@@ -56,6 +67,8 @@ impl Refusal {
             Refusal::BadExtension { .. } => (420, "Bad Extension".into()),
             Refusal::IntervalTooBrief { .. } => (423, "Interval Too Brief".into()),
             Refusal::TemporarilyUnavailable(reason) => (480, reason.clone()),
+            Refusal::SenderQueueFull { .. } => (480, "Too Many Messages Queued From You".into()),
+            Refusal::SenderTooFast { .. } => (480, "Sending Too Fast".into()),
             Refusal::TooManyHops => (483, "Too Many Hops".into()),
             Refusal::Internal(_) => (500, "Server Internal Error".into()),
             Refusal::Unavailable { .. } => (503, "Service Unavailable".into()),
@@ -78,7 +91,10 @@ impl Refusal {
             Refusal::IntervalTooBrief { min_secs } => {
                 response.headers.push("Min-Expires", min_secs.to_string())
             }
-            Refusal::Unavailable { retry_after_secs } => response
+            Refusal::Unavailable { retry_after_secs }
+            | Refusal::AuthThrottled { retry_after_secs }
+            | Refusal::SenderQueueFull { retry_after_secs }
+            | Refusal::SenderTooFast { retry_after_secs } => response
                 .headers
                 .push("Retry-After", retry_after_secs.to_string()),
             Refusal::TooLarge { body_bytes_max } => response.headers.push(

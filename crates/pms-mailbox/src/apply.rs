@@ -10,7 +10,8 @@ use pms_types::{GroupId, KeyValue, Keyspace, MessageId, Mutation, StateRead, Uni
 
 use crate::{
     ApplyError, Binding, Command, CommandResponse, DedupEntry, MailboxMeta, MessageState,
-    MessageStatus, NewMessage, OutboxEntry, QueuedMessage, UserRecord, decode, encode, keys,
+    MessageStatus, NewMessage, OutboxEntry, QueuedMessage, SenderKey, SenderQuota, UserRecord,
+    decode, encode, keys,
 };
 
 /// How long a dedup entry outlives its message's expiry, so late retransmissions and client
@@ -41,9 +42,11 @@ pub fn apply(
         Command::SetMessagingEnabled { user, enabled } => {
             tx.set_messaging_enabled(user, *enabled)?
         }
-        Command::SetDigestAlgorithms { user, algorithms } => {
-            tx.set_digest_algorithms(user, algorithms)?
-        }
+        Command::SetDigestAlgorithms {
+            user,
+            algorithms,
+            sealed_credentials,
+        } => tx.set_digest_algorithms(user, algorithms, sealed_credentials)?,
         Command::RemoveUser { user } => tx.remove_user(user)?,
         Command::Bind { binding, now } => tx.bind(binding, *now)?,
         Command::Register { user, changes, now } => tx.register(user, changes, *now)?,
@@ -89,8 +92,9 @@ pub fn apply(
             message,
             accepted_at,
             notification,
+            sender,
         } => {
-            let response = tx.enqueue(message, *accepted_at)?;
+            let response = tx.enqueue(message, *accepted_at, sender.as_ref())?;
             if let (
                 CommandResponse::Enqueued {
                     duplicate: false, ..
@@ -148,6 +152,7 @@ pub fn apply(
             notification.as_ref(),
         )?,
         Command::Prune { before } => tx.prune(*before)?,
+        Command::CheckMasterKey { fingerprint } => tx.check_master_key(fingerprint)?,
         Command::ClearOutbox { message_id } => {
             let key = keys::outbox(group, message_id);
             if tx.get(Keyspace::Outbox, &key)?.is_some() {
@@ -260,11 +265,13 @@ impl<S: StateRead> Transaction<'_, S> {
         &mut self,
         user: &UserId,
         algorithms: &[crate::DigestAlgorithm],
+        sealed_credentials: &[u8],
     ) -> Result<CommandResponse, ApplyError> {
         let Some(mut record) = self.user(user)? else {
             return Ok(CommandResponse::UnknownUser { user: user.clone() });
         };
         record.digest_algorithms = algorithms.to_vec();
+        record.sealed_credentials = sealed_credentials.to_vec();
         self.put(Keyspace::Users, keys::user(self.group, user), &record);
         Ok(CommandResponse::Done)
     }
@@ -293,6 +300,9 @@ impl<S: StateRead> Transaction<'_, S> {
             self.delete(Keyspace::Messages, key);
         }
         self.delete(Keyspace::MailboxMeta, keys::mailbox_meta(self.group, user));
+        for (key, _) in self.scan_all(Keyspace::SenderCounts, &prefix)? {
+            self.delete(Keyspace::SenderCounts, key);
+        }
         Ok(CommandResponse::Done)
     }
 
@@ -384,10 +394,15 @@ impl<S: StateRead> Transaction<'_, S> {
         Ok(CommandResponse::Done)
     }
 
+    /// Queues `message` unless it is known (dedup key or id: the first answer again), its
+    /// recipient is unknown, the sender's quota there is used up, or the mailbox is full.
+    /// Invariant: a refusal changes nothing; a queued message with a `sender` is counted in
+    /// `SenderCounts` exactly while it is queued.
     fn enqueue(
         &mut self,
         message: &NewMessage,
         accepted_at: UnixMillis,
+        sender: Option<&SenderQuota>,
     ) -> Result<CommandResponse, ApplyError> {
         for dedup_key in &message.dedup_keys {
             let found: Option<DedupEntry> =
@@ -415,6 +430,23 @@ impl<S: StateRead> Transaction<'_, S> {
                 user: message.recipient.clone(),
             });
         }
+        // The sender over its own quota learns that first: the mailbox is not full for others.
+        let sender_count = match sender {
+            Some(quota) => {
+                let key = keys::sender_count(self.group, &message.recipient, &quota.key);
+                let count: u64 = self
+                    .get_record(Keyspace::SenderCounts, &key)?
+                    .unwrap_or_default();
+                if count >= quota.queued_max {
+                    return Ok(CommandResponse::SenderQueueFull {
+                        user: message.recipient.clone(),
+                        queued_max: quota.queued_max,
+                    });
+                }
+                Some((key, count))
+            }
+            None => None,
+        };
         let meta_key = keys::mailbox_meta(self.group, &message.recipient);
         let mut meta: MailboxMeta = self
             .get_record(Keyspace::MailboxMeta, &meta_key)?
@@ -428,6 +460,9 @@ impl<S: StateRead> Transaction<'_, S> {
         meta.next_seq += 1;
         meta.queued += 1;
         self.put(Keyspace::MailboxMeta, meta_key, &meta);
+        if let Some((key, count)) = sender_count {
+            self.put(Keyspace::SenderCounts, key, &(count + 1));
+        }
         let queued = QueuedMessage {
             seq,
             message_id: message.message_id.clone(),
@@ -436,6 +471,7 @@ impl<S: StateRead> Transaction<'_, S> {
             enqueued_at: accepted_at,
             expires_at: message.expires_at,
             dedup_keys: message.dedup_keys.clone(),
+            sender: sender.map(|quota| quota.key),
         };
         self.put(
             Keyspace::Messages,
@@ -496,7 +532,8 @@ impl<S: StateRead> Transaction<'_, S> {
         accepted_at: UnixMillis,
     ) -> Result<(), ApplyError> {
         if self.user(&notification.recipient)?.is_some() {
-            self.enqueue(notification, accepted_at)?;
+            // Invariant: IMDNs PMS generates count against no sender's quota.
+            self.enqueue(notification, accepted_at, None)?;
         } else {
             self.put(
                 Keyspace::Outbox,
@@ -548,6 +585,9 @@ impl<S: StateRead> Transaction<'_, S> {
         );
         meta.queued -= 1;
         self.put(Keyspace::MailboxMeta, meta_key, &meta);
+        if let Some(sender) = &queued.sender {
+            self.uncount_sender(recipient, sender)?;
+        }
         let status = MessageStatus {
             message_id: message_id.clone(),
             recipient: recipient.clone(),
@@ -568,8 +608,41 @@ impl<S: StateRead> Transaction<'_, S> {
         Ok(CommandResponse::Done)
     }
 
+    /// One message of `sender` left `recipient`'s queue: its count goes down (and its entry
+    /// goes at zero, so the keyspace holds only senders with queued messages).
+    fn uncount_sender(&mut self, recipient: &UserId, sender: &SenderKey) -> Result<(), ApplyError> {
+        let key = keys::sender_count(self.group, recipient, sender);
+        let count: u64 = self
+            .get_record(Keyspace::SenderCounts, &key)?
+            .unwrap_or_default();
+        assert!(
+            count > 0,
+            "Invariant: a queued message with a sender is counted in SenderCounts"
+        );
+        if count == 1 {
+            self.delete(Keyspace::SenderCounts, key);
+        } else {
+            self.put(Keyspace::SenderCounts, key, &(count - 1));
+        }
+        Ok(())
+    }
+
     /// Forgets dedup entries past their retention and final statuses older than `before`, at
     /// most `APPLY_BATCH_MAX` of each per command (the leader proposes again while work remains).
+    fn check_master_key(&mut self, fingerprint: &str) -> Result<CommandResponse, ApplyError> {
+        let key = keys::master_key_fingerprint(self.group);
+        match self.get_record::<String>(Keyspace::Cluster, &key)? {
+            Some(recorded) if recorded != fingerprint => {
+                Ok(CommandResponse::MasterKeyMismatch { recorded })
+            }
+            Some(_) => Ok(CommandResponse::Done),
+            None => {
+                self.put(Keyspace::Cluster, key, &fingerprint.to_owned());
+                Ok(CommandResponse::Done)
+            }
+        }
+    }
+
     fn prune(&mut self, before: UnixMillis) -> Result<CommandResponse, ApplyError> {
         let prefix = pms_types::group_key(self.group, &[]);
         for (key, value) in self.scan_all(Keyspace::Dedup, &prefix)? {

@@ -6,7 +6,7 @@
 
 use pms_types::{GroupId, MessageId, UnixMillis, UserId, group_key};
 
-use crate::DedupKey;
+use crate::{DedupKey, SenderKey};
 
 const USER_END: &[u8] = &[0];
 
@@ -40,6 +40,17 @@ pub fn message(group: GroupId, user: &UserId, seq: u64) -> Vec<u8> {
 
 pub fn mailbox_meta(group: GroupId, user: &UserId) -> Vec<u8> {
     group_key(group, &[user.as_str().as_bytes()])
+}
+
+/// The count of messages `sender` has queued for `user` (`Keyspace::SenderCounts`); under
+/// [`user_prefix`], so a user's counts go with the user.
+pub fn sender_count(group: GroupId, user: &UserId, sender: &SenderKey) -> Vec<u8> {
+    group_key(group, &[user.as_str().as_bytes(), USER_END, &sender.0])
+}
+
+/// The master key's fingerprint (`Keyspace::Cluster`).
+pub fn master_key_fingerprint(group: GroupId) -> Vec<u8> {
+    group_key(group, &[b"master-key-fingerprint"])
 }
 
 pub fn dedup(group: GroupId, key: &DedupKey) -> Vec<u8> {

@@ -6,12 +6,35 @@
 use pms_types::{FlowId, GroupId, MessageId, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
 
-/// Digest HA1 values (`H(user:realm:password)`) per algorithm. The password itself is never stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Digest HA1 values (`H(user:realm:password)`) of the algorithms the account's policy
+/// allows; the password itself is never stored. HA1 values are password equivalents: they are
+/// stored only sealed under the master key ([`UserRecord::sealed_credentials`], sealed by
+/// `pms-crypto` before the command is proposed) and opened in memory to verify a digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     pub realm: String,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+impl Credentials {
+    /// The HA1 for `algorithm`, when the account has one.
+    pub fn ha1(&self, algorithm: DigestAlgorithm) -> Option<&str> {
+        match algorithm {
+            DigestAlgorithm::Md5 => self.ha1_md5.as_deref(),
+            DigestAlgorithm::Sha256 => self.ha1_sha256.as_deref(),
+        }
+    }
+
+    /// Keeps only the HA1 values of `algorithms`.
+    pub fn retain(&mut self, algorithms: &[DigestAlgorithm]) {
+        if !algorithms.contains(&DigestAlgorithm::Md5) {
+            self.ha1_md5 = None;
+        }
+        if !algorithms.contains(&DigestAlgorithm::Sha256) {
+            self.ha1_sha256 = None;
+        }
+    }
 }
 
 /// A digest algorithm an account may authenticate with (RFC 8760).
@@ -66,13 +89,16 @@ impl std::fmt::Display for DigestAlgorithm {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub user: UserId,
-    pub credentials: Credentials,
+    /// [`Credentials`] encoded and sealed under the master key. Empty in the copy a mailbox
+    /// group keeps (only the directory authenticates).
+    pub sealed_credentials: Vec<u8>,
     /// The digest algorithms this account may use, in the order the registrar challenges
     /// with them; empty means the node's policy (`pmsd --digest-algorithms`).
     pub digest_algorithms: Vec<DigestAlgorithm>,
     /// Secure messaging is a per-account service the operator enables.
     pub messaging_enabled: bool,
-    /// The user's data key wrapped by the cluster master key.
+    /// The user's data key wrapped by the cluster master key. Empty in the copy a mailbox
+    /// group keeps: only the directory holds it, so shredding has one place to clean.
     pub wrapped_data_key: Vec<u8>,
     pub created_at: UnixMillis,
 }
@@ -87,6 +113,9 @@ pub struct Binding {
     /// The Contact URI as registered.
     pub contact: String,
     pub flow: FlowId,
+    /// The flow is SIP over TLS: only such a binding may carry a message that arrived over
+    /// TLS (RFC 3261 §26.2 `sips` semantics), unless the node allows plaintext delivery.
+    pub over_tls: bool,
     pub registered_at: UnixMillis,
     pub expires_at: UnixMillis,
 }
@@ -107,6 +136,23 @@ pub struct NewMessage {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DedupKey(pub [u8; 32]);
 
+/// Who sent a message, as far as one recipient's mailbox needs to know: a keyed hash of the
+/// recipient and the sender's AoR under a secret derived from the master key. It lets `apply`
+/// count what one sender has queued for one recipient without storing the sender in clear
+/// (guarantee 6), and differs per recipient, so mailboxes cannot be linked by sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SenderKey(pub [u8; 32]);
+
+/// The per-sender quota an `Enqueue` of a user's message is checked against. The cap travels
+/// in the command (stamped by the edge from `--mailbox-messages-per-sender-max`), so every
+/// replica applies the same one whatever its own configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderQuota {
+    pub key: SenderKey,
+    /// Most messages of this sender queued in this recipient's mailbox at once.
+    pub queued_max: u64,
+}
+
 /// A message in a recipient's queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
@@ -118,6 +164,10 @@ pub struct QueuedMessage {
     pub enqueued_at: UnixMillis,
     pub expires_at: UnixMillis,
     pub dedup_keys: Vec<DedupKey>,
+    /// The sender's key when the message counts against a sender quota (a user's message);
+    /// `None` for IMDNs PMS generates. The count goes down when the message leaves the queue.
+    #[serde(default)]
+    pub sender: Option<SenderKey>,
 }
 
 /// Where a message is in its life.
@@ -180,10 +230,12 @@ pub enum Command {
         user: UserId,
         enabled: bool,
     },
-    /// Replaces the account's digest policy (empty: the node's policy).
+    /// Replaces the account's digest policy (empty: the node's policy) and its sealed
+    /// credentials, which hold the HA1 values of exactly the algorithms the policy allows.
     SetDigestAlgorithms {
         user: UserId,
         algorithms: Vec<DigestAlgorithm>,
+        sealed_credentials: Vec<u8>,
     },
     /// Deletes the wrapped data key first (crypto-shredding), then everything else of the user.
     RemoveUser {
@@ -216,6 +268,11 @@ pub enum Command {
     UnbindAll {
         user: UserId,
     },
+    /// Records the master key's fingerprint when the group has none (the first node to start
+    /// a cluster), else compares: a node whose key differs is told so and refuses to serve.
+    CheckMasterKey {
+        fingerprint: String,
+    },
     /// Drops every binding whose flow is on this node but not of this incarnation.
     UnbindStaleFlows {
         flow_node: pms_types::NodeId,
@@ -227,6 +284,11 @@ pub enum Command {
         message: NewMessage,
         accepted_at: UnixMillis,
         notification: Option<NewMessage>,
+        /// A user's message counts against its sender's quota in the recipient's mailbox:
+        /// refused with `SenderQueueFull` (nothing changed) when the sender already has
+        /// `queued_max` messages queued there. `None`: not counted (IMDNs PMS generates).
+        #[serde(default)]
+        sender: Option<SenderQuota>,
     },
     MarkDelivered {
         recipient: UserId,
@@ -297,6 +359,11 @@ pub enum CommandResponse {
     MailboxFull {
         user: UserId,
     },
+    /// The sender already has `queued_max` messages queued for `user`: nothing changed.
+    SenderQueueFull {
+        user: UserId,
+        queued_max: u64,
+    },
     TooManyBindings {
         user: UserId,
     },
@@ -309,6 +376,10 @@ pub enum CommandResponse {
     NotYetExpired {
         message_id: MessageId,
         expires_at: UnixMillis,
+    },
+    /// `CheckMasterKey` with a fingerprint other than the one the cluster recorded.
+    MasterKeyMismatch {
+        recorded: String,
     },
 }
 
@@ -344,4 +415,8 @@ pub struct MessagePayload {
     /// The `Content-Encoding` of the body as sent (the body is stored and delivered encoded,
     /// byte for byte, with this header).
     pub content_encoding: Option<String>,
+    /// The request arrived over TLS, so the whole path must stay encrypted: it (and any IMDN
+    /// about it) is delivered only through a TLS flow, unless the node allows plaintext
+    /// delivery (`pmsd --allow-plaintext-delivery`).
+    pub received_over_tls: bool,
 }

@@ -8,7 +8,7 @@ use pms_types::{
 };
 
 use crate::{
-    Applied, Binding, BindingChange, Command, CommandResponse, Credentials, DedupKey,
+    Applied, Binding, BindingChange, Command, CommandResponse, DedupKey,
     DigestAlgorithm, MessageState, NewMessage, UserRecord, apply, query,
 };
 
@@ -72,11 +72,7 @@ fn provision(name: &str) -> Command {
     Command::ProvisionUser {
         record: UserRecord {
             user: user(name),
-            credentials: Credentials {
-                realm: "localhost".into(),
-                ha1_md5: "m".into(),
-                ha1_sha256: "s".into(),
-            },
+            sealed_credentials: vec![5; 40],
             digest_algorithms: Vec::new(),
             messaging_enabled: true,
             wrapped_data_key: vec![7; 72],
@@ -126,6 +122,7 @@ fn enqueue_assigns_sequence_numbers_in_order() {
             message: message(id, "bob", 100, id),
             accepted_at: UnixMillis(10),
             notification: None,
+            sender: None,
         });
         assert_eq!(
             applied.response,
@@ -157,12 +154,14 @@ fn a_retransmission_is_stored_once() {
         message: message(1, "bob", 100, 9),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     // Same dedup key, new server id (a retransmission that reached the leader again).
     let applied = state.run(Command::Enqueue {
         message: message(2, "bob", 100, 9),
         accepted_at: UnixMillis(11),
         notification: None,
+        sender: None,
     });
     assert_eq!(
         applied.response,
@@ -178,6 +177,7 @@ fn a_retransmission_is_stored_once() {
         message: message(1, "bob", 100, 8),
         accepted_at: UnixMillis(12),
         notification: None,
+        sender: None,
     });
     assert!(matches!(
         applied.response,
@@ -203,6 +203,7 @@ fn a_stored_notification_is_queued_with_a_new_message_only() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: stored.clone(),
+        sender: None,
     });
     assert_eq!(
         query::queue(&state, GROUP, &user("alice"), 0, 10)
@@ -215,6 +216,7 @@ fn a_stored_notification_is_queued_with_a_new_message_only() {
         message: message(2, "bob", 100, 1),
         accepted_at: UnixMillis(11),
         notification: Some(message(71, "alice", 300, 71)),
+        sender: None,
     });
     assert_eq!(
         query::queue(&state, GROUP, &user("alice"), 0, 10)
@@ -237,6 +239,7 @@ fn enqueue_to_an_unknown_user_changes_nothing() {
         message: message(1, "carol", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     assert_eq!(
         applied.response,
@@ -254,6 +257,7 @@ fn delivered_leaves_the_queue_and_queues_the_notification() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     let applied = state.run(Command::MarkDelivered {
@@ -312,6 +316,7 @@ fn expire_is_refused_before_the_validity_ends() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     let early = state.run(Command::Expire {
@@ -372,6 +377,7 @@ fn failed_records_the_device_status_code() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     state.run(Command::MarkFailed {
@@ -401,6 +407,7 @@ fn binding(key: &str, expires_at: u64) -> Binding {
             incarnation: 5,
             connection: 1,
         },
+        over_tls: true,
         registered_at: UnixMillis(1),
         expires_at: UnixMillis(expires_at),
     }
@@ -564,6 +571,7 @@ fn remove_user_deletes_the_wrapped_key_first_and_everything_else() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     state.run(Command::Bind {
         binding: binding("phone", 100),
@@ -599,14 +607,18 @@ fn an_account_digest_policy_is_set_and_kept() {
     let applied = state.run(Command::SetDigestAlgorithms {
         user: user("bob"),
         algorithms: policy.clone(),
+        sealed_credentials: vec![6; 48],
     });
     assert_eq!(applied.response, CommandResponse::Done);
     let record = query::user(&state, GROUP, &user("bob")).unwrap().unwrap();
     assert_eq!(record.digest_algorithms, policy);
+    assert_eq!(record.sealed_credentials, vec![6; 48], "credentials follow the policy");
     assert!(record.messaging_enabled, "nothing else changed");
+    assert_eq!(record.wrapped_data_key, vec![7; 72], "nothing else changed");
     let unknown = state.run(Command::SetDigestAlgorithms {
         user: user("carol"),
         algorithms: vec![DigestAlgorithm::Md5],
+        sealed_credentials: vec![6; 48],
     });
     assert_eq!(
         unknown.response,
@@ -655,11 +667,13 @@ fn prune_forgets_old_dedup_entries_and_final_statuses_only() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     state.run(Command::Enqueue {
         message: message(2, "bob", 100, 2),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     let id = MessageId::from_random_bytes([1; 16]);
     state.run(Command::MarkDelivered {
@@ -707,6 +721,7 @@ fn users_with_queue_lists_only_users_with_queued_messages() {
             message: message(id, to, 100, id),
             accepted_at: UnixMillis(10),
             notification: None,
+            sender: None,
         });
     }
     assert_eq!(
@@ -745,6 +760,7 @@ fn a_notification_for_a_sender_of_another_group_waits_in_the_outbox() {
         message: message(1, "bob", 100, 1),
         accepted_at: UnixMillis(10),
         notification: None,
+        sender: None,
     });
     let applied = state.run(Command::MarkDelivered {
         recipient: user("bob"),
@@ -773,4 +789,222 @@ fn a_notification_for_a_sender_of_another_group_waits_in_the_outbox() {
     assert!(query::outbox(&state, GROUP, 10).unwrap().is_empty());
     let again = state.run(Command::ClearOutbox { message_id: id });
     assert!(again.mutations.is_empty());
+}
+
+/// Issue 8 item 13: what one sender may queue for one recipient.
+mod sender_quota {
+    use super::*;
+    use crate::{SenderKey, SenderQuota, keys};
+
+    fn quota(sender: u8, queued_max: u64) -> Option<SenderQuota> {
+        Some(SenderQuota {
+            key: SenderKey([sender; 32]),
+            queued_max,
+        })
+    }
+
+    fn from(sender: u8, queued_max: u64, id: u8, to: &str) -> Command {
+        Command::Enqueue {
+            message: message(id, to, 100, id),
+            accepted_at: UnixMillis(10),
+            notification: None,
+            sender: quota(sender, queued_max),
+        }
+    }
+
+    /// What `SenderCounts` holds for `sender` in `recipient`'s mailbox (`None`: no entry).
+    fn count(state: &MemoryState, recipient: &str, sender: u8) -> Option<u64> {
+        let key = keys::sender_count(GROUP, &user(recipient), &SenderKey([sender; 32]));
+        state
+            .entries
+            .get(&(Keyspace::SenderCounts, key))
+            .map(|bytes| crate::decode(Keyspace::SenderCounts, bytes).unwrap())
+    }
+
+    fn queued(state: &MemoryState, recipient: &str) -> usize {
+        query::queue(state, GROUP, &user(recipient), 0, 100)
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn a_sender_over_its_quota_is_refused_without_effects_and_others_still_queue() {
+        let mut state = with_alice_and_bob();
+        for id in [1, 2] {
+            let applied = state.run(from(0xa, 2, id, "bob"));
+            assert!(matches!(
+                applied.response,
+                CommandResponse::Enqueued {
+                    duplicate: false,
+                    ..
+                }
+            ));
+        }
+        assert_eq!(count(&state, "bob", 0xa), Some(2));
+        let refused = state.run(from(0xa, 2, 3, "bob"));
+        assert_eq!(
+            refused.response,
+            CommandResponse::SenderQueueFull {
+                user: user("bob"),
+                queued_max: 2
+            }
+        );
+        assert!(refused.mutations.is_empty());
+        // Another sender is not affected, nor is the same sender writing to someone else.
+        assert!(matches!(
+            state.run(from(0xc, 2, 4, "bob")).response,
+            CommandResponse::Enqueued { .. }
+        ));
+        assert!(matches!(
+            state.run(from(0xa, 2, 5, "alice")).response,
+            CommandResponse::Enqueued { .. }
+        ));
+        assert_eq!(queued(&state, "bob"), 3);
+        assert_eq!(count(&state, "bob", 0xa), Some(2));
+        assert_eq!(count(&state, "bob", 0xc), Some(1));
+        assert_eq!(count(&state, "alice", 0xa), Some(1));
+        // The key stays with the queued message, the sender itself nowhere in clear.
+        let head = &query::queue(&state, GROUP, &user("bob"), 0, 1).unwrap()[0];
+        assert_eq!(head.sender, Some(SenderKey([0xa; 32])));
+    }
+
+    #[test]
+    fn a_retransmission_over_the_quota_gets_its_first_answer() {
+        let mut state = with_alice_and_bob();
+        state.run(from(0xa, 1, 1, "bob"));
+        let again = state.run(from(0xa, 1, 1, "bob"));
+        assert!(matches!(
+            again.response,
+            CommandResponse::Enqueued {
+                duplicate: true,
+                ..
+            }
+        ));
+        assert!(again.mutations.is_empty());
+    }
+
+    #[test]
+    fn the_count_goes_down_when_a_message_is_delivered_fails_or_expires() {
+        let mut state = with_alice_and_bob();
+        for id in [1, 2, 3] {
+            state.run(from(0xa, 3, id, "bob"));
+        }
+        assert_eq!(count(&state, "bob", 0xa), Some(3));
+        let outcomes = [
+            Command::MarkDelivered {
+                recipient: user("bob"),
+                seq: 0,
+                message_id: MessageId::from_random_bytes([1; 16]),
+                at: UnixMillis(20),
+                notification: None,
+            },
+            Command::MarkFailed {
+                recipient: user("bob"),
+                seq: 1,
+                message_id: MessageId::from_random_bytes([2; 16]),
+                code: 488,
+                at: UnixMillis(20),
+                notification: None,
+            },
+            Command::Expire {
+                recipient: user("bob"),
+                seq: 2,
+                message_id: MessageId::from_random_bytes([3; 16]),
+                at: UnixMillis(100),
+                notification: None,
+            },
+        ];
+        for (left, outcome) in outcomes.into_iter().enumerate() {
+            assert_eq!(state.run(outcome).response, CommandResponse::Done);
+            let expected = 2 - left as u64;
+            assert_eq!(
+                count(&state, "bob", 0xa),
+                (expected > 0).then_some(expected),
+                "the last one leaves no entry behind"
+            );
+        }
+        // The freed quota takes new messages again.
+        assert!(matches!(
+            state.run(from(0xa, 1, 4, "bob")).response,
+            CommandResponse::Enqueued {
+                duplicate: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn removing_the_recipient_forgets_its_sender_counts() {
+        let mut state = with_alice_and_bob();
+        state.run(from(0xa, 5, 1, "bob"));
+        state.run(from(0xa, 5, 2, "alice"));
+        assert_eq!(
+            state
+                .run(Command::RemoveUser { user: user("bob") })
+                .response,
+            CommandResponse::Done
+        );
+        assert_eq!(count(&state, "bob", 0xa), None);
+        assert_eq!(count(&state, "alice", 0xa), Some(1));
+    }
+
+    #[test]
+    fn imdns_pms_generates_count_against_no_sender() {
+        let mut state = with_alice_and_bob();
+        // bob's message to alice asks for a `stored` report, queued for bob in the same entry.
+        state.run(Command::Enqueue {
+            message: message(1, "alice", 100, 1),
+            accepted_at: UnixMillis(10),
+            notification: Some(message(70, "bob", 300, 70)),
+            sender: quota(0xb, 1),
+        });
+        let reports = query::queue(&state, GROUP, &user("bob"), 0, 10).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].sender, None);
+        let counted: Vec<_> = state
+            .entries
+            .keys()
+            .filter(|(keyspace, _)| *keyspace == Keyspace::SenderCounts)
+            .collect();
+        assert_eq!(counted.len(), 1, "only bob's message to alice is counted");
+        // The report leaves bob's queue without touching any count.
+        assert_eq!(
+            state
+                .run(Command::MarkDelivered {
+                    recipient: user("bob"),
+                    seq: 0,
+                    message_id: MessageId::from_random_bytes([70; 16]),
+                    at: UnixMillis(20),
+                    notification: None,
+                })
+                .response,
+            CommandResponse::Done
+        );
+        assert_eq!(count(&state, "alice", 0xb), Some(1));
+    }
+}
+
+#[test]
+fn the_first_master_key_fingerprint_is_recorded_and_another_is_refused() {
+    let mut state = MemoryState::default();
+    let first = state.run(Command::CheckMasterKey {
+        fingerprint: "aaaa".into(),
+    });
+    assert_eq!(first.response, CommandResponse::Done);
+    assert_eq!(first.mutations.len(), 1, "recorded");
+    let same = state.run(Command::CheckMasterKey {
+        fingerprint: "aaaa".into(),
+    });
+    assert_eq!(same.response, CommandResponse::Done);
+    assert!(same.mutations.is_empty());
+    let other = state.run(Command::CheckMasterKey {
+        fingerprint: "bbbb".into(),
+    });
+    assert_eq!(
+        other.response,
+        CommandResponse::MasterKeyMismatch {
+            recorded: "aaaa".into()
+        }
+    );
+    assert!(other.mutations.is_empty(), "a mismatch changes nothing");
 }

@@ -575,6 +575,34 @@ impl Group {
         })
     }
 
+    /// Purges this replica's log up to its latest snapshot (inclusive) and waits until it is
+    /// gone: entries that held something now shredded must not outlive the snapshot that no
+    /// longer does. A leader may delay the purge while it still replicates those entries.
+    pub async fn purge_log_to_snapshot(&self, timeout: Duration) -> Result<(), ReplicationError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let Some(snapshot) = self.raft.metrics().borrow_watched().snapshot else {
+            return Ok(());
+        };
+        let upto = snapshot.index();
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|fatal| fatal_error(self.group, fatal))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |metrics| metrics.purged.as_ref().map(|id| id.index()) >= Some(upto),
+                "log purged up to the snapshot",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| ReplicationError::Timeout {
+                group: self.group,
+                timeout_ms,
+            })
+    }
+
     /// Whether this group has stopped on a fatal error (storage, apply); `None` while healthy.
     pub fn fatal_error(&self) -> Option<ReplicationError> {
         let metrics = self.raft.metrics();

@@ -41,6 +41,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::UnbindFlow { .. } => "UnbindFlow",
         Command::UnbindAll { .. } => "UnbindAll",
         Command::UnbindStaleFlows { .. } => "UnbindStaleFlows",
+        Command::CheckMasterKey { .. } => "CheckMasterKey",
         Command::Enqueue { .. } => "Enqueue",
         Command::MarkDelivered { .. } => "MarkDelivered",
         Command::MarkFailed { .. } => "MarkFailed",

@@ -143,6 +143,14 @@ pub trait Store: StateRead + Send + Sync + 'static {
         self.flush()
     }
 
+    /// Rewrites the store's files so that no deleted or overwritten value survives in them:
+    /// RocksDB keeps a deleted value in its SST files (under a tombstone) and in the WAL until
+    /// compaction; this flushes every column family and compacts it down to the bottommost
+    /// level. Crypto-shredding depends on it. Slow on a large store: call it rarely.
+    fn purge_deleted(&self) -> Result<(), StorageError> {
+        self.persist_memory()
+    }
+
     /// Applies state-machine mutations atomically; see [`Store::write_ops`].
     fn write(&self, batch: &[Mutation], sync: bool) -> Result<(), StorageError> {
         let ops: Vec<WriteOp> = batch.iter().cloned().map(WriteOp::from).collect();

@@ -4,6 +4,9 @@
 //! Invariant: the WAL is always on; a batch written with `sync: true` fsyncs it before `write`
 //! returns. Because all column families share the WAL and recovery replays a prefix of it, a
 //! durable batch implies every batch written before it is durable too.
+//! Invariant: blocks are stored uncompressed. Values are sealed (ciphertext does not compress),
+//! and an uncompressed store can be audited for plaintext and for shredded keys by reading
+//! its files byte for byte (LZ4 blocks hide strings from such a scan).
 //! Invariant: RocksDB is opened with every column family of [`Keyspace::ALL`]; a missing one is
 //! created, and a handle lookup that fails afterwards is reported, never unwrapped.
 
@@ -13,7 +16,8 @@ use crate::{
 };
 use pms_types::{Keyspace, StateRead, StorageFault};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Options, ReadOptions, WriteBatch, WriteOptions,
+    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 use std::path::{Path, PathBuf};
 
@@ -35,12 +39,12 @@ impl RocksStore {
     /// Opens (creating if missing) the store at `path` with a column family per keyspace.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let mut options = Options::default();
+        let mut options = Self::uncompressed_options();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let descriptors = Keyspace::ALL
-            .iter()
-            .map(|keyspace| ColumnFamilyDescriptor::new(keyspace.name(), Options::default()));
+        let descriptors = Keyspace::ALL.iter().map(|keyspace| {
+            ColumnFamilyDescriptor::new(keyspace.name(), Self::uncompressed_options())
+        });
         let db = DB::open_cf_descriptors(&options, &path, descriptors).map_err(|error| {
             StorageError::Open {
                 path: path.display().to_string(),
@@ -52,6 +56,27 @@ impl RocksStore {
             store.cf(keyspace)?;
         }
         Ok(store)
+    }
+
+    /// Opens an existing store read-only, also beside the node that has it open (audits and
+    /// tests): it sees what the files and the WAL held when opened, never writes, and takes
+    /// no lock.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let names = Keyspace::ALL.iter().map(|keyspace| keyspace.name());
+        let db = DB::open_cf_for_read_only(&Self::uncompressed_options(), &path, names, false)
+            .map_err(|error| StorageError::Open {
+                path: path.display().to_string(),
+                detail: error.to_string(),
+            })?;
+        Ok(RocksStore { db, path })
+    }
+
+    fn uncompressed_options() -> Options {
+        let mut options = Options::default();
+        options.set_compression_type(DBCompressionType::None);
+        options.set_bottommost_compression_type(DBCompressionType::None);
+        options
     }
 
     /// Where the database lives.
@@ -227,6 +252,21 @@ impl Store for RocksStore {
                 })?;
         }
         Ok(())
+    }
+
+    fn purge_deleted(&self) -> Result<(), StorageError> {
+        self.persist_memory()?;
+        let mut compact = CompactOptions::default();
+        // Also rewrite the bottommost level: that is where an old value under a tombstone lives.
+        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(true);
+        for keyspace in Keyspace::ALL {
+            self.db
+                .compact_range_cf_opt(self.cf(keyspace)?, None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        // The WAL written since the flush holds no deleted value; the older WAL files became
+        // obsolete with the flush and RocksDB deletes them (no WAL archive is configured).
+        self.persist_memory()
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -2,6 +2,10 @@
 //! `client.<name>.crt`/`client.<name>.key`) into tonic TLS configurations, and checks who a peer
 //! is. Invariant: servers always require a client certificate signed by `ca.crt`
 //! (`client_auth_optional` stays false), and clients trust only `ca.crt`, never system roots.
+//! Invariant: the gRPC port presents `node.crt`, never the public SIP listener's `sip.crt`; a
+//! client presenting `sip.crt` is refused in the handshake (webpki requires the client-auth
+//! usage, which a SIP certificate lacks) and, were it to get through, by the services' common
+//! name checks (`node`, `admin`).
 
 use std::path::Path;
 

@@ -84,6 +84,7 @@ impl AdminBackend for FakeBackend {
         &self,
         user: UserId,
         _algorithms: Vec<DigestAlgorithm>,
+        _password: Option<Password>,
     ) -> BackendFuture<'_, ()> {
         self.called();
         Box::pin(async move {

@@ -222,10 +222,16 @@ pub enum Keyspace {
     /// IMDNs for senders whose mailbox is in another group, waiting to be queued there:
     /// `group ++ notification message id`.
     Outbox,
+    /// Messages queued per recipient and sender: `group ++ user ++ 0 ++ sender key(32)` → count.
+    /// The sender key is a keyed hash (guarantee 6: no sender in clear at rest).
+    SenderCounts,
+    /// Facts about the whole cluster, in the directory: `group ++ name` (the master key's
+    /// fingerprint, recorded at bootstrap).
+    Cluster,
 }
 
 impl Keyspace {
-    pub const ALL: [Keyspace; 10] = [
+    pub const ALL: [Keyspace; 12] = [
         Keyspace::RaftLog,
         Keyspace::RaftMeta,
         Keyspace::Users,
@@ -236,10 +242,12 @@ impl Keyspace {
         Keyspace::Expiry,
         Keyspace::Status,
         Keyspace::Outbox,
+        Keyspace::SenderCounts,
+        Keyspace::Cluster,
     ];
 
     /// The keyspaces that make up a group's state machine (what a snapshot carries).
-    pub const STATE: [Keyspace; 8] = [
+    pub const STATE: [Keyspace; 10] = [
         Keyspace::Users,
         Keyspace::Bindings,
         Keyspace::Messages,
@@ -248,6 +256,8 @@ impl Keyspace {
         Keyspace::Expiry,
         Keyspace::Status,
         Keyspace::Outbox,
+        Keyspace::SenderCounts,
+        Keyspace::Cluster,
     ];
 
     /// Stable name, used as the RocksDB column family name.
@@ -263,6 +273,8 @@ impl Keyspace {
             Keyspace::Expiry => "expiry",
             Keyspace::Status => "status",
             Keyspace::Outbox => "outbox",
+            Keyspace::SenderCounts => "sender_counts",
+            Keyspace::Cluster => "cluster",
         }
     }
 }

@@ -23,6 +23,26 @@ pub const MESSAGE_EXPIRES_MAX_DEFAULT_SECS: u64 = 7 * 24 * 3600;
 /// Most messages queued for one user; beyond it new messages are refused (486 would be
 /// misleading, PMS answers 480 with a reason).
 pub const MAILBOX_MESSAGES_MAX: usize = 10_000;
+/// Default most messages one sender may have queued in one recipient's mailbox
+/// (`--mailbox-messages-per-sender-max`, at most `MAILBOX_MESSAGES_MAX`), so that one sender
+/// cannot fill a mailbox for everyone. IMDNs PMS generates are not counted.
+pub const MAILBOX_MESSAGES_PER_SENDER_MAX_DEFAULT: u64 = 1_000;
+/// `Retry-After` (seconds) of the answer to a sender over its per-recipient quota: the quota
+/// frees as the recipient's devices take the messages, which PMS cannot predict.
+pub const SENDER_QUEUE_FULL_RETRY_AFTER_SECS: u32 = 600;
+/// Default burst of MESSAGEs one sender may send to one recipient through one node
+/// (`--sender-recipient-burst`); the bucket refills one message per
+/// `SENDER_RECIPIENT_INTERVAL_MS_DEFAULT` (20 per second).
+pub const SENDER_RECIPIENT_BURST_DEFAULT: u32 = 40;
+/// Default refill interval of that bucket, milliseconds per message
+/// (`--sender-recipient-interval-ms`).
+pub const SENDER_RECIPIENT_INTERVAL_MS_DEFAULT: u64 = 50;
+/// Bounds of `--sender-recipient-burst` and `--sender-recipient-interval-ms`.
+pub const SENDER_RECIPIENT_BURST_MAX: u32 = 100_000;
+pub const SENDER_RECIPIENT_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Most (sender, recipient) rate buckets a node keeps; full buckets are dropped first, then
+/// the one closest to full.
+pub const SENDER_RECIPIENT_BUCKETS_MAX: usize = 100_000;
 /// Most bindings (devices) per user.
 pub const BINDINGS_PER_USER_MAX: usize = 16;
 
@@ -35,6 +55,21 @@ pub const REGISTER_EXPIRES_DEFAULT_SECS: u64 = 600;
 pub const DIGEST_NONCE_LIFETIME_SECS: u64 = 300;
 /// Most outstanding nonces the server remembers (oldest evicted first).
 pub const DIGEST_NONCES_MAX: usize = 100_000;
+
+/// Brute-force throttle (in memory, per node). A failed authentication (credentials whose
+/// response does not match, or that name no account) counts against its source (IPv4 address,
+/// IPv6 /64) and its account for a window that starts at the first failure.
+pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
+/// Failures one source may make in a window; after them every authentication from it is
+/// refused (403, `Retry-After`) until the window ends.
+pub const AUTH_FAILURES_PER_SOURCE_MAX: u32 = 20;
+/// Failures one account may take in a window, from any sources; after them each source that
+/// failed on the account in its window is refused for that account, while a source with no
+/// recent failure on it (the real user elsewhere) still gets in.
+pub const AUTH_FAILURES_PER_ACCOUNT_MAX: u32 = 10;
+/// Most entries in each throttle table (sources, accounts, account-source pairs); when full
+/// the oldest window is forgotten.
+pub const AUTH_THROTTLE_ENTRIES_MAX: usize = 65_536;
 
 /// How long PMS waits for a device's final response to a delivered MESSAGE.
 pub const DELIVERY_TIMEOUT_MS: u64 = 8_000;
@@ -53,12 +88,29 @@ pub const SYNC_WINDOW_MS_DEFAULT: u64 = 1_000;
 
 /// Most commands applied per storage write batch, and most entries per log scan.
 pub const APPLY_BATCH_MAX: usize = 1_024;
-/// Most open connections per listener.
+/// Most authenticated connections per stream listener, and long-lived (authenticated) UDP
+/// peers; unauthenticated ones are bounded apart (`SIP_UNAUTHENTICATED_MAX_DEFAULT`).
 pub const CONNECTIONS_MAX: usize = 20_000;
 /// Most outbound SIP messages buffered per connection before it is considered dead.
 pub const SESSION_OUTBOUND_QUEUE_MAX: usize = 256;
 /// Most active mailbox actors; idle ones stop first.
 pub const MAILBOX_ACTORS_MAX: usize = 100_000;
+
+/// Default deadline (seconds) for a SIP connection (TLS handshake included) or UDP peer to send
+/// a request that passes digest authentication; past it an unauthenticated flow is closed
+/// (`--sip-unauthenticated-timeout-secs`). Long enough for a phone's 401 round trip on a slow
+/// link; short enough that idle sockets cannot pile up.
+pub const SIP_UNAUTHENTICATED_TIMEOUT_SECS_DEFAULT: u64 = 32;
+/// Bounds `--sip-unauthenticated-timeout-secs` accepts.
+pub const SIP_UNAUTHENTICATED_TIMEOUT_SECS_MIN: u64 = 1;
+pub const SIP_UNAUTHENTICATED_TIMEOUT_SECS_MAX: u64 = 600;
+/// Default most unauthenticated connections per stream listener, and unauthenticated UDP peers;
+/// when full, the oldest is closed to make room (`--sip-unauthenticated-max`).
+pub const SIP_UNAUTHENTICATED_MAX_DEFAULT: usize = 1_024;
+/// Default most unauthenticated connections from one source (an IPv4 address, an IPv6 /64) per
+/// stream listener; a connection beyond it is closed at once
+/// (`--sip-unauthenticated-per-source-max`). Not applied to UDP, whose sources are spoofable.
+pub const SIP_UNAUTHENTICATED_PER_SOURCE_MAX_DEFAULT: usize = 32;
 
 /// Operations HTTP endpoint (`/livez`, `/readyz`, `/metrics`): largest request head (request
 /// line plus header fields); a larger one gets 431. At least 8 KiB, hyper's smallest buffer.

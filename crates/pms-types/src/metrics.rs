@@ -328,12 +328,33 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Active registration bindings.
     pub registrations: Gauge,
+    /// Unwrapped data keys held in this node's memory (the keyring).
+    pub keyring_keys: Gauge,
+    /// Account removals this node's directory replica applied whose wrapped keys may still
+    /// be in its data dir (0 once the shred pass finished).
+    pub shred_pending: Gauge,
+    /// Shred passes finished (snapshot, log purge, files rewritten without deleted values).
+    pub shred_passes_total: Counter,
     /// Open SIP connections, by `transport` ("tls", "tcp", "udp" flows).
     pub connections_open: LabeledGauge,
+    /// SIP connections (TLS handshakes included) and UDP peers that no request has
+    /// authenticated yet, by `transport`; bounded per listener by `--sip-unauthenticated-max`.
+    pub connections_unauthenticated: LabeledGauge,
+    /// SIP connections and UDP peers closed or refused by a limit, by `reason`:
+    /// "per_source" (too many unauthenticated from one address), "unauthenticated_max" (oldest
+    /// unauthenticated evicted), "unauthenticated_timeout" (no authenticated request in time),
+    /// "connections_max" (authenticated connections full).
+    pub connections_refused_total: LabeledCounter,
     /// RFC 5626 keep-alive pings (double CRLF) received, by `transport` ("tls", "tcp").
     pub sip_keepalives_total: LabeledCounter,
     /// Failed digest authentications, by `method` ("REGISTER", "MESSAGE").
     pub auth_failures_total: LabeledCounter,
+    /// Authentications refused unchecked by the brute-force throttle (too many recent failures
+    /// from the source, or from it on the account), by `method`.
+    pub auth_throttled_total: LabeledCounter,
+    /// MESSAGEs refused to their sender alone, by `limit`: "queued" (the sender's quota in the
+    /// recipient's mailbox is used up), "rate" (the sender sends to the recipient too fast).
+    pub messages_sender_limited_total: LabeledCounter,
     /// SIP traffic, by `kind`: a request method received (e.g. "MESSAGE") or a response status
     /// class sent (e.g. "2xx").
     pub sip_requests_total: LabeledCounter,
@@ -359,9 +380,24 @@ impl Metrics {
             messages_duplicate_total: Counter::default(),
             queue_depth: Gauge::default(),
             registrations: Gauge::default(),
+            keyring_keys: Gauge::default(),
+            shred_pending: Gauge::default(),
+            shred_passes_total: Counter::default(),
             connections_open: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
+            connections_unauthenticated: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
+            connections_refused_total: LabeledCounter::new(
+                "reason",
+                &[
+                    "per_source",
+                    "unauthenticated_max",
+                    "unauthenticated_timeout",
+                    "connections_max",
+                ],
+            ),
             sip_keepalives_total: LabeledCounter::new("transport", &["tls", "tcp"]),
             auth_failures_total: LabeledCounter::new("method", &["REGISTER", "MESSAGE"]),
+            auth_throttled_total: LabeledCounter::new("method", &["REGISTER", "MESSAGE"]),
+            messages_sender_limited_total: LabeledCounter::new("limit", &["queued", "rate"]),
             sip_requests_total: LabeledCounter::new("kind", &[]),
             raft_commit_latency_seconds: Histogram::new(&RAFT_COMMIT_LATENCY_BUCKETS_SECONDS),
             delivery_attempts_total: Counter::default(),
@@ -403,6 +439,11 @@ impl Metrics {
                 "Attempts to deliver a message to a device.",
                 &self.delivery_attempts_total,
             ),
+            (
+                "shred_passes_total",
+                "Shred passes finished: removed accounts' wrapped keys purged from the data dir.",
+                &self.shred_passes_total,
+            ),
         ];
         for (name, help, counter) in counters {
             write_header(&mut out, name, help, "counter");
@@ -419,6 +460,16 @@ impl Metrics {
                 "Active registration bindings.",
                 &self.registrations,
             ),
+            (
+                "keyring_keys",
+                "Unwrapped data keys held in memory.",
+                &self.keyring_keys,
+            ),
+            (
+                "shred_pending",
+                "Applied account removals not yet shredded from this node's data dir.",
+                &self.shred_pending,
+            ),
         ];
         for (name, help, gauge) in gauges {
             write_header(&mut out, name, help, "gauge");
@@ -431,6 +482,22 @@ impl Metrics {
             "gauge",
             self.connections_open.0.label_name,
             self.connections_open.0.snapshot(Gauge::get),
+        );
+        write_labeled(
+            &mut out,
+            "connections_unauthenticated",
+            "SIP connections and UDP peers not authenticated yet, by transport.",
+            "gauge",
+            self.connections_unauthenticated.0.label_name,
+            self.connections_unauthenticated.0.snapshot(Gauge::get),
+        );
+        write_labeled(
+            &mut out,
+            "connections_refused_total",
+            "SIP connections and UDP peers closed or refused by a limit, by reason.",
+            "counter",
+            self.connections_refused_total.0.label_name,
+            self.connections_refused_total.0.snapshot(Counter::get),
         );
         write_labeled(
             &mut out,
@@ -447,6 +514,22 @@ impl Metrics {
             "counter",
             self.auth_failures_total.0.label_name,
             self.auth_failures_total.0.snapshot(Counter::get),
+        );
+        write_labeled(
+            &mut out,
+            "auth_throttled_total",
+            "Authentications refused unchecked after too many failures, by SIP method.",
+            "counter",
+            self.auth_throttled_total.0.label_name,
+            self.auth_throttled_total.0.snapshot(Counter::get),
+        );
+        write_labeled(
+            &mut out,
+            "messages_sender_limited_total",
+            "MESSAGEs refused to their sender by a per-sender limit, by limit.",
+            "counter",
+            self.messages_sender_limited_total.0.label_name,
+            self.messages_sender_limited_total.0.snapshot(Counter::get),
         );
         write_labeled(
             &mut out,

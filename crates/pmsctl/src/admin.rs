@@ -35,6 +35,7 @@ pub enum AdminCommand {
     UserSetDigestAlgorithms {
         user: String,
         algorithms: String,
+        password: Option<String>,
     },
     UserRemove {
         user: String,
@@ -79,7 +80,7 @@ enum Validated {
     UserAdd(NewUser),
     UserRemove(UserId),
     UserSetMessagingEnabled(UserId, bool),
-    UserSetDigestAlgorithms(UserId, Vec<DigestAlgorithm>),
+    UserSetDigestAlgorithms(UserId, Vec<DigestAlgorithm>, Option<String>),
     UserList { json: bool },
     MessageStatus(MessageId),
     ClusterStatus { json: bool },
@@ -124,13 +125,17 @@ fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
                 None => Vec::new(),
             },
         }),
-        AdminCommand::UserSetDigestAlgorithms { user, algorithms } => {
+        AdminCommand::UserSetDigestAlgorithms {
+            user,
+            algorithms,
+            password,
+        } => {
             let algorithms = if algorithms.trim().eq_ignore_ascii_case("default") {
                 Vec::new()
             } else {
                 parse_digest_algorithms(&algorithms)?
             };
-            Validated::UserSetDigestAlgorithms(parse_user(&user)?, algorithms)
+            Validated::UserSetDigestAlgorithms(parse_user(&user)?, algorithms, password)
         }
         AdminCommand::UserRemove { user } => Validated::UserRemove(parse_user(&user)?),
         AdminCommand::UserSetMessagingEnabled { user, enabled } => {
@@ -189,8 +194,10 @@ pub async fn run(
             let verb = if enabled { "enabled" } else { "disabled" };
             writeln!(out, "{verb} messaging for user {user}")?;
         }
-        Validated::UserSetDigestAlgorithms(user, algorithms) => {
-            client.set_digest_algorithms(&user, &algorithms).await?;
+        Validated::UserSetDigestAlgorithms(user, algorithms, password) => {
+            client
+                .set_digest_algorithms(&user, &algorithms, password.as_deref())
+                .await?;
             writeln!(
                 out,
                 "digest algorithms of user {user}: {}",

@@ -1,7 +1,8 @@
-//! `pmsctl cert create-ca | create-node HOST... | create-client NAME | create-master-key FILE`:
-//! makes the certificates of a
-//! CockroachDB-style certs dir (`ca.crt`, `node.crt`/`node.key`, `client.<name>.crt`/`.key`)
-//! through `pms-crypto`, the only crate that generates keys.
+//! `pmsctl cert create-ca | create-node HOST... | create-sip HOST... | create-client NAME |
+//! create-master-key FILE`: makes the certificates of a CockroachDB-style certs dir
+//! (`ca.crt`, `node.crt`/`node.key`, `sip.crt`/`sip.key`, `client.<name>.crt`/`.key`) through
+//! `pms-crypto`, the only crate that generates keys. `create-sip` signs the SIP listener's
+//! certificate with the cluster CA, for development; production uses one from a public CA.
 //!
 //! Invariant: names and hosts are validated before anything is written, so a bad argument never
 //! leaves a half-made certs dir; a client name becomes part of a file name, so it is restricted
@@ -24,6 +25,8 @@ pub enum CertCommand {
     CreateCa,
     /// A node certificate valid for these host names and IP addresses (its SANs).
     CreateNode { hosts: Vec<String> },
+    /// The SIP TLS listener's certificate (server auth only) for the names phones dial.
+    CreateSip { hosts: Vec<String> },
     /// A client certificate whose common name is `name` (`admin` for the admin API).
     CreateClient { name: String },
     /// A new cluster master key file (mode 0600), to copy to every node's
@@ -112,7 +115,9 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
     }
     match command {
         CertCommand::CreateCa | CertCommand::CreateMasterKey { .. } => {}
-        CertCommand::CreateNode { hosts } => validate_hosts(hosts)?,
+        CertCommand::CreateNode { hosts } | CertCommand::CreateSip { hosts } => {
+            validate_hosts(hosts)?
+        }
         CertCommand::CreateClient { name } => validate_client_name(name)?,
     }
     std::fs::create_dir_all(certs_dir).map_err(|source| CertError::CreateDir {
@@ -129,6 +134,15 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
             writeln!(
                 out,
                 "created node certificate for {} in {}",
+                hosts.join(", "),
+                certs_dir.display()
+            )?;
+        }
+        CertCommand::CreateSip { hosts } => {
+            pms_crypto::create_sip(certs_dir, hosts)?;
+            writeln!(
+                out,
+                "created SIP certificate for {} in {} (signed by the cluster CA: for development; in production use a certificate from a public CA as sip.crt/sip.key)",
                 hosts.join(", "),
                 certs_dir.display()
             )?;

@@ -44,7 +44,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the cluster CA, node and client certificates.
+    /// Create the cluster CA, node, SIP and client certificates.
     #[command(subcommand)]
     Cert(CertSubcommand),
     /// Provision, remove, enable, disable and list accounts.
@@ -69,6 +69,12 @@ enum CertSubcommand {
     CreateCa,
     /// Create node.crt and node.key valid for these host names and addresses.
     CreateNode {
+        #[arg(required = true, value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+    /// Create sip.crt and sip.key, the SIP TLS listener's certificate, for the names phones
+    /// dial (development: signed by the cluster CA; production uses a public CA's).
+    CreateSip {
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
     },
@@ -98,11 +104,15 @@ enum UserSubcommand {
         digest_algorithms: Option<String>,
     },
     /// Change an account's digest policy: a list such as `md5,sha256` (challenge order), or
-    /// `default` to follow the node's policy again.
+    /// `default` to follow the node's policy again. PMS stores only the HA1 values the policy
+    /// allows, so allowing an algorithm the account has no HA1 for needs `--password`.
     SetDigest {
         name: String,
         #[arg(value_name = "LIST|default")]
         algorithms: String,
+        /// The account's password, to compute the HA1 values of newly allowed algorithms.
+        #[arg(long)]
+        password: Option<String>,
     },
     /// Remove an account and shred its stored messages.
     Remove { name: String },
@@ -233,12 +243,15 @@ fn admin_command(command: Command) -> Option<AdminCommand> {
             messaging_enabled: !disabled,
             digest_algorithms,
         },
-        Command::User(UserSubcommand::SetDigest { name, algorithms }) => {
-            AdminCommand::UserSetDigestAlgorithms {
-                user: name,
-                algorithms,
-            }
-        }
+        Command::User(UserSubcommand::SetDigest {
+            name,
+            algorithms,
+            password,
+        }) => AdminCommand::UserSetDigestAlgorithms {
+            user: name,
+            algorithms,
+            password,
+        },
         Command::User(UserSubcommand::Remove { name }) => AdminCommand::UserRemove { user: name },
         Command::User(UserSubcommand::Enable { name }) => AdminCommand::UserSetMessagingEnabled {
             user: name,
@@ -273,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let command = match subcommand {
                 CertSubcommand::CreateCa => CertCommand::CreateCa,
                 CertSubcommand::CreateNode { hosts } => CertCommand::CreateNode { hosts },
+                CertSubcommand::CreateSip { hosts } => CertCommand::CreateSip { hosts },
                 CertSubcommand::CreateClient { name } => CertCommand::CreateClient { name },
                 CertSubcommand::CreateMasterKey { path } => CertCommand::CreateMasterKey { path },
             };

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use pms_transport::{
     AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, DigestAlgorithm,
     GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus,
-    UserSummary,
+    Password, UserSummary,
 };
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 
@@ -64,6 +64,7 @@ impl AdminBackend for FakeBackend {
         &self,
         user: UserId,
         _algorithms: Vec<DigestAlgorithm>,
+        _password: Option<Password>,
     ) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             if self.users.lock().unwrap().contains_key(&user) {

@@ -2,24 +2,26 @@
 //! edge's `MailboxService` over `pms-replication`, and `AdminApi` implements the admin gRPC
 //! service's `AdminBackend` over the same groups.
 //!
-//! Invariant: a user's data key is generated and wrapped here, before `ProvisionUser` is
-//! proposed; only the wrapped form enters the Raft log.
+//! Invariant: a user's data key is generated and wrapped here, and the HA1 values (of the
+//! algorithms the account's policy allows, no others) are sealed here, before `ProvisionUser`
+//! is proposed; only the wrapped and sealed forms enter the Raft log, and only the directory's
+//! log (the mailbox group's copy of the record carries neither).
 //! Invariant: after `RemoveUser` commits, the unwrapped key is evicted from the edge's keyring.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pms_crypto::{DataKey, wrap_data_key};
+use pms_crypto::{DataKey, seal_credentials, wrap_data_key};
 use pms_edge::keyring::Keyring;
 use pms_mailbox::{
-    BoxFuture, Command, CommandResponse, Credentials, MailboxService, MessageState as StoredState,
-    ProposeError, UserRecord, query,
+    BoxFuture, Command, CommandResponse, Credentials, DigestAlgorithm, MailboxService,
+    MessageState as StoredState, ProposeError, UserRecord, query,
 };
 use pms_replication::{GroupRole as ReplicaRole, Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
 use pms_transport::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
-    MessageState, MessageStatusReport, NewUser, NodeStatus, UserSummary, local_status,
+    MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserSummary, local_status,
 };
 use pms_types::{Clock, GroupId, MessageId, NodeId, StateRead, UserId};
 
@@ -92,9 +94,50 @@ pub struct AdminApi {
     pub realm: String,
     pub grpc_address: String,
     pub clock: Arc<dyn Clock>,
+    /// The node's digest policy (`--digest-algorithms`): what an account that follows the
+    /// node's policy stores HA1 values for.
+    pub digest_algorithms: Vec<DigestAlgorithm>,
 }
 
 impl AdminApi {
+    /// The algorithms whose HA1 an account with policy `account` stores.
+    fn stored_algorithms(&self, account: &[DigestAlgorithm]) -> Vec<DigestAlgorithm> {
+        if account.is_empty() {
+            self.digest_algorithms.clone()
+        } else {
+            account.to_vec()
+        }
+    }
+
+    /// The HA1 values of `password` for exactly `algorithms`.
+    fn credentials(
+        &self,
+        user: &UserId,
+        password: &Password,
+        algorithms: &[DigestAlgorithm],
+    ) -> Credentials {
+        let hash = |algorithm: Algorithm| {
+            ha1(algorithm, user.as_str(), &self.realm, password.expose())
+        };
+        Credentials {
+            realm: self.realm.clone(),
+            ha1_md5: algorithms
+                .contains(&DigestAlgorithm::Md5)
+                .then(|| hash(Algorithm::Md5)),
+            ha1_sha256: algorithms
+                .contains(&DigestAlgorithm::Sha256)
+                .then(|| hash(Algorithm::Sha256)),
+        }
+    }
+
+    fn seal(&self, user: &UserId, credentials: &Credentials) -> Vec<u8> {
+        seal_credentials(
+            self.keyring.master(),
+            user.as_str(),
+            &pms_mailbox::encode(credentials),
+        )
+    }
+
     async fn propose(
         &self,
         group: GroupId,
@@ -148,15 +191,15 @@ impl AdminBackend for AdminApi {
     fn add_user(&self, user: NewUser) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             let name = user.user.as_str();
-            let password = user.password.expose();
             let data_key = DataKey::generate();
+            let credentials = self.credentials(
+                &user.user,
+                &user.password,
+                &self.stored_algorithms(&user.digest_algorithms),
+            );
             let record = UserRecord {
                 user: user.user.clone(),
-                credentials: Credentials {
-                    realm: self.realm.clone(),
-                    ha1_md5: ha1(Algorithm::Md5, name, &self.realm, password),
-                    ha1_sha256: ha1(Algorithm::Sha256, name, &self.realm, password),
-                },
+                sealed_credentials: self.seal(&user.user, &credentials),
                 digest_algorithms: user.digest_algorithms.clone(),
                 messaging_enabled: user.messaging_enabled,
                 wrapped_data_key: wrap_data_key(self.keyring.master(), name, &data_key),
@@ -164,13 +207,29 @@ impl AdminBackend for AdminApi {
             };
             // The mailbox first: once the directory knows the account (and the edge lets it
             // in), its mailbox exists. A mailbox left by an interrupted earlier attempt is fine.
+            // Its copy carries no secret: only the directory authenticates and opens messages.
             let mailbox = self.replication.group_for_user(&user.user);
-            let provision = Command::ProvisionUser { record };
-            match self.propose(mailbox, provision.clone()).await? {
+            let mailbox_record = UserRecord {
+                sealed_credentials: Vec::new(),
+                wrapped_data_key: Vec::new(),
+                ..record.clone()
+            };
+            match self
+                .propose(
+                    mailbox,
+                    Command::ProvisionUser {
+                        record: mailbox_record,
+                    },
+                )
+                .await?
+            {
                 CommandResponse::Done | CommandResponse::UserExists { .. } => {}
                 other => expect_done(other)?,
             }
-            expect_done(self.propose(GroupId::DIRECTORY, provision).await?)
+            expect_done(
+                self.propose(GroupId::DIRECTORY, Command::ProvisionUser { record })
+                    .await?,
+            )
         })
     }
 
@@ -218,13 +277,44 @@ impl AdminBackend for AdminApi {
         &self,
         user: UserId,
         algorithms: Vec<pms_transport::DigestAlgorithm>,
+        password: Option<Password>,
     ) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             // The edge reads the policy from the directory only, like the enabled flag.
+            let allowed = self.stored_algorithms(&algorithms);
+            let credentials = match password {
+                Some(password) => self.credentials(&user, &password, &allowed),
+                None => {
+                    let state = self.state(GroupId::DIRECTORY)?;
+                    let record = query::user(&*state, GroupId::DIRECTORY, &user)
+                        .map_err(internal)?
+                        .ok_or_else(|| AdminError::NotFound {
+                            what: format!("user {user}"),
+                        })?;
+                    let mut stored = self.keyring.credentials(&record).map_err(internal)?;
+                    if let Some(missing) = allowed
+                        .iter()
+                        .find(|algorithm| stored.ha1(**algorithm).is_none())
+                    {
+                        return Err(AdminError::InvalidArgument {
+                            reason: format!(
+                                "user {user} has no stored HA1 for {missing} (PMS keeps only those its policy allowed): give the account's password with --password"
+                            ),
+                        });
+                    }
+                    stored.retain(&allowed);
+                    stored
+                }
+            };
+            let sealed_credentials = self.seal(&user, &credentials);
             expect_done(
                 self.propose(
                     GroupId::DIRECTORY,
-                    Command::SetDigestAlgorithms { user, algorithms },
+                    Command::SetDigestAlgorithms {
+                        user,
+                        algorithms,
+                        sealed_credentials,
+                    },
                 )
                 .await?,
             )

@@ -11,6 +11,9 @@
 //! Invariant: the TOML file is read with a size cap ([`CONFIG_FILE_BYTES_MAX`]) and unknown keys
 //! are refused, so a typo cannot silently fall back to a default.
 //!
+//! Invariant: the SIP TLS listener always runs; the TCP and UDP listeners run unless set to
+//! `off` (`--sip-tcp off --sip-udp off` is a TLS-only node).
+//!
 //! Relative paths (flags or file) are relative to the working directory, not the file.
 //! `--master-key-file` defaults to `<data-dir>/master.key`: that is for development only; in
 //! production keep the master key off the data volume (another mount, a secret store).
@@ -72,13 +75,67 @@ pub struct Peer {
     pub grpc_address: String,
 }
 
+/// A plaintext SIP listener's setting: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenAddress {
+    Off,
+    At(SocketAddr),
+}
+
+impl ListenAddress {
+    /// The address to listen on, `None` when off.
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            ListenAddress::Off => None,
+            ListenAddress::At(address) => Some(address),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(ListenAddress::Off);
+        }
+        text.trim().parse().map(ListenAddress::At).map_err(|_| {
+            format!("{text:?} is neither an address (IP:PORT, [IPv6]:PORT) nor \"off\"")
+        })
+    }
+}
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// `--sip-tls`: an address; `off` is refused with the reason (TLS is what phones must use).
+fn parse_tls_address(text: &str) -> Result<SocketAddr, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Err("the SIP TLS listener cannot be turned off (only --sip-tcp and --sip-udp can)".into());
+    }
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address (IP:PORT, [IPv6]:PORT)"))
+}
+
 /// The validated configuration of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub sip_tls: SocketAddr,
-    pub sip_tcp: SocketAddr,
-    pub sip_udp: SocketAddr,
+    /// `None`: no SIP TCP listener (`--sip-tcp off`).
+    pub sip_tcp: Option<SocketAddr>,
+    /// `None`: no SIP UDP listener (`--sip-udp off`).
+    pub sip_udp: Option<SocketAddr>,
+    /// A message that arrived over TLS may be delivered through a TCP or UDP flow (off by
+    /// default: it waits for a TLS flow).
+    pub allow_plaintext_delivery: bool,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub domain: String,
@@ -99,6 +156,15 @@ pub struct Config {
     /// `Flow-Timer` of RFC 5626 registrations: how often (seconds) a device keeps its flow
     /// alive.
     pub flow_timer_secs: u64,
+    /// Seconds a SIP connection (TLS handshake included) or UDP peer may go without a request
+    /// that passed digest authentication before it is closed.
+    pub sip_unauthenticated_timeout_secs: u64,
+    /// Most unauthenticated connections per SIP stream listener, and unauthenticated UDP
+    /// peers; when full the oldest is closed.
+    pub sip_unauthenticated_max: usize,
+    /// Most unauthenticated connections from one source (IPv4 address, IPv6 /64) per SIP
+    /// stream listener.
+    pub sip_unauthenticated_per_source_max: usize,
     /// Mailbox groups users are hashed onto; fixed when the cluster is bootstrapped.
     pub mailbox_groups: u32,
     /// Entries applied between two Raft snapshots of a group.
@@ -108,6 +174,12 @@ pub struct Config {
     pub raft_logs_kept: u64,
     pub sip_header_bytes_max: usize,
     pub sip_body_bytes_max: usize,
+    /// Most messages one sender may have queued for one recipient (issue 8 item 13).
+    pub mailbox_messages_per_sender_max: u64,
+    /// MESSAGEs one sender may send to one recipient at once through this node…
+    pub sender_recipient_burst: u32,
+    /// …and the milliseconds per message the allowance refills.
+    pub sender_recipient_interval_ms: u64,
     /// A `tracing_subscriber::EnvFilter` directive string.
     pub log: String,
 }
@@ -126,15 +198,19 @@ struct Args {
     /// Directory for the database and generated dev material [default: ./pms-data].
     #[arg(long, env = "PMS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// SIP over TLS listen address [default: 0.0.0.0:5061].
-    #[arg(long, env = "PMS_SIP_TLS", value_name = "ADDR")]
+    /// SIP over TLS listen address; always on [default: 0.0.0.0:5061].
+    #[arg(long, env = "PMS_SIP_TLS", value_name = "ADDR", value_parser = parse_tls_address)]
     sip_tls: Option<SocketAddr>,
-    /// SIP over TCP listen address [default: 0.0.0.0:5060].
-    #[arg(long, env = "PMS_SIP_TCP", value_name = "ADDR")]
-    sip_tcp: Option<SocketAddr>,
-    /// SIP over UDP listen address [default: 0.0.0.0:5060].
-    #[arg(long, env = "PMS_SIP_UDP", value_name = "ADDR")]
-    sip_udp: Option<SocketAddr>,
+    /// SIP over TCP listen address, or `off` (plaintext) [default: 0.0.0.0:5060].
+    #[arg(long, env = "PMS_SIP_TCP", value_name = "ADDR|off")]
+    sip_tcp: Option<ListenAddress>,
+    /// SIP over UDP listen address, or `off` (plaintext) [default: 0.0.0.0:5060].
+    #[arg(long, env = "PMS_SIP_UDP", value_name = "ADDR|off")]
+    sip_udp: Option<ListenAddress>,
+    /// Let a message that arrived over TLS be delivered through a TCP or UDP flow. Without
+    /// it such a message (and its IMDNs) waits until the recipient registers over TLS.
+    #[arg(long, env = "PMS_ALLOW_PLAINTEXT_DELIVERY")]
+    allow_plaintext_delivery: bool,
     /// gRPC (node-to-node and admin) listen address [default: 0.0.0.0:50051].
     #[arg(long, env = "PMS_GRPC", value_name = "ADDR")]
     grpc: Option<SocketAddr>,
@@ -176,6 +252,22 @@ struct Args {
     /// `Flow-Timer`, seconds [default: 120].
     #[arg(long, env = "PMS_FLOW_TIMER_SECS", value_name = "SECS")]
     flow_timer_secs: Option<u64>,
+    /// Seconds a SIP connection (TLS handshake included) or UDP peer may stay without a
+    /// request that passed digest authentication before it is closed [default: 32].
+    #[arg(
+        long,
+        env = "PMS_SIP_UNAUTHENTICATED_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    sip_unauthenticated_timeout_secs: Option<u64>,
+    /// Most unauthenticated connections per SIP TLS/TCP listener, and unauthenticated UDP
+    /// peers; when full the oldest is closed [default: 1024].
+    #[arg(long, env = "PMS_SIP_UNAUTHENTICATED_MAX", value_name = "N")]
+    sip_unauthenticated_max: Option<usize>,
+    /// Most unauthenticated connections from one IPv4 address or IPv6 /64 per SIP TLS/TCP
+    /// listener; more are closed at once [default: 32].
+    #[arg(long, env = "PMS_SIP_UNAUTHENTICATED_PER_SOURCE_MAX", value_name = "N")]
+    sip_unauthenticated_per_source_max: Option<usize>,
     /// Mailbox groups users are hashed onto; the same on every node and fixed at bootstrap
     /// [default: 8].
     #[arg(long, env = "PMS_MAILBOX_GROUPS", value_name = "N")]
@@ -192,6 +284,18 @@ struct Args {
     /// Largest SIP body accepted, bytes (larger: 413) [default: 65536].
     #[arg(long, env = "PMS_SIP_BODY_BYTES_MAX", value_name = "BYTES")]
     sip_body_bytes_max: Option<usize>,
+    /// Most messages one sender may have queued in one recipient's mailbox; beyond it that
+    /// sender alone gets 480 "Too Many Messages Queued From You" [default: 1000].
+    #[arg(long, env = "PMS_MAILBOX_MESSAGES_PER_SENDER_MAX", value_name = "N")]
+    mailbox_messages_per_sender_max: Option<u64>,
+    /// MESSAGEs one sender may send to one recipient at once through this node; beyond it
+    /// 480 "Sending Too Fast" with Retry-After [default: 40].
+    #[arg(long, env = "PMS_SENDER_RECIPIENT_BURST", value_name = "N")]
+    sender_recipient_burst: Option<u32>,
+    /// Milliseconds per message that allowance refills (50: 20 messages per second)
+    /// [default: 50].
+    #[arg(long, env = "PMS_SENDER_RECIPIENT_INTERVAL_MS", value_name = "MS")]
+    sender_recipient_interval_ms: Option<u64>,
     /// Log filter, `RUST_LOG` syntax (e.g. "info,pms_edge=debug") [default: info].
     #[arg(long, env = "PMS_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -220,8 +324,9 @@ impl ListValue {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     sip_tls: Option<SocketAddr>,
-    sip_tcp: Option<SocketAddr>,
-    sip_udp: Option<SocketAddr>,
+    sip_tcp: Option<ListenAddress>,
+    sip_udp: Option<ListenAddress>,
+    allow_plaintext_delivery: Option<bool>,
     grpc: Option<SocketAddr>,
     http: Option<SocketAddr>,
     domain: Option<String>,
@@ -235,11 +340,17 @@ struct FileConfig {
     message_expires_max: Option<u64>,
     sync_window_ms: Option<u64>,
     flow_timer_secs: Option<u64>,
+    sip_unauthenticated_timeout_secs: Option<u64>,
+    sip_unauthenticated_max: Option<usize>,
+    sip_unauthenticated_per_source_max: Option<usize>,
     mailbox_groups: Option<u32>,
     raft_snapshot_logs: Option<u64>,
     raft_logs_kept: Option<u64>,
     sip_header_bytes_max: Option<usize>,
     sip_body_bytes_max: Option<usize>,
+    mailbox_messages_per_sender_max: Option<u64>,
+    sender_recipient_burst: Option<u32>,
+    sender_recipient_interval_ms: Option<u64>,
     log: Option<String>,
 }
 
@@ -293,8 +404,10 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
 
     let config = Config {
         sip_tls: address(args.sip_tls, file.sip_tls, DEFAULT_SIP_TLS)?,
-        sip_tcp: address(args.sip_tcp, file.sip_tcp, DEFAULT_SIP_TCP)?,
-        sip_udp: address(args.sip_udp, file.sip_udp, DEFAULT_SIP_UDP)?,
+        sip_tcp: plaintext_listener(args.sip_tcp, file.sip_tcp, DEFAULT_SIP_TCP)?,
+        sip_udp: plaintext_listener(args.sip_udp, file.sip_udp, DEFAULT_SIP_UDP)?,
+        allow_plaintext_delivery: args.allow_plaintext_delivery
+            || file.allow_plaintext_delivery.unwrap_or(false),
         grpc: address(args.grpc, file.grpc, DEFAULT_GRPC)?,
         http: address(args.http, file.http, DEFAULT_HTTP)?,
         domain: args
@@ -336,6 +449,18 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .flow_timer_secs
             .or(file.flow_timer_secs)
             .unwrap_or(limits::FLOW_TIMER_SECS_DEFAULT),
+        sip_unauthenticated_timeout_secs: args
+            .sip_unauthenticated_timeout_secs
+            .or(file.sip_unauthenticated_timeout_secs)
+            .unwrap_or(limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_DEFAULT),
+        sip_unauthenticated_max: args
+            .sip_unauthenticated_max
+            .or(file.sip_unauthenticated_max)
+            .unwrap_or(limits::SIP_UNAUTHENTICATED_MAX_DEFAULT),
+        sip_unauthenticated_per_source_max: args
+            .sip_unauthenticated_per_source_max
+            .or(file.sip_unauthenticated_per_source_max)
+            .unwrap_or(limits::SIP_UNAUTHENTICATED_PER_SOURCE_MAX_DEFAULT),
         sip_header_bytes_max: args
             .sip_header_bytes_max
             .or(file.sip_header_bytes_max)
@@ -344,6 +469,18 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .sip_body_bytes_max
             .or(file.sip_body_bytes_max)
             .unwrap_or(limits::SIP_BODY_BYTES_MAX_DEFAULT),
+        mailbox_messages_per_sender_max: args
+            .mailbox_messages_per_sender_max
+            .or(file.mailbox_messages_per_sender_max)
+            .unwrap_or(limits::MAILBOX_MESSAGES_PER_SENDER_MAX_DEFAULT),
+        sender_recipient_burst: args
+            .sender_recipient_burst
+            .or(file.sender_recipient_burst)
+            .unwrap_or(limits::SENDER_RECIPIENT_BURST_DEFAULT),
+        sender_recipient_interval_ms: args
+            .sender_recipient_interval_ms
+            .or(file.sender_recipient_interval_ms)
+            .unwrap_or(limits::SENDER_RECIPIENT_INTERVAL_MS_DEFAULT),
         log: args
             .log
             .or(file.log)
@@ -355,6 +492,18 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// A plaintext listener's address: flag, else file, else `default`; `None` when `off`.
+fn plaintext_listener(
+    flag: Option<ListenAddress>,
+    file: Option<ListenAddress>,
+    default: &str,
+) -> anyhow::Result<Option<SocketAddr>> {
+    match flag.or(file) {
+        Some(setting) => Ok(setting.address()),
+        None => default_address(default).map(Some),
+    }
 }
 
 fn default_address(text: &str) -> anyhow::Result<SocketAddr> {
@@ -473,6 +622,32 @@ impl Config {
                 limits::FLOW_TIMER_SECS_MAX
             );
         }
+        if !(limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MIN
+            ..=limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MAX)
+            .contains(&self.sip_unauthenticated_timeout_secs)
+        {
+            bail!(
+                "--sip-unauthenticated-timeout-secs {} is outside {}..={}",
+                self.sip_unauthenticated_timeout_secs,
+                limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MIN,
+                limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MAX
+            );
+        }
+        if !(1..=limits::CONNECTIONS_MAX).contains(&self.sip_unauthenticated_max) {
+            bail!(
+                "--sip-unauthenticated-max {} must be between 1 and {}",
+                self.sip_unauthenticated_max,
+                limits::CONNECTIONS_MAX
+            );
+        }
+        if !(1..=self.sip_unauthenticated_max).contains(&self.sip_unauthenticated_per_source_max) {
+            bail!(
+                "--sip-unauthenticated-per-source-max {} must be between 1 and \
+                 --sip-unauthenticated-max ({})",
+                self.sip_unauthenticated_per_source_max,
+                self.sip_unauthenticated_max
+            );
+        }
         if self.sync_window_ms > SYNC_WINDOW_MS_MAX {
             bail!(
                 "--sync-window-ms {} is above the maximum {SYNC_WINDOW_MS_MAX}",
@@ -489,6 +664,30 @@ impl Config {
             bail!(
                 "--sip-body-bytes-max {} must be between 1 and {SIP_BODY_BYTES_MAX_LIMIT}",
                 self.sip_body_bytes_max
+            );
+        }
+        let mailbox_max = limits::MAILBOX_MESSAGES_MAX as u64;
+        if !(1..=mailbox_max).contains(&self.mailbox_messages_per_sender_max) {
+            bail!(
+                "--mailbox-messages-per-sender-max {} must be between 1 and {mailbox_max} \
+                 (the per-recipient maximum)",
+                self.mailbox_messages_per_sender_max
+            );
+        }
+        if !(1..=limits::SENDER_RECIPIENT_BURST_MAX).contains(&self.sender_recipient_burst) {
+            bail!(
+                "--sender-recipient-burst {} must be between 1 and {}",
+                self.sender_recipient_burst,
+                limits::SENDER_RECIPIENT_BURST_MAX
+            );
+        }
+        if !(1..=limits::SENDER_RECIPIENT_INTERVAL_MS_MAX)
+            .contains(&self.sender_recipient_interval_ms)
+        {
+            bail!(
+                "--sender-recipient-interval-ms {} must be between 1 and {}",
+                self.sender_recipient_interval_ms,
+                limits::SENDER_RECIPIENT_INTERVAL_MS_MAX
             );
         }
         if self.digest_algorithms.is_empty() {
@@ -539,8 +738,9 @@ mod tests {
         let config = from_args(args(&[])).expect("defaults are valid");
         assert_eq!(config.data_dir, PathBuf::from("./pms-data"));
         assert_eq!(config.sip_tls, "0.0.0.0:5061".parse().expect("addr"));
-        assert_eq!(config.sip_tcp, "0.0.0.0:5060".parse().expect("addr"));
-        assert_eq!(config.sip_udp, "0.0.0.0:5060".parse().expect("addr"));
+        assert_eq!(config.sip_tcp, Some("0.0.0.0:5060".parse().expect("addr")));
+        assert_eq!(config.sip_udp, Some("0.0.0.0:5060".parse().expect("addr")));
+        assert!(!config.allow_plaintext_delivery);
         assert_eq!(config.grpc, "0.0.0.0:50051".parse().expect("addr"));
         assert_eq!(config.http, "0.0.0.0:9090".parse().expect("addr"));
         assert_eq!(config.domain, "localhost");
@@ -572,6 +772,34 @@ mod tests {
     }
 
     #[test]
+    fn sender_limits_have_documented_defaults_and_bounds() {
+        assert_no_pms_env();
+        let config = from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(config.mailbox_messages_per_sender_max, 1_000);
+        assert_eq!(config.sender_recipient_burst, 40);
+        assert_eq!(config.sender_recipient_interval_ms, 50);
+        let config = from_args(args(&[
+            "--mailbox-messages-per-sender-max=3",
+            "--sender-recipient-burst=2",
+            "--sender-recipient-interval-ms=60000",
+        ]))
+        .expect("valid");
+        assert_eq!(config.mailbox_messages_per_sender_max, 3);
+        assert_eq!(config.sender_recipient_burst, 2);
+        assert_eq!(config.sender_recipient_interval_ms, 60_000);
+        for bad in [
+            "--mailbox-messages-per-sender-max=0",
+            "--mailbox-messages-per-sender-max=10001",
+            "--sender-recipient-burst=0",
+            "--sender-recipient-interval-ms=0",
+        ] {
+            let error = from_args(args(&[bad])).expect_err(bad).to_string();
+            let flag = bad.split('=').next().unwrap_or_default();
+            assert!(error.contains(flag), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn flags_set_every_field_and_derived_paths_follow_data_dir() {
         assert_no_pms_env();
         let config = from_args(args(&[
@@ -596,7 +824,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/srv/pms"));
         assert_eq!(config.certs_dir, PathBuf::from("/srv/pms/certs"));
         assert_eq!(config.master_key_file, PathBuf::from("/srv/pms/master.key"));
-        assert_eq!(config.sip_udp, "[::1]:15060".parse().expect("addr"));
+        assert_eq!(config.sip_udp, Some("[::1]:15060".parse().expect("addr")));
         assert_eq!(config.http.port(), 19090);
         assert_eq!(config.domain, "example.org");
         assert_eq!(config.node_id, NodeId(3));
@@ -666,6 +894,93 @@ mod tests {
         );
         assert_eq!(config.message_expires_max_secs, 700_000);
         assert_eq!(config.sip_tls.port(), 5061, "default when neither sets it");
+    }
+
+    #[test]
+    fn plaintext_listeners_can_be_turned_off_but_tls_cannot() {
+        assert_no_pms_env();
+        let config = from_args(args(&["--sip-tcp", "off", "--sip-udp=OFF"])).expect("valid");
+        assert_eq!((config.sip_tcp, config.sip_udp), (None, None));
+        assert_eq!(config.sip_tls.port(), 5061);
+
+        let file = write_toml(
+            "sip_tcp = \"off\"\nsip_udp = \"127.0.0.1:5070\"\nallow_plaintext_delivery = true\n",
+        );
+        let path = file.path().to_str().expect("utf-8 temp path");
+        let config = from_args(args(&["--config", path])).expect("valid file");
+        assert_eq!(config.sip_tcp, None);
+        assert_eq!(config.sip_udp, Some("127.0.0.1:5070".parse().expect("addr")));
+        assert!(config.allow_plaintext_delivery);
+        let config = from_args(args(&["--config", path, "--sip-tcp", "127.0.0.1:5071"]))
+            .expect("flag beats file");
+        assert_eq!(config.sip_tcp, Some("127.0.0.1:5071".parse().expect("addr")));
+
+        let error = format!("{:#}", from_args(args(&["--sip-tls", "off"])).expect_err("off"));
+        assert!(error.contains("cannot be turned off"), "{error}");
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--sip-tcp", "nowhere"])).expect_err("bad")
+        );
+        assert!(error.contains("--sip-tcp") && error.contains("off"), "{error}");
+        let bad = write_toml("sip_udp = \"of\"\n");
+        let path = bad.path().to_str().expect("utf-8 temp path");
+        let error = format!("{:#}", from_args(args(&["--config", path])).expect_err("bad"));
+        assert!(error.contains("sip_udp"), "{error}");
+    }
+
+    /// The production example is TLS-only and parses.
+    #[test]
+    fn the_production_example_config_is_tls_only() {
+        assert_no_pms_env();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pmsd.production.toml");
+        let config = from_args(args(&["--config", path])).expect("the example is valid");
+        assert_eq!((config.sip_tcp, config.sip_udp), (None, None));
+        assert!(!config.allow_plaintext_delivery);
+        assert!(!config.allows_md5(), "the example refuses MD5");
+    }
+
+    #[test]
+    fn unauthenticated_connection_limits_have_documented_defaults_and_bounds() {
+        assert_no_pms_env();
+        let config = from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(
+            (
+                config.sip_unauthenticated_timeout_secs,
+                config.sip_unauthenticated_max,
+                config.sip_unauthenticated_per_source_max
+            ),
+            (32, 1_024, 32)
+        );
+        let config = from_args(args(&[
+            "--sip-unauthenticated-timeout-secs",
+            "2",
+            "--sip-unauthenticated-max",
+            "8",
+            "--sip-unauthenticated-per-source-max",
+            "4",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (
+                config.sip_unauthenticated_timeout_secs,
+                config.sip_unauthenticated_max,
+                config.sip_unauthenticated_per_source_max
+            ),
+            (2, 8, 4)
+        );
+        for bad in [
+            &["--sip-unauthenticated-timeout-secs", "0"][..],
+            &["--sip-unauthenticated-max", "0"],
+            &[
+                "--sip-unauthenticated-max",
+                "8",
+                "--sip-unauthenticated-per-source-max",
+                "9",
+            ],
+        ] {
+            let error = format!("{:#}", from_args(args(bad)).expect_err("out of bounds"));
+            assert!(error.contains(bad[bad.len() - 2]), "{error}");
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! Invariant: SIP listeners open only after the group has a leader and stale bindings of earlier
 //! incarnations are removed; they close first on shutdown, and in-flight transactions finish
 //! (bounded by `DRAIN_TIMEOUT`) before Raft and RocksDB are flushed and stopped.
+//! Invariant: the SIP TLS listener presents `sip.crt`, never `node.crt` (the cluster identity,
+//! shown only on the gRPC port); a node without `sip.crt` whose certs dir cannot make one (no
+//! `ca.key`) refuses to start and says what to do.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -64,6 +67,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.allows_md5() {
         info!(
             "digest policy allows MD5 for clients that cannot do SHA-256 (--digest-algorithms sha256 refuses it)"
+        );
+    }
+    // Invariant: only a node that starts a cluster alone may generate a master key; a member
+    // of a larger cluster generating its own would seal what no other node can open.
+    let alone = !config.join && members.keys().all(|node| *node == config.node_id.0);
+    if !alone && !config.master_key_file.exists() {
+        let path = config.master_key_file.display();
+        anyhow::bail!(
+            "master key file {path} does not exist, and this node is one of several (--peers or --join): every node of a cluster needs the same master key. Copy the cluster's key file to {path} (chmod 600), or point --master-key-file at it; a new cluster's key is made once with `openssl rand -hex 32 > master.key`"
         );
     }
     let (master_key, created) = pms_crypto::MasterKey::load_or_create(&config.master_key_file)
@@ -122,7 +134,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("bootstrapping the Raft group")?;
     }
     let router = Arc::new(ClusterRouter::new(replication.clone(), peers.clone()));
-    let keyring = Arc::new(Keyring::new(master_key));
+    let keyring = Arc::new(Keyring::new(master_key, metrics.clone()));
+    tokio::spawn(crate::shred::shred_removed_accounts(
+        replication.clone(),
+        keyring.clone(),
+        metrics.clone(),
+        config.data_dir.join(crate::shred::SHRED_PENDING_FILE),
+    ));
 
     // The gRPC server (Raft, forwarding, deliveries, admin) starts before this node waits for a
     // leader: the other nodes need it to elect one.
@@ -135,6 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         realm: config.domain.clone(),
         grpc_address: grpc_address.clone(),
         clock: clock.clone(),
+        digest_algorithms: config.digest_algorithms.clone(),
     });
     let grpc_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
         .await
@@ -210,6 +229,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replication: replication.clone(),
         router: router.clone(),
     });
+    let fingerprint = keyring.master().fingerprint();
+    if let Err(error) = check_master_key(&*mailboxes, &fingerprint, &config).await {
+        let _ = shutdown_sender.send(true);
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+        replication.shutdown().await;
+        store.persist_memory().context("flushing RocksDB")?;
+        return Err(error);
+    }
+    info!(%fingerprint, "master key matches the cluster's");
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
     let mut queued: u64 = 0;
     for group in (1..=config.mailbox_groups).map(GroupId) {
@@ -242,8 +271,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(wake_on_apply(replication.clone(), group, service.clone()));
     }
 
-    let tls_config =
-        pms_crypto::sip_server_config(&config.certs_dir).context("SIP TLS certificate")?;
+    let tls_config = pms_crypto::sip_server_config(&config.certs_dir)
+        .context("SIP TLS certificate (sip.crt, sip.key)")?;
+    // Invariant: TLS always listens; TCP and UDP only when configured (`off` turns them off).
+    let tcp = match config.sip_tcp {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding SIP TCP {address}"))?,
+        ),
+        None => None,
+    };
+    let udp = match config.sip_udp {
+        Some(address) => Some(
+            UdpSocket::bind(address)
+                .await
+                .with_context(|| format!("binding SIP UDP {address}"))?,
+        ),
+        None => None,
+    };
     let listeners = EdgeListeners {
         tls: Some((
             TcpListener::bind(config.sip_tls)
@@ -251,25 +297,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
             tokio_rustls::TlsAcceptor::from(tls_config),
         )),
-        tcp: Some(
-            TcpListener::bind(config.sip_tcp)
-                .await
-                .with_context(|| format!("binding SIP TCP {}", config.sip_tcp))?,
-        ),
-        udp: Some(
-            UdpSocket::bind(config.sip_udp)
-                .await
-                .with_context(|| format!("binding SIP UDP {}", config.sip_udp))?,
-        ),
+        tcp,
+        udp,
     };
     start_listeners(listeners, service.clone(), shutdown.clone());
     serving.store(true, Ordering::Relaxed);
+    let listening = |address: Option<std::net::SocketAddr>| {
+        address.map_or_else(|| "off".to_owned(), |address| address.to_string())
+    };
+    if config.sip_tcp.is_none() && config.sip_udp.is_none() {
+        info!("SIP over TLS only: the TCP and UDP listeners are off");
+    } else {
+        warn!(
+            sip_tcp = %listening(config.sip_tcp),
+            sip_udp = %listening(config.sip_udp),
+            "plaintext SIP listeners are on: requests and messages on them cross the network in clear (--sip-tcp off --sip-udp off for TLS only)"
+        );
+    }
+    if config.allow_plaintext_delivery {
+        warn!("--allow-plaintext-delivery: messages that arrived over TLS may be delivered over TCP or UDP in clear");
+    }
 
     info!(
         node = %config.node_id,
         sip_tls = %config.sip_tls,
-        sip_tcp = %config.sip_tcp,
-        sip_udp = %config.sip_udp,
+        sip_tcp = %listening(config.sip_tcp),
+        sip_udp = %listening(config.sip_udp),
+        allow_plaintext_delivery = config.allow_plaintext_delivery,
         grpc = %config.grpc,
         http = %config.http,
         domain = %config.domain,
@@ -423,6 +477,38 @@ fn check_mailbox_groups(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Records this node's master-key fingerprint in the directory if the cluster has none yet
+/// (bootstrap), else makes sure it is the cluster's: a node with another key would answer 500
+/// to every message whose data key another node wrapped.
+async fn check_master_key(
+    mailboxes: &dyn MailboxService,
+    fingerprint: &str,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let command = Command::CheckMasterKey {
+        fingerprint: fingerprint.to_owned(),
+    };
+    let mut tries = 0;
+    loop {
+        match mailboxes.propose(GroupId::DIRECTORY, command.clone()).await {
+            Ok(pms_mailbox::CommandResponse::MasterKeyMismatch { recorded }) => {
+                anyhow::bail!(
+                    "the master key in {} (fingerprint {fingerprint}) is not this cluster's (fingerprint {recorded}): start this node with the key file the other nodes use (--master-key-file); this node's data is unchanged",
+                    config.master_key_file.display()
+                );
+            }
+            Ok(_) => return Ok(()),
+            Err(pms_mailbox::ProposeError::Retry { reason })
+                if tries < STARTUP_PROPOSE_TRIES_MAX =>
+            {
+                tries += 1;
+                warn!(%reason, tries, "checking the master key against the cluster's: retrying");
+            }
+            Err(error) => return Err(error).context("checking the master key against the cluster's"),
+        }
+    }
+}
+
 /// Removes the bindings of this node's earlier runs, retrying while the cluster settles.
 async fn unbind_stale_flows(
     mailboxes: &dyn MailboxService,
@@ -464,6 +550,13 @@ fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
     edge.message_expires_max_secs = config.message_expires_max_secs;
     edge.sync_window_ms = config.sync_window_ms;
     edge.flow_timer_secs = config.flow_timer_secs;
+    edge.mailbox_messages_per_sender_max = config.mailbox_messages_per_sender_max;
+    edge.sender_rate.burst = config.sender_recipient_burst;
+    edge.sender_rate.interval_ms = config.sender_recipient_interval_ms;
+    edge.unauthenticated_timeout_secs = config.sip_unauthenticated_timeout_secs;
+    edge.unauthenticated_max = config.sip_unauthenticated_max;
+    edge.unauthenticated_per_source_max = config.sip_unauthenticated_per_source_max;
+    edge.allow_plaintext_delivery = config.allow_plaintext_delivery;
     edge
 }
 
@@ -487,7 +580,23 @@ fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
         if created {
             warn!(
                 certs_dir = %config.certs_dir.display(),
-                "DEVELOPMENT ONLY: generated a CA, a node certificate and an admin client certificate. Production makes them with `pmsctl cert create-ca | create-node | create-client admin` and keeps ca.key offline."
+                "DEVELOPMENT ONLY: generated a CA, a node certificate, a SIP certificate and an admin client certificate. Production makes them with `pmsctl cert create-ca | create-node | create-client admin`, keeps ca.key offline, and gives the SIP listener a certificate from a public CA as sip.crt/sip.key."
+            );
+        }
+    }
+    // A development certs dir from before the SIP listener had its own certificate.
+    if !config.certs_dir.join(pms_crypto::SIP_CERT_FILE).exists() {
+        let created = pms_crypto::ensure_dev_sip_cert(&config.certs_dir, &hosts)
+            .with_context(|| {
+                format!(
+                    "creating a development SIP certificate in {}",
+                    config.certs_dir.display()
+                )
+            })?;
+        if created {
+            warn!(
+                certs_dir = %config.certs_dir.display(),
+                "DEVELOPMENT ONLY: the certs dir had no sip.crt; created sip.crt/sip.key signed by the cluster CA for the SIP TLS listener (node.crt is no longer shown to phones). Production uses a certificate from a public CA as sip.crt/sip.key."
             );
         }
     }
@@ -495,6 +604,18 @@ fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
         let path: &Path = &config.certs_dir.join(file);
         anyhow::ensure!(path.exists(), "{} is missing", path.display());
     }
+    let sip_cert = config.certs_dir.join(pms_crypto::SIP_CERT_FILE);
+    let sip_key = config.certs_dir.join(pms_crypto::SIP_KEY_FILE);
+    anyhow::ensure!(
+        sip_cert.exists() && sip_key.exists(),
+        "{} or {} is missing: the SIP TLS listener has its own certificate, separate from node.crt. \
+         Put the certificate phones should see there (production: from a public CA, full chain in sip.crt), \
+         or create one signed by the cluster CA with `pmsctl cert create-sip --certs-dir {} HOST...` \
+         (needs ca.key), then start again",
+        sip_cert.display(),
+        sip_key.display(),
+        config.certs_dir.display()
+    );
     Ok(())
 }
 

@@ -957,7 +957,14 @@ fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
     ));
     assert_eq!(refused.status, 401, "{refused:?}");
     assert_eq!(refused.headers.get_all("WWW-Authenticate").len(), 1);
-    let reset = node.run_pmsctl(&["user", "set-digest", "carol", "default"]);
+    // Only the HA1 values a policy allows are stored: allowing MD5 again needs the password.
+    let without_password = node.run_pmsctl(&["user", "set-digest", "carol", "default"]);
+    assert!(!without_password.status.success());
+    assert!(
+        String::from_utf8_lossy(&without_password.stderr).contains("--password"),
+        "{without_password:?}"
+    );
+    let reset = node.run_pmsctl(&["user", "set-digest", "carol", "default", "--password", PASSWORD]);
     assert!(reset.status.success(), "{reset:?}");
     assert_eq!(offered_algorithms(&mut phone, "carol"), ["SHA-256", "MD5"]);
     let bad = node.run_pmsctl(&["user", "set-digest", "carol", "sha1"]);

@@ -259,7 +259,10 @@ fn register_bob(client: &mut RawClient, call_id: &str) -> pms_sip::message::Resp
 
 #[test]
 fn a_device_registering_again_on_a_new_connection_replaces_its_flow() {
-    let node = node_with_alice_and_bob();
+    // The device is on plain TCP and alice sends over TLS: the policy must allow that.
+    let node = Node::start_with(vec!["--allow-plaintext-delivery".into()]);
+    node.add_user("alice");
+    node.add_user("bob");
     let mut old = RawClient::connect(&node);
     assert_eq!(register_bob(&mut old, "reg-old").status, 200);
     let mut new = RawClient::connect(&node);

@@ -6,7 +6,7 @@
 use openraft::entry::RaftEntry;
 use openraft::vote::RaftLeaderIdExt;
 use openraft::{Membership, RaftTypeConfig};
-use pms_mailbox::{Command, Credentials, GroupCommand, NewMessage, UserRecord};
+use pms_mailbox::{Command, GroupCommand, NewMessage, UserRecord};
 use pms_replication::{LogCommand, TypeConfig};
 use pms_storage::{MemoryStore, Store};
 use pms_types::{GroupId, Keyspace, MessageId, UnixMillis, UserId};
@@ -23,11 +23,7 @@ pub fn provision(name: &str) -> Command {
     Command::ProvisionUser {
         record: UserRecord {
             user: user(name),
-            credentials: Credentials {
-                realm: "localhost".into(),
-                ha1_md5: "0".repeat(32),
-                ha1_sha256: "0".repeat(64),
-            },
+            sealed_credentials: vec![0; 64],
             digest_algorithms: Vec::new(),
             messaging_enabled: true,
             wrapped_data_key: vec![7; 48],
@@ -47,6 +43,7 @@ pub fn enqueue(recipient: &str, id_byte: u8) -> Command {
         },
         accepted_at: UnixMillis(2_000),
         notification: None,
+        sender: None,
     }
 }
 

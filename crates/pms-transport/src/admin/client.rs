@@ -114,10 +114,12 @@ impl AdminClient {
         &self,
         user: &UserId,
         algorithms: &[DigestAlgorithm],
+        password: Option<&str>,
     ) -> Result<(), AdminError> {
         let request = pb::SetDigestAlgorithmsRequest {
             user: user.as_str().to_owned(),
             digest_algorithms: digest_algorithms_to_proto(algorithms),
+            password: password.unwrap_or_default().to_owned(),
         };
         self.stub().set_digest_algorithms(request).await?;
         Ok(())

@@ -219,10 +219,14 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()>;
     /// Replaces the account's digest policy (empty: the node's); [`AdminError::NotFound`] if
     /// absent.
+    /// With `password`, the HA1 values are computed anew for the allowed algorithms; without
+    /// it, a policy allowing an algorithm the account has no HA1 for is
+    /// [`AdminError::InvalidArgument`].
     fn set_digest_algorithms(
         &self,
         user: UserId,
         algorithms: Vec<DigestAlgorithm>,
+        password: Option<Password>,
     ) -> BackendFuture<'_, ()>;
     /// At most `limit` accounts whose names sort after `after` (from the start when `None`), in
     /// order.

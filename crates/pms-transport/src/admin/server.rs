@@ -195,7 +195,14 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let user = parse_user(&request.user)?;
         let algorithms = parse_digest_algorithms(&request.digest_algorithms)?;
-        self.backend.set_digest_algorithms(user, algorithms).await?;
+        let password = if request.password.is_empty() {
+            None
+        } else {
+            Some(Password::new(request.password)?)
+        };
+        self.backend
+            .set_digest_algorithms(user, algorithms, password)
+            .await?;
         Ok(Response::new(pb::SetDigestAlgorithmsResponse {}))
     }
 

@@ -153,12 +153,19 @@ impl Node {
             .open(&self.log_path)
             .expect("log file");
         let p = &self.ports;
+        // A test that sets a plaintext listener itself (`--sip-tcp off`) replaces the default.
+        let given = |flag: &str| self.extra_args.iter().any(|arg| arg == flag);
+        let mut plaintext = Vec::new();
+        for flag in ["--sip-tcp", "--sip-udp"] {
+            if !given(flag) {
+                plaintext.extend([flag.to_owned(), format!("127.0.0.1:{}", p.sip_tcp)]);
+            }
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_pmsd"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--sip-tls", &format!("127.0.0.1:{}", p.sip_tls)])
-            .args(["--sip-tcp", &format!("127.0.0.1:{}", p.sip_tcp)])
-            .args(["--sip-udp", &format!("127.0.0.1:{}", p.sip_tcp)])
+            .args(&plaintext)
             .args(["--grpc", &format!("127.0.0.1:{}", p.grpc)])
             .args(["--http", &format!("127.0.0.1:{}", p.http)])
             .args(["--log", "info,pms_edge=debug,pmsd=debug,openraft=warn"])
@@ -538,6 +545,7 @@ impl Cluster {
         for args in [
             vec!["cert", "create-ca"],
             vec!["cert", "create-node", "127.0.0.1", "localhost"],
+            vec!["cert", "create-sip", "127.0.0.1", "localhost"],
             vec!["cert", "create-client", "admin"],
         ] {
             let output = Command::new(pmsctl_path())
@@ -698,3 +706,230 @@ fn member_args(shared: &Path, node_id: usize, membership: &[&str]) -> Vec<String
 
 /// Lines of each node's log shown when a cluster test fails.
 const LOG_TAIL_LINES: usize = 150;
+
+/// Every file under `dir` whose raw bytes contain `needle`. Meaningful for RocksDB files
+/// because PMS stores blocks uncompressed (see `pms_storage::RocksStore`).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|file| {
+            std::fs::read(file)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+        })
+        .collect()
+}
+
+/// Where, reading through RocksDB itself (every column family, Raft log entries and the stored
+/// snapshot included), the store in `db_dir` holds `needle` in a key or a value:
+/// `"keyspace"` names. Opens read-only, so the node may be running.
+pub fn stored_in(db_dir: &Path, needle: &[u8]) -> Vec<&'static str> {
+    use pms_storage::Store as _;
+    let store = pms_storage::RocksStore::open_read_only(db_dir).expect("open RocksDB read-only");
+    let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
+    pms_types::Keyspace::ALL
+        .into_iter()
+        .filter(|keyspace| {
+            store
+                .scan_prefix_all(*keyspace, &[])
+                .expect("scan")
+                .iter()
+                .any(|(key, value)| contains(key) || contains(value))
+        })
+        .map(pms_types::Keyspace::name)
+        .collect()
+}
+
+/// Whether the readable memory of process `pid` holds `needle` anywhere (heap, stacks,
+/// mappings), read through `/proc/<pid>/mem`.
+pub fn process_memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let memory = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/pid/mem");
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(permissions)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let name = fields.nth(3).unwrap_or_default();
+        if !permissions.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let mut region = vec![0u8; usize::try_from(end - start).expect("region size")];
+        if memory.read_exact_at(&mut region, start).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|window| window == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The value of the unlabelled metric `name` on the node's `/metrics`, if it answers.
+pub fn metric_value(http_port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(http_port, "/metrics")?;
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A SIP client on one TCP connection from a chosen loopback source address (`127.0.0.x`), for
+/// tests that speak as several sources; it answers 401/407 challenges with a given password.
+pub struct SipSource {
+    stream: TcpStream,
+    framer: pms_sip::framing::StreamFramer,
+    local: SocketAddr,
+    requests: u64,
+}
+
+impl SipSource {
+    /// Connects to `server` from `source` (std cannot bind before connecting; tokio can).
+    pub fn connect(source: [u8; 4], server: SocketAddr) -> SipSource {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((source, 0)))?;
+                socket.connect(server).await?.into_std()
+            })
+            .unwrap_or_else(|error| panic!("connecting from {source:?}: {error}"));
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let local = stream.local_addr().expect("local address");
+        SipSource {
+            stream,
+            framer: pms_sip::framing::StreamFramer::new(64 * 1024, 64 * 1024),
+            local,
+            requests: 0,
+        }
+    }
+
+    /// Sends `bytes` and returns the next response (keep-alives and requests skipped).
+    pub fn exchange(&mut self, bytes: &[u8]) -> pms_sip::message::Response {
+        use pms_sip::framing::Frame;
+        use pms_sip::message::SipMessage;
+        self.stream.write_all(bytes).expect("write");
+        loop {
+            while let Some(frame) = self.framer.next_frame() {
+                if let Frame::Message(message) = frame.expect("framing")
+                    && let SipMessage::Response(response) =
+                        pms_sip::message::parse(&message).expect("a SIP message")
+                {
+                    return response;
+                }
+            }
+            let mut buffer = vec![0u8; 65_536];
+            let read = self.stream.read(&mut buffer).expect("no response in time");
+            assert!(read > 0, "server closed the connection");
+            self.framer.push(&buffer[..read]);
+        }
+    }
+
+    /// One request of a new transaction (`cseq` 1 without `credentials`, 2 with them).
+    fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        from_user: &str,
+        to_user: &str,
+        credentials: Option<&str>,
+        body: &str,
+    ) -> Vec<u8> {
+        self.requests += 1;
+        let n = self.requests;
+        let local = self.local;
+        let cseq = if credentials.is_some() { 2 } else { 1 };
+        let mut text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKsrc{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from_user}@localhost>;tag=t{n}\r\n\
+             To: <sip:{to_user}@localhost>\r\nCall-ID: src-{local}-{n}\r\nCSeq: {cseq} {method}\r\n"
+        );
+        if method == "REGISTER" {
+            text.push_str(&format!(
+                "Contact: <sip:{from_user}@{local};transport=tcp>\r\nExpires: 600\r\n"
+            ));
+        }
+        if let Some(credentials) = credentials {
+            text.push_str(credentials);
+            text.push_str("\r\n");
+        }
+        if !body.is_empty() {
+            text.push_str("Content-Type: text/plain\r\n");
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        text.into_bytes()
+    }
+
+    /// A request of `user` with `password`: sent, challenged, sent again with credentials;
+    /// returns the final answer (or the first one when it is not a challenge).
+    fn authenticated(
+        &mut self,
+        method: &str,
+        uri: &str,
+        user: &str,
+        password: &str,
+        to_user: &str,
+        body: &str,
+    ) -> pms_sip::message::Response {
+        let first = self.request(method, uri, user, to_user, None, body);
+        let challenge = self.exchange(&first);
+        let (challenge_header, credentials_header) = match challenge.status {
+            401 => ("WWW-Authenticate", "Authorization"),
+            407 => ("Proxy-Authenticate", "Proxy-Authorization"),
+            _ => return challenge,
+        };
+        let parsed = pms_sip::digest::select_challenge(challenge.headers.get_all(challenge_header))
+            .unwrap_or_else(|| panic!("no usable challenge in {challenge:?}"));
+        let value = pms_sip::digest::authorization(
+            &parsed,
+            user,
+            password,
+            method,
+            uri,
+            &format!("c{}", self.requests),
+            1,
+        );
+        let second = self.request(
+            method,
+            uri,
+            user,
+            to_user,
+            Some(&format!("{credentials_header}: {value}")),
+            body,
+        );
+        self.exchange(&second)
+    }
+
+    /// A REGISTER of `user` with `password`; the final answer.
+    pub fn register(&mut self, user: &str, password: &str) -> pms_sip::message::Response {
+        self.authenticated("REGISTER", "sip:localhost", user, password, user, "")
+    }
+
+    /// A text MESSAGE from `user` (with `password`) to `to`; the final answer.
+    pub fn message(
+        &mut self,
+        user: &str,
+        password: &str,
+        to: &str,
+        text: &str,
+    ) -> pms_sip::message::Response {
+        let uri = format!("sip:{to}@localhost");
+        self.authenticated("MESSAGE", &uri, user, password, to, text)
+    }
+}
