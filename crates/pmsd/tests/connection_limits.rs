@@ -727,6 +727,13 @@ fn a_full_unauthenticated_pool_closes_its_oldest_connection_for_a_new_client() {
     );
 }
 
+/// The source of the `index`th flood datagram: a loopback address no other one uses
+/// (127.1.0.1, 127.1.0.2, …), any port.
+fn flood_source(index: usize) -> SocketAddr {
+    let host = u32::from(Ipv4Addr::new(127, 1, 0, 0)) + u32::try_from(index).expect("index") + 1;
+    SocketAddr::from((Ipv4Addr::from(host), 0))
+}
+
 #[test]
 fn a_flood_of_one_datagram_udp_peers_neither_locks_out_a_new_register_nor_grows_state() {
     let node = node_with(&[]);
@@ -742,9 +749,10 @@ fn a_flood_of_one_datagram_udp_peers_neither_locks_out_a_new_register_nor_grows_
     let mut sent = 0;
     while sent < UDP_FLOOD_PEERS {
         for _ in 0..UDP_FLOOD_BATCH {
-            // A fresh socket (a new source address) per datagram, closed after sending, as a
-            // spoofing attacker's packets would look.
-            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            // A fresh socket per datagram on an address of its own (ports alone repeat as
+            // the kernel reuses them), closed after sending, as a spoofing attacker's packets
+            // would look.
+            let socket = UdpSocket::bind(flood_source(sent)).expect("bind");
             let bytes = request_with(
                 "OPTIONS",
                 "sip:localhost",
@@ -774,15 +782,15 @@ fn a_flood_of_one_datagram_udp_peers_neither_locks_out_a_new_register_nor_grows_
         probes += 1;
     }
 
+    // A new UDP device gets its 401 and its 200.
+    let mut alice = Phone::udp_from(loopback(2), &node);
+    registered(&mut alice, "alice");
     // The node did see (and answer) more new peers than the old table could hold.
     let flood_answered = answered_200() - answered_before - f64::from(probes);
     assert!(
         flood_answered > OLD_UDP_PEERS_MAX as f64,
         "flood OPTIONS answered: {flood_answered}"
     );
-    // A new UDP device gets its 401 and its 200.
-    let mut alice = Phone::udp_from(loopback(2), &node);
-    registered(&mut alice, "alice");
     let unauthenticated = metric(&node, "pms_connections_unauthenticated{transport=\"udp\"}");
     assert!(
         unauthenticated.is_some_and(|peers| peers <= UNAUTHENTICATED_MAX_DEFAULT as f64),
