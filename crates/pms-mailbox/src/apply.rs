@@ -14,10 +14,6 @@ use crate::{
     decode, encode, keys,
 };
 
-/// How long a dedup entry outlives its message's expiry, so late retransmissions and client
-/// retries still find it.
-pub const DEDUP_RETENTION_AFTER_EXPIRY_MS: u64 = 24 * 3600 * 1000;
-
 /// The effects of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -151,7 +147,11 @@ pub fn apply(
             MessageState::Expired,
             notification.as_ref(),
         )?,
-        Command::Prune { before } => tx.prune(*before)?,
+        Command::Prune {
+            now,
+            dedup_retention_ms,
+            status_retention_ms,
+        } => tx.prune(*now, *dedup_retention_ms, *status_retention_ms)?,
         Command::CheckMasterKey { fingerprint } => tx.check_master_key(fingerprint)?,
         Command::ClearOutbox { message_id } => {
             let key = keys::outbox(group, message_id);
@@ -495,9 +495,7 @@ impl<S: StateRead> Transaction<'_, S> {
             message_id: message.message_id.clone(),
             recipient: message.recipient.clone(),
             seq,
-            keep_until: message
-                .expires_at
-                .saturating_add_ms(DEDUP_RETENTION_AFTER_EXPIRY_MS),
+            expires_at: message.expires_at,
         };
         for dedup_key in &message.dedup_keys {
             self.put(Keyspace::Dedup, keys::dedup(self.group, dedup_key), &entry);
@@ -643,27 +641,44 @@ impl<S: StateRead> Transaction<'_, S> {
         }
     }
 
-    fn prune(&mut self, before: UnixMillis) -> Result<CommandResponse, ApplyError> {
+    fn prune(
+        &mut self,
+        now: UnixMillis,
+        dedup_retention_ms: u64,
+        status_retention_ms: u64,
+    ) -> Result<CommandResponse, ApplyError> {
         let prefix = pms_types::group_key(self.group, &[]);
+        let mut more = false;
+        let mut dedup_entries = 0u64;
         for (key, value) in self.scan_all(Keyspace::Dedup, &prefix)? {
             let entry: DedupEntry = decode(Keyspace::Dedup, &value)?;
-            if entry.keep_until < before {
-                self.delete(Keyspace::Dedup, key);
-                if self.mutations.len() >= APPLY_BATCH_MAX {
+            if entry.expires_at.saturating_add_ms(dedup_retention_ms) < now {
+                if dedup_entries == APPLY_BATCH_MAX as u64 {
+                    more = true;
                     break;
                 }
+                self.delete(Keyspace::Dedup, key);
+                dedup_entries += 1;
             }
         }
-        let budget = self.mutations.len() + APPLY_BATCH_MAX;
+        let mut statuses = 0u64;
         for (key, value) in self.scan_all(Keyspace::Status, &prefix)? {
             let status: MessageStatus = decode(Keyspace::Status, &value)?;
-            if status.state != MessageState::Queued && status.updated_at < before {
-                self.delete(Keyspace::Status, key);
-                if self.mutations.len() >= budget {
+            if status.state != MessageState::Queued
+                && status.updated_at.saturating_add_ms(status_retention_ms) < now
+            {
+                if statuses == APPLY_BATCH_MAX as u64 {
+                    more = true;
                     break;
                 }
+                self.delete(Keyspace::Status, key);
+                statuses += 1;
             }
         }
-        Ok(CommandResponse::Done)
+        Ok(CommandResponse::Pruned {
+            dedup_entries,
+            statuses,
+            more,
+        })
     }
 }

@@ -209,8 +209,9 @@ pub struct DedupEntry {
     pub message_id: MessageId,
     pub recipient: UserId,
     pub seq: u64,
-    /// After this the entry may be pruned.
-    pub keep_until: UnixMillis,
+    /// The message's expiry: the entry is kept for the dedup retention after it (`Prune`),
+    /// so a client retry within that window is still recognised.
+    pub expires_at: UnixMillis,
 }
 
 /// Per-user counters.
@@ -312,9 +313,14 @@ pub enum Command {
         at: UnixMillis,
         notification: Option<NewMessage>,
     },
-    /// Forgets dedup entries and final statuses older than `before`.
+    /// Forgets dedup entries whose message expired more than `dedup_retention_ms` before
+    /// `now`, and final statuses (delivered, expired, failed) older than
+    /// `status_retention_ms`; at most `APPLY_BATCH_MAX` of each per command (the answer says
+    /// whether more remain). Proposed on a schedule by each mailbox group's leader.
     Prune {
-        before: UnixMillis,
+        now: UnixMillis,
+        dedup_retention_ms: u64,
+        status_retention_ms: u64,
     },
     /// Forgets an outboxed IMDN that is now queued in its recipient's group.
     ClearOutbox {
@@ -376,6 +382,12 @@ pub enum CommandResponse {
     NotYetExpired {
         message_id: MessageId,
         expires_at: UnixMillis,
+    },
+    /// What a `Prune` removed; `more` when it stopped at its batch bound.
+    Pruned {
+        dedup_entries: u64,
+        statuses: u64,
+        more: bool,
     },
     /// `CheckMasterKey` with a fingerprint other than the one the cluster recorded.
     MasterKeyMismatch {

@@ -8,8 +8,8 @@ use pms_types::{
 };
 
 use crate::{
-    Applied, Binding, BindingChange, Command, CommandResponse, DedupKey,
-    DigestAlgorithm, MessageState, NewMessage, UserRecord, apply, query,
+    Applied, Binding, BindingChange, Command, CommandResponse, DedupKey, DigestAlgorithm,
+    MessageState, NewMessage, UserRecord, apply, query,
 };
 
 /// A minimal in-memory state for unit tests only.
@@ -612,7 +612,11 @@ fn an_account_digest_policy_is_set_and_kept() {
     assert_eq!(applied.response, CommandResponse::Done);
     let record = query::user(&state, GROUP, &user("bob")).unwrap().unwrap();
     assert_eq!(record.digest_algorithms, policy);
-    assert_eq!(record.sealed_credentials, vec![6; 48], "credentials follow the policy");
+    assert_eq!(
+        record.sealed_credentials,
+        vec![6; 48],
+        "credentials follow the policy"
+    );
     assert!(record.messaging_enabled, "nothing else changed");
     assert_eq!(record.wrapped_data_key, vec![7; 72], "nothing else changed");
     let unknown = state.run(Command::SetDigestAlgorithms {
@@ -683,8 +687,38 @@ fn prune_forgets_old_dedup_entries_and_final_statuses_only() {
         at: UnixMillis(20),
         notification: None,
     });
-    let far = UnixMillis(100 + crate::apply::DEDUP_RETENTION_AFTER_EXPIRY_MS + 1);
-    state.run(Command::Prune { before: far });
+    // Not yet: the message expires at 100, and both retentions are 1,000 ms.
+    let early = state.run(Command::Prune {
+        now: UnixMillis(1_000),
+        dedup_retention_ms: 1_000,
+        status_retention_ms: 1_000,
+    });
+    assert_eq!(
+        early.response,
+        CommandResponse::Pruned {
+            dedup_entries: 0,
+            statuses: 0,
+            more: false
+        }
+    );
+    assert!(query::message_status(&state, GROUP, &id).unwrap().is_some());
+    let pruned = state.run(Command::Prune {
+        now: UnixMillis(2_000),
+        dedup_retention_ms: 1_000,
+        status_retention_ms: 1_000,
+    });
+    assert!(
+        matches!(
+            pruned.response,
+            CommandResponse::Pruned {
+                dedup_entries: 1..,
+                statuses: 1,
+                more: false
+            }
+        ),
+        "{:?}",
+        pruned.response
+    );
     assert!(query::message_status(&state, GROUP, &id).unwrap().is_none());
     let queued = MessageId::from_random_bytes([2; 16]);
     assert!(

@@ -66,7 +66,9 @@ mod tests {
             LogCommand(GroupCommand {
                 group: GroupId(1),
                 command: Command::Prune {
-                    before: UnixMillis(5),
+                    now: UnixMillis(5),
+                    dedup_retention_ms: 1,
+                    status_retention_ms: 2,
                 },
             }),
         );

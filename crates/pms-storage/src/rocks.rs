@@ -59,16 +59,26 @@ impl RocksStore {
     }
 
     /// Opens an existing store read-only, also beside the node that has it open (audits and
-    /// tests): it sees what the files and the WAL held when opened, never writes, and takes
-    /// no lock.
-    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+    /// tests): a RocksDB secondary instance caught up with the primary's files and WAL when
+    /// opened (writes made after that are not seen). It never writes to `path`; its own
+    /// info log goes to `secondary_dir`, which the caller provides and removes.
+    pub fn open_read_only(
+        path: impl AsRef<Path>,
+        secondary_dir: impl AsRef<Path>,
+    ) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
+        let open_error = |error: rocksdb::Error| StorageError::Open {
+            path: path.display().to_string(),
+            detail: error.to_string(),
+        };
+        let mut options = Self::uncompressed_options();
+        // A secondary instance keeps every file it may read open.
+        options.set_max_open_files(-1);
         let names = Keyspace::ALL.iter().map(|keyspace| keyspace.name());
-        let db = DB::open_cf_for_read_only(&Self::uncompressed_options(), &path, names, false)
-            .map_err(|error| StorageError::Open {
-                path: path.display().to_string(),
-                detail: error.to_string(),
-            })?;
+        let secondary_dir = secondary_dir.as_ref().to_path_buf();
+        let db =
+            DB::open_cf_as_secondary(&options, &path, &secondary_dir, names).map_err(open_error)?;
+        db.try_catch_up_with_primary().map_err(open_error)?;
         Ok(RocksStore { db, path })
     }
 
@@ -261,8 +271,12 @@ impl Store for RocksStore {
         compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(true);
         for keyspace in Keyspace::ALL {
-            self.db
-                .compact_range_cf_opt(self.cf(keyspace)?, None::<&[u8]>, None::<&[u8]>, &compact);
+            self.db.compact_range_cf_opt(
+                self.cf(keyspace)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &compact,
+            );
         }
         // The WAL written since the flush holds no deleted value; the older WAL files became
         // obsolete with the flush and RocksDB deletes them (no WAL archive is configured).

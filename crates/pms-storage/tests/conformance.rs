@@ -172,3 +172,44 @@ fn purge_deleted_leaves_no_deleted_value_in_any_file() {
         "a deleted value survived purge_deleted"
     );
 }
+
+/// A read-only (secondary) open beside a live store sees its writes and deletes so far.
+#[test]
+fn a_read_only_open_sees_the_live_store_writes_and_deletes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secondary = tempfile::tempdir().expect("tempdir");
+    let store = RocksStore::open(dir.path()).expect("open");
+    let key = |n: u8| group_key(GroupId(1), &[&[n]]);
+    for n in 0..10u8 {
+        store
+            .write_ops(
+                &[WriteOp::Put {
+                    keyspace: Keyspace::Status,
+                    key: key(n),
+                    value: vec![n],
+                }],
+                false,
+            )
+            .expect("put");
+    }
+    store.persist_memory().expect("flush");
+    for n in 0..5u8 {
+        store
+            .write_ops(
+                &[WriteOp::Delete {
+                    keyspace: Keyspace::Status,
+                    key: key(n),
+                }],
+                false,
+            )
+            .expect("delete");
+    }
+    let reader = RocksStore::open_read_only(dir.path(), secondary.path()).expect("read-only");
+    assert_eq!(
+        reader
+            .scan_prefix_all(Keyspace::Status, &[])
+            .expect("scan")
+            .len(),
+        5
+    );
+}

@@ -32,11 +32,12 @@ pub const MAILBOX_MESSAGES_PER_SENDER_MAX_DEFAULT: u64 = 1_000;
 pub const SENDER_QUEUE_FULL_RETRY_AFTER_SECS: u32 = 600;
 /// Default burst of MESSAGEs one sender may send to one recipient through one node
 /// (`--sender-recipient-burst`); the bucket refills one message per
-/// `SENDER_RECIPIENT_INTERVAL_MS_DEFAULT` (20 per second).
-pub const SENDER_RECIPIENT_BURST_DEFAULT: u32 = 40;
+/// `SENDER_RECIPIENT_INTERVAL_MS_DEFAULT` (50 per second): enough for a script or a
+/// catching-up device, far below what would fill a mailbox before the per-sender quota does.
+pub const SENDER_RECIPIENT_BURST_DEFAULT: u32 = 200;
 /// Default refill interval of that bucket, milliseconds per message
 /// (`--sender-recipient-interval-ms`).
-pub const SENDER_RECIPIENT_INTERVAL_MS_DEFAULT: u64 = 50;
+pub const SENDER_RECIPIENT_INTERVAL_MS_DEFAULT: u64 = 20;
 /// Bounds of `--sender-recipient-burst` and `--sender-recipient-interval-ms`.
 pub const SENDER_RECIPIENT_BURST_MAX: u32 = 100_000;
 pub const SENDER_RECIPIENT_INTERVAL_MS_MAX: u64 = 3_600_000;
@@ -129,3 +130,13 @@ pub const HTTP_LINGER_TIMEOUT_MS: u64 = 1_000;
 pub const HTTP_LINGER_BYTES_MAX: usize = 64 * 1024;
 /// Pause after a failed HTTP `accept` (e.g. out of file descriptors) so the loop does not spin.
 pub const HTTP_ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
+
+/// How long a dedup entry outlives its message's expiry, so late retransmissions and client
+/// retries are still recognised (`pmsd --dedup-retention-secs`).
+pub const DEDUP_RETENTION_SECS_DEFAULT: u64 = 24 * 3600;
+/// How long a final message status (delivered, expired, failed) stays queryable with
+/// `pmsctl message status` (`pmsd --status-retention-secs`).
+pub const STATUS_RETENTION_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// How often each mailbox group's leader proposes `Prune` (`pmsd --prune-interval-secs`);
+/// while a prune stops at its batch bound, the next follows at once.
+pub const PRUNE_INTERVAL_SECS_DEFAULT: u64 = 60;

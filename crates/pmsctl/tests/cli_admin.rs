@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use pms_transport::{
     AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, DigestAlgorithm,
-    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus,
-    Password, UserSummary,
+    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password,
+    UserSummary,
 };
 use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
 

@@ -116,9 +116,8 @@ impl AdminApi {
         password: &Password,
         algorithms: &[DigestAlgorithm],
     ) -> Credentials {
-        let hash = |algorithm: Algorithm| {
-            ha1(algorithm, user.as_str(), &self.realm, password.expose())
-        };
+        let hash =
+            |algorithm: Algorithm| ha1(algorithm, user.as_str(), &self.realm, password.expose());
         Credentials {
             realm: self.realm.clone(),
             ha1_md5: algorithms

@@ -117,7 +117,9 @@ impl TryFrom<String> for ListenAddress {
 /// `--sip-tls`: an address; `off` is refused with the reason (TLS is what phones must use).
 fn parse_tls_address(text: &str) -> Result<SocketAddr, String> {
     if text.trim().eq_ignore_ascii_case("off") {
-        return Err("the SIP TLS listener cannot be turned off (only --sip-tcp and --sip-udp can)".into());
+        return Err(
+            "the SIP TLS listener cannot be turned off (only --sip-tcp and --sip-udp can)".into(),
+        );
     }
     text.trim()
         .parse()
@@ -156,6 +158,12 @@ pub struct Config {
     /// `Flow-Timer` of RFC 5626 registrations: how often (seconds) a device keeps its flow
     /// alive.
     pub flow_timer_secs: u64,
+    /// How long a dedup entry outlives its message's expiry (seconds).
+    pub dedup_retention_secs: u64,
+    /// How long a final message status stays queryable (seconds).
+    pub status_retention_secs: u64,
+    /// How often each mailbox group's leader prunes (seconds).
+    pub prune_interval_secs: u64,
     /// Seconds a SIP connection (TLS handshake included) or UDP peer may go without a request
     /// that passed digest authentication before it is closed.
     pub sip_unauthenticated_timeout_secs: u64,
@@ -252,6 +260,18 @@ struct Args {
     /// `Flow-Timer`, seconds [default: 120].
     #[arg(long, env = "PMS_FLOW_TIMER_SECS", value_name = "SECS")]
     flow_timer_secs: Option<u64>,
+    /// How long after a message's expiry its retries are still recognised as duplicates,
+    /// seconds [default: 86400].
+    #[arg(long, env = "PMS_DEDUP_RETENTION_SECS", value_name = "SECS")]
+    dedup_retention_secs: Option<u64>,
+    /// How long a delivered, expired or failed message's status stays queryable, seconds
+    /// [default: 604800].
+    #[arg(long, env = "PMS_STATUS_RETENTION_SECS", value_name = "SECS")]
+    status_retention_secs: Option<u64>,
+    /// How often each mailbox group's leader forgets dedup entries and statuses past their
+    /// retention, seconds [default: 60].
+    #[arg(long, env = "PMS_PRUNE_INTERVAL_SECS", value_name = "SECS")]
+    prune_interval_secs: Option<u64>,
     /// Seconds a SIP connection (TLS handshake included) or UDP peer may stay without a
     /// request that passed digest authentication before it is closed [default: 32].
     #[arg(
@@ -289,11 +309,11 @@ struct Args {
     #[arg(long, env = "PMS_MAILBOX_MESSAGES_PER_SENDER_MAX", value_name = "N")]
     mailbox_messages_per_sender_max: Option<u64>,
     /// MESSAGEs one sender may send to one recipient at once through this node; beyond it
-    /// 480 "Sending Too Fast" with Retry-After [default: 40].
+    /// 480 "Sending Too Fast" with Retry-After [default: 200].
     #[arg(long, env = "PMS_SENDER_RECIPIENT_BURST", value_name = "N")]
     sender_recipient_burst: Option<u32>,
-    /// Milliseconds per message that allowance refills (50: 20 messages per second)
-    /// [default: 50].
+    /// Milliseconds per message that allowance refills (20: 50 messages per second)
+    /// [default: 20].
     #[arg(long, env = "PMS_SENDER_RECIPIENT_INTERVAL_MS", value_name = "MS")]
     sender_recipient_interval_ms: Option<u64>,
     /// Log filter, `RUST_LOG` syntax (e.g. "info,pms_edge=debug") [default: info].
@@ -340,6 +360,9 @@ struct FileConfig {
     message_expires_max: Option<u64>,
     sync_window_ms: Option<u64>,
     flow_timer_secs: Option<u64>,
+    dedup_retention_secs: Option<u64>,
+    status_retention_secs: Option<u64>,
+    prune_interval_secs: Option<u64>,
     sip_unauthenticated_timeout_secs: Option<u64>,
     sip_unauthenticated_max: Option<usize>,
     sip_unauthenticated_per_source_max: Option<usize>,
@@ -449,6 +472,18 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .flow_timer_secs
             .or(file.flow_timer_secs)
             .unwrap_or(limits::FLOW_TIMER_SECS_DEFAULT),
+        dedup_retention_secs: args
+            .dedup_retention_secs
+            .or(file.dedup_retention_secs)
+            .unwrap_or(limits::DEDUP_RETENTION_SECS_DEFAULT),
+        status_retention_secs: args
+            .status_retention_secs
+            .or(file.status_retention_secs)
+            .unwrap_or(limits::STATUS_RETENTION_SECS_DEFAULT),
+        prune_interval_secs: args
+            .prune_interval_secs
+            .or(file.prune_interval_secs)
+            .unwrap_or(limits::PRUNE_INTERVAL_SECS_DEFAULT),
         sip_unauthenticated_timeout_secs: args
             .sip_unauthenticated_timeout_secs
             .or(file.sip_unauthenticated_timeout_secs)
@@ -611,6 +646,9 @@ impl Config {
         }
         if self.raft_snapshot_logs == 0 {
             bail!("--raft-snapshot-logs must be at least 1");
+        }
+        if self.prune_interval_secs == 0 {
+            bail!("--prune-interval-secs must be at least 1");
         }
         if !(limits::FLOW_TIMER_SECS_MIN..=limits::FLOW_TIMER_SECS_MAX)
             .contains(&self.flow_timer_secs)
@@ -776,8 +814,8 @@ mod tests {
         assert_no_pms_env();
         let config = from_args(args(&[])).expect("defaults are valid");
         assert_eq!(config.mailbox_messages_per_sender_max, 1_000);
-        assert_eq!(config.sender_recipient_burst, 40);
-        assert_eq!(config.sender_recipient_interval_ms, 50);
+        assert_eq!(config.sender_recipient_burst, 200);
+        assert_eq!(config.sender_recipient_interval_ms, 20);
         let config = from_args(args(&[
             "--mailbox-messages-per-sender-max=3",
             "--sender-recipient-burst=2",
@@ -909,22 +947,37 @@ mod tests {
         let path = file.path().to_str().expect("utf-8 temp path");
         let config = from_args(args(&["--config", path])).expect("valid file");
         assert_eq!(config.sip_tcp, None);
-        assert_eq!(config.sip_udp, Some("127.0.0.1:5070".parse().expect("addr")));
+        assert_eq!(
+            config.sip_udp,
+            Some("127.0.0.1:5070".parse().expect("addr"))
+        );
         assert!(config.allow_plaintext_delivery);
         let config = from_args(args(&["--config", path, "--sip-tcp", "127.0.0.1:5071"]))
             .expect("flag beats file");
-        assert_eq!(config.sip_tcp, Some("127.0.0.1:5071".parse().expect("addr")));
+        assert_eq!(
+            config.sip_tcp,
+            Some("127.0.0.1:5071".parse().expect("addr"))
+        );
 
-        let error = format!("{:#}", from_args(args(&["--sip-tls", "off"])).expect_err("off"));
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--sip-tls", "off"])).expect_err("off")
+        );
         assert!(error.contains("cannot be turned off"), "{error}");
         let error = format!(
             "{:#}",
             from_args(args(&["--sip-tcp", "nowhere"])).expect_err("bad")
         );
-        assert!(error.contains("--sip-tcp") && error.contains("off"), "{error}");
+        assert!(
+            error.contains("--sip-tcp") && error.contains("off"),
+            "{error}"
+        );
         let bad = write_toml("sip_udp = \"of\"\n");
         let path = bad.path().to_str().expect("utf-8 temp path");
-        let error = format!("{:#}", from_args(args(&["--config", path])).expect_err("bad"));
+        let error = format!(
+            "{:#}",
+            from_args(args(&["--config", path])).expect_err("bad")
+        );
         assert!(error.contains("sip_udp"), "{error}");
     }
 
@@ -932,7 +985,10 @@ mod tests {
     #[test]
     fn the_production_example_config_is_tls_only() {
         assert_no_pms_env();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pmsd.production.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/pmsd.production.toml"
+        );
         let config = from_args(args(&["--config", path])).expect("the example is valid");
         assert_eq!((config.sip_tcp, config.sip_udp), (None, None));
         assert!(!config.allow_plaintext_delivery);

@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod http;
 mod node;
+mod prune;
 mod shred;
 mod telemetry;
 

@@ -254,7 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     edge_config.digest_secret = Some(keyring.master().derive_secret("sip-digest-nonce"));
     let service = Arc::new(SipService::new(
         edge_config,
-        mailboxes,
+        mailboxes.clone(),
         keyring.clone(),
         metrics.clone(),
         clock.clone(),
@@ -267,6 +267,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let _ = flow_delivery.service.set(service.clone());
     let _expiry = ExpiryActor::new(service.clone()).start();
+    tokio::spawn(crate::prune::prune_on_schedule(
+        replication.clone(),
+        mailboxes.clone(),
+        clock.clone(),
+        crate::prune::PruneSchedule {
+            interval: Duration::from_secs(config.prune_interval_secs),
+            dedup_retention: Duration::from_secs(config.dedup_retention_secs),
+            status_retention: Duration::from_secs(config.status_retention_secs),
+        },
+    ));
     for group in (1..=config.mailbox_groups).map(GroupId) {
         tokio::spawn(wake_on_apply(replication.clone(), group, service.clone()));
     }
@@ -315,7 +325,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     if config.allow_plaintext_delivery {
-        warn!("--allow-plaintext-delivery: messages that arrived over TLS may be delivered over TCP or UDP in clear");
+        warn!(
+            "--allow-plaintext-delivery: messages that arrived over TLS may be delivered over TCP or UDP in clear"
+        );
     }
 
     info!(
@@ -504,7 +516,9 @@ async fn check_master_key(
                 tries += 1;
                 warn!(%reason, tries, "checking the master key against the cluster's: retrying");
             }
-            Err(error) => return Err(error).context("checking the master key against the cluster's"),
+            Err(error) => {
+                return Err(error).context("checking the master key against the cluster's");
+            }
         }
     }
 }
@@ -586,8 +600,8 @@ fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
     }
     // A development certs dir from before the SIP listener had its own certificate.
     if !config.certs_dir.join(pms_crypto::SIP_CERT_FILE).exists() {
-        let created = pms_crypto::ensure_dev_sip_cert(&config.certs_dir, &hosts)
-            .with_context(|| {
+        let created =
+            pms_crypto::ensure_dev_sip_cert(&config.certs_dir, &hosts).with_context(|| {
                 format!(
                     "creating a development SIP certificate in {}",
                     config.certs_dir.display()

@@ -58,7 +58,9 @@ pub async fn shred_removed_accounts(
         let event = if pending == 0 {
             Some(events.recv().await)
         } else {
-            tokio::time::timeout(Duration::ZERO, events.recv()).await.ok()
+            tokio::time::timeout(Duration::ZERO, events.recv())
+                .await
+                .ok()
         };
         match event {
             Some(Ok(event)) => {
@@ -77,7 +79,10 @@ pub async fn shred_removed_accounts(
             Some(Err(RecvError::Lagged(missed))) => {
                 // A missed entry may have been a removal: shred to be safe. The keyring cannot
                 // tell which user was removed, so it is emptied; keys are unwrapped again.
-                warn!(missed, "directory events missed: emptying the keyring and shredding");
+                warn!(
+                    missed,
+                    "directory events missed: emptying the keyring and shredding"
+                );
                 keyring.clear();
                 pending += 1;
                 metrics.shred_pending.set(pending);
@@ -89,7 +94,10 @@ pub async fn shred_removed_accounts(
         }
         match shred_pass(&replication).await {
             Ok(()) => {
-                info!(removals = pending, "shred pass finished: removed accounts' keys are gone from this node's data dir");
+                info!(
+                    removals = pending,
+                    "shred pass finished: removed accounts' keys are gone from this node's data dir"
+                );
                 pending = 0;
                 metrics.shred_pending.set(0);
                 if let Err(error) = std::fs::remove_file(&marker)

@@ -29,7 +29,7 @@ fn user(name: &str) -> UserId {
 
 /// `user`'s record as stored in the directory of the node whose DB is `db_dir`.
 fn directory_record(db_dir: &std::path::Path, name: &str) -> Option<pms_mailbox::UserRecord> {
-    let store = pms_storage::RocksStore::open_read_only(db_dir).expect("open read-only");
+    let (store, _secondary) = common::open_store_read_only(db_dir);
     pms_mailbox::query::user(&store, GroupId::DIRECTORY, &user(name)).expect("read user")
 }
 
@@ -195,16 +195,16 @@ fn credentials_are_sealed_and_hold_only_the_allowed_algorithms() {
     // What is sealed holds only the allowed algorithms.
     let master = master_key(&node.data_dir().join("master.key"));
     let open = |record: &pms_mailbox::UserRecord| -> pms_mailbox::Credentials {
-        let plain = pms_crypto::open_credentials(
-            &master,
-            record.user.as_str(),
-            &record.sealed_credentials,
-        )
-        .expect("credentials open with the node's master key");
+        let plain =
+            pms_crypto::open_credentials(&master, record.user.as_str(), &record.sealed_credentials)
+                .expect("credentials open with the node's master key");
         pms_mailbox::decode(pms_types::Keyspace::Users, &plain).expect("credentials")
     };
     let carol = open(&carol);
-    assert_eq!(carol.ha1_md5, None, "no MD5 HA1 under a SHA-256-only policy");
+    assert_eq!(
+        carol.ha1_md5, None,
+        "no MD5 HA1 under a SHA-256-only policy"
+    );
     assert_eq!(carol.ha1_sha256, Some(ha1(Algorithm::Sha256, "carol")));
     let alice = open(&alice);
     assert_eq!(alice.ha1_md5, None, "narrowing dropped the MD5 HA1");
@@ -224,7 +224,8 @@ fn a_node_with_another_master_key_refuses_to_join_the_cluster() {
     assert!(!status.success());
     assert!(!missing.exists(), "a cluster member generated a master key");
     assert!(
-        node.log().contains("every node of a cluster needs the same master key"),
+        node.log()
+            .contains("every node of a cluster needs the same master key"),
         "{}",
         node.log()
     );

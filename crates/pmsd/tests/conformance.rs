@@ -964,7 +964,14 @@ fn an_account_digest_policy_orders_its_challenges_and_can_be_changed() {
         String::from_utf8_lossy(&without_password.stderr).contains("--password"),
         "{without_password:?}"
     );
-    let reset = node.run_pmsctl(&["user", "set-digest", "carol", "default", "--password", PASSWORD]);
+    let reset = node.run_pmsctl(&[
+        "user",
+        "set-digest",
+        "carol",
+        "default",
+        "--password",
+        PASSWORD,
+    ]);
     assert!(reset.status.success(), "{reset:?}");
     assert_eq!(offered_algorithms(&mut phone, "carol"), ["SHA-256", "MD5"]);
     let bad = node.run_pmsctl(&["user", "set-digest", "carol", "sha1"]);
@@ -1065,4 +1072,55 @@ fn a_nonce_from_before_a_restart_is_re_challenged_as_stale() {
     );
     let registered = phone.exchange(&build(&phone, 4, Some(fresh)));
     assert_eq!(registered.status, 200, "{registered:?}");
+}
+
+/// A phone that fails over to another node of the cluster and reuses its nonce is
+/// re-challenged with `stale=true` (RFC 7616 §3.3), not refused: every node verifies the nonces
+/// of every other (their MAC key derives from the cluster's master key), and a nonce whose
+/// replay state another node holds is stale here. Its fresh answer then registers.
+#[test]
+fn a_nonce_from_another_node_of_the_cluster_is_re_challenged_as_stale() {
+    let cluster = common::Cluster::start(3, &[]);
+    cluster.nodes[0].add_user("bob");
+    let mut phone = Phone::tcp(&cluster.nodes[0]);
+    let contact = vec![format!("Contact: <sip:bob@{}>", phone.local())];
+    let call_id = format!("failover-{}", unique());
+    let transaction = Transaction {
+        method: "REGISTER",
+        uri: "sip:localhost",
+        from: "<sip:bob@localhost>;tag=failover",
+        to: "<sip:bob@localhost>",
+        call_id: &call_id,
+        extra: &contact,
+    };
+    let build = |phone: &Phone, cseq: u32, auth: Option<String>| {
+        transaction.attempt(phone, cseq, auth, b"")
+    };
+    let answer = |challenge: &pms_sip::digest::Challenge, nonce_count: u32| {
+        format!(
+            "Authorization: {}",
+            authorization(
+                challenge,
+                "bob",
+                PASSWORD,
+                "REGISTER",
+                "sip:localhost",
+                "c-failover",
+                nonce_count
+            )
+        )
+    };
+    let challenge = phone.exchange(&build(&phone, 1, None));
+    let first = select_challenge(challenge.headers.get_all("WWW-Authenticate")).expect("challenge");
+    let registered = phone.exchange(&build(&phone, 2, Some(answer(&first, 1))));
+    assert_eq!(registered.status, 200, "{registered:?}");
+    for node in &cluster.nodes[1..] {
+        let mut phone = Phone::tcp(node);
+        let again = phone.exchange(&build(&phone, 3, Some(answer(&first, 2))));
+        assert_eq!(status_line(&again), "401 Unauthorized", "{again:?}");
+        let stale = select_challenge(again.headers.get_all("WWW-Authenticate")).expect("challenge");
+        assert!(stale.stale, "re-challenged with stale=true: {again:?}");
+        let registered = phone.exchange(&build(&phone, 4, Some(answer(&stale, 1))));
+        assert_eq!(registered.status, 200, "{registered:?}");
+    }
 }

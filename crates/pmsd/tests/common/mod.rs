@@ -719,12 +719,21 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The RocksDB store in `db_dir`, read-only (a secondary instance caught up with the node's
+/// files and WAL now), with the temp dir of its own log: keep both alive together.
+pub fn open_store_read_only(db_dir: &Path) -> (pms_storage::RocksStore, tempfile::TempDir) {
+    let secondary = tempfile::tempdir().expect("tempdir");
+    let store = pms_storage::RocksStore::open_read_only(db_dir, secondary.path())
+        .expect("open RocksDB read-only");
+    (store, secondary)
+}
+
 /// Where, reading through RocksDB itself (every column family, Raft log entries and the stored
 /// snapshot included), the store in `db_dir` holds `needle` in a key or a value:
 /// `"keyspace"` names. Opens read-only, so the node may be running.
 pub fn stored_in(db_dir: &Path, needle: &[u8]) -> Vec<&'static str> {
     use pms_storage::Store as _;
-    let store = pms_storage::RocksStore::open_read_only(db_dir).expect("open RocksDB read-only");
+    let (store, _secondary) = open_store_read_only(db_dir);
     let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
     pms_types::Keyspace::ALL
         .into_iter()
