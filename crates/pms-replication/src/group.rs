@@ -575,6 +575,31 @@ impl Group {
         })
     }
 
+    /// Waits until this replica's latest snapshot is another one than `since` (built here or
+    /// installed from the leader) and returns its last log index. Pending forever once the
+    /// group stopped.
+    pub async fn snapshot_changed(&self, since: Option<u64>) -> Option<u64> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let current = metrics.borrow_watched().snapshot.map(|id| id.index());
+            if current != since {
+                return current;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The last log index of this replica's latest snapshot.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .snapshot
+            .map(|id| id.index())
+    }
+
     /// Purges this replica's log up to its latest snapshot (inclusive) and waits until it is
     /// gone: entries that held something now shredded must not outlive the snapshot that no
     /// longer does. A leader may delay the purge while it still replicates those entries.

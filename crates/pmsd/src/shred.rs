@@ -10,6 +10,10 @@
 //!    purges the directory log up to it, and has the store rewrite its files without deleted
 //!    or overwritten values (`Store::purge_deleted`).
 //!
+//! A replica that was away during a removal may never apply it: it installs a snapshot from
+//! the leader instead, which replaces its old records (the removed account's among them) with
+//! tombstones. A snapshot this task did not make therefore also starts a pass.
+//!
 //! Invariant: removals applied while a pass runs are covered by the next pass; passes never
 //! overlap, and `pms_shred_pending` is 0 only once every applied removal is shredded here.
 //! Invariant: the file `shred-pending` in the data dir exists from the moment a removal is
@@ -53,10 +57,22 @@ pub async fn shred_removed_accounts(
     let mut events = directory.subscribe_applied();
     let mut pending: i64 = i64::from(marker.exists());
     metrics.shred_pending.set(pending);
+    let mut snapshot = directory.snapshot_index();
     loop {
-        // Wait for a removal, or (with removals pending) retry after a failed pass.
+        // Wait for a removal or a snapshot this task did not make (one installed from the
+        // leader replaces state that may still be in the files); with work pending, drain
+        // what is already there, then run a pass over all of it.
         let event = if pending == 0 {
-            Some(events.recv().await)
+            tokio::select! {
+                event = events.recv() => Some(event),
+                changed = directory.snapshot_changed(snapshot) => {
+                    snapshot = changed;
+                    pending += 1;
+                    metrics.shred_pending.set(pending);
+                    mark_pending(&marker);
+                    continue;
+                }
+            }
         } else {
             tokio::time::timeout(Duration::ZERO, events.recv())
                 .await
@@ -92,7 +108,10 @@ pub async fn shred_removed_accounts(
             Some(Err(RecvError::Closed)) => return,
             None => {}
         }
-        match shred_pass(&replication).await {
+        let outcome = shred_pass(&replication).await;
+        // The pass's own snapshot is not news.
+        snapshot = directory.snapshot_index();
+        match outcome {
             Ok(()) => {
                 info!(
                     removals = pending,
