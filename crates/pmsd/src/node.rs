@@ -75,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !alone && !config.master_key_file.exists() {
         let path = config.master_key_file.display();
         anyhow::bail!(
-            "master key file {path} does not exist, and this node is one of several (--peers or --join): every node of a cluster needs the same master key. Copy the cluster's key file to {path} (chmod 600), or point --master-key-file at it; a new cluster's key is made once with `openssl rand -hex 32 > master.key`"
+            "master key file {path} does not exist, and this node is one of several (--peers or --join): every node of a cluster needs the same master key. Copy the cluster's key file to {path} (chmod 600), or point --master-key-file at it; a new cluster's key is made once with `pmsctl cert create-master-key FILE`"
         );
     }
     let (master_key, created) = pms_crypto::MasterKey::load_or_create(&config.master_key_file)
