@@ -143,6 +143,18 @@ pub trait Store: StateRead + Send + Sync + 'static {
         self.flush()
     }
 
+    /// About how many entries `keyspace` holds (all groups). RocksDB estimates from its files
+    /// and memtables; cheap enough to call every few seconds.
+    fn estimated_entries(&self, keyspace: Keyspace) -> Result<u64, StorageError> {
+        Ok(self
+            .scan_prefix_all(keyspace, &[])
+            .map_err(|fault| StorageError::Read {
+                keyspace: keyspace.name(),
+                detail: fault.0,
+            })?
+            .len() as u64)
+    }
+
     /// Rewrites the store's files so that no deleted or overwritten value survives in them:
     /// RocksDB keeps a deleted value in its SST files (under a tombstone) and in the WAL until
     /// compaction; this flushes every column family and compacts it down to the bottommost

@@ -264,6 +264,13 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn estimated_entries(&self, keyspace: Keyspace) -> Result<u64, StorageError> {
+        self.db
+            .property_int_value_cf(self.cf(keyspace)?, "rocksdb.estimate-num-keys")
+            .map(Option::unwrap_or_default)
+            .map_err(|error| Self::read_error(keyspace, error))
+    }
+
     fn purge_deleted(&self) -> Result<(), StorageError> {
         self.persist_memory()?;
         let mut compact = CompactOptions::default();

@@ -330,6 +330,9 @@ pub struct Metrics {
     pub registrations: Gauge,
     /// Unwrapped data keys held in this node's memory (the keyring).
     pub keyring_keys: Gauge,
+    /// Entries stored on this node, all groups, by `keyspace` (RocksDB's estimate, refreshed
+    /// every few seconds): shows that state stays bounded under constant load.
+    pub state_entries: LabeledGauge,
     /// Account removals this node's directory replica applied whose wrapped keys may still
     /// be in its data dir (0 once the shred pass finished).
     pub shred_pending: Gauge,
@@ -381,6 +384,10 @@ impl Metrics {
             queue_depth: Gauge::default(),
             registrations: Gauge::default(),
             keyring_keys: Gauge::default(),
+            state_entries: LabeledGauge::new(
+                "keyspace",
+                &crate::Keyspace::ALL.map(crate::Keyspace::name),
+            ),
             shred_pending: Gauge::default(),
             shred_passes_total: Counter::default(),
             connections_open: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
@@ -475,6 +482,14 @@ impl Metrics {
             write_header(&mut out, name, help, "gauge");
             let _ = writeln!(out, "{METRIC_NAME_PREFIX}{name} {}", gauge.get());
         }
+        write_labeled(
+            &mut out,
+            "state_entries",
+            "Stored entries on this node by keyspace (estimate).",
+            "gauge",
+            self.state_entries.0.label_name,
+            self.state_entries.0.snapshot(Gauge::get),
+        );
         write_labeled(
             &mut out,
             "connections_open",

@@ -267,6 +267,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let _ = flow_delivery.service.set(service.clone());
     let _expiry = ExpiryActor::new(service.clone()).start();
+    tokio::spawn(crate::prune::report_state_entries(
+        store.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(crate::prune::prune_on_schedule(
         replication.clone(),
         mailboxes.clone(),
