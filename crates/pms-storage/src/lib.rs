@@ -155,11 +155,13 @@ pub trait Store: StateRead + Send + Sync + 'static {
             .len() as u64)
     }
 
-    /// Rewrites the store's files so that no deleted or overwritten value survives in them:
-    /// RocksDB keeps a deleted value in its SST files (under a tombstone) and in the WAL until
-    /// compaction; this flushes every column family and compacts it down to the bottommost
-    /// level. Crypto-shredding depends on it. Slow on a large store: call it rarely.
-    fn purge_deleted(&self) -> Result<(), StorageError> {
+    /// Rewrites the store's files so that no deleted or overwritten value of `keyspaces`
+    /// survives in them: RocksDB keeps a deleted value in its SST files (under a tombstone)
+    /// and in the WAL until compaction; this flushes every column family (so older WAL files
+    /// become obsolete and are deleted) and compacts `keyspaces` down to the bottommost level.
+    /// Crypto-shredding depends on it. Proportional to those keyspaces' size: call it rarely.
+    fn purge_deleted(&self, keyspaces: &[Keyspace]) -> Result<(), StorageError> {
+        let _ = keyspaces;
         self.persist_memory()
     }
 

@@ -271,15 +271,15 @@ impl Store for RocksStore {
             .map_err(|error| Self::read_error(keyspace, error))
     }
 
-    fn purge_deleted(&self) -> Result<(), StorageError> {
+    fn purge_deleted(&self, keyspaces: &[Keyspace]) -> Result<(), StorageError> {
         self.persist_memory()?;
         let mut compact = CompactOptions::default();
         // Also rewrite the bottommost level: that is where an old value under a tombstone lives.
         compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(true);
-        for keyspace in Keyspace::ALL {
+        for keyspace in keyspaces {
             self.db.compact_range_cf_opt(
-                self.cf(keyspace)?,
+                self.cf(*keyspace)?,
                 None::<&[u8]>,
                 None::<&[u8]>,
                 &compact,

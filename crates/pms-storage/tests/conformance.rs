@@ -164,7 +164,7 @@ fn purge_deleted_leaves_no_deleted_value_in_any_file() {
         !files_containing(dir.path(), &secret).is_empty(),
         "control: before the purge the deleted value is still in the files"
     );
-    store.purge_deleted().expect("purge");
+    store.purge_deleted(&[Keyspace::Users]).expect("purge");
     assert_eq!(store.get(Keyspace::Users, &key).expect("get"), None);
     assert_eq!(
         files_containing(dir.path(), &secret),

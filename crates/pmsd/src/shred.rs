@@ -32,8 +32,8 @@ use std::time::Duration;
 use pms_edge::keyring::Keyring;
 use pms_mailbox::{Command, CommandResponse};
 use pms_replication::Replication;
-use pms_types::GroupId;
 use pms_types::metrics::Metrics;
+use pms_types::{GroupId, Keyspace};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
@@ -41,6 +41,10 @@ use tracing::{debug, info, warn};
 pub const SHRED_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after a failed pass the next one starts.
 pub const SHRED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Where a wrapped data key is stored: the account record, the directory's log entries, and
+/// the stored snapshot (in the Raft metadata). Only these are compacted by a pass.
+const SHREDDED_KEYSPACES: [Keyspace; 3] = [Keyspace::Users, Keyspace::RaftLog, Keyspace::RaftMeta];
+
 /// The marker file (in the data dir) of removals not yet shredded on this node.
 pub const SHRED_PENDING_FILE: &str = "shred-pending";
 
@@ -147,6 +151,6 @@ async fn shred_pass(replication: &Replication) -> anyhow::Result<()> {
     directory.snapshot_now(SHRED_STEP_TIMEOUT).await?;
     directory.purge_log_to_snapshot(SHRED_STEP_TIMEOUT).await?;
     let store = directory.store().clone();
-    tokio::task::spawn_blocking(move || store.purge_deleted()).await??;
+    tokio::task::spawn_blocking(move || store.purge_deleted(&SHREDDED_KEYSPACES)).await??;
     Ok(())
 }
