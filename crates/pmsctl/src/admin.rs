@@ -73,6 +73,9 @@ pub enum AdminCommandError {
     Admin(#[from] AdminError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// `cluster status` printed a cluster that is not whole (exit status 1, after the output).
+    #[error("cluster degraded: {0}")]
+    Degraded(String),
 }
 
 /// A validated command, ready to send.
@@ -210,8 +213,24 @@ pub async fn run(
             write_message_status(&report, out)?;
         }
         Validated::ClusterStatus { json } => {
-            let status = client.cluster_status().await?;
+            // A group between two leaders (a leadership transfer, an election) is no leader
+            // for a moment: only a view that stays leaderless counts as degraded.
+            let mut status = client.cluster_status().await?;
+            for _ in 0..LEADERLESS_RECHECKS_MAX {
+                let problems = degradation(&status);
+                if problems.is_empty() || status.nodes.iter().any(|node| node.unreachable.is_some())
+                {
+                    break;
+                }
+                tokio::time::sleep(LEADERLESS_RECHECK_INTERVAL).await;
+                status = client.cluster_status().await?;
+            }
             write_cluster_status(&status, json, out)?;
+            out.flush()?;
+            let problems = degradation(&status);
+            if !problems.is_empty() {
+                return Err(AdminCommandError::Degraded(problems.join("; ")));
+            }
         }
         Validated::ClusterAddNode(node, address) => {
             client.add_node(node, &address).await?;
@@ -365,6 +384,37 @@ struct GroupJson {
 
 /// The cluster as the answering node sees it: one JSON document, or a table with one row per
 /// node and group.
+/// How often `cluster status` asks again while a member sees a group without leader.
+const LEADERLESS_RECHECKS_MAX: usize = 5;
+/// How long it waits between those views (an election takes 0.5–1 s).
+const LEADERLESS_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What keeps `status` from being a whole cluster: members that did not answer, and groups a
+/// member sees without a leader. Empty when every member answered and knows every leader.
+pub fn degradation(status: &ClusterStatus) -> Vec<String> {
+    let mut problems = Vec::new();
+    for node in &status.nodes {
+        if let Some(reason) = &node.unreachable {
+            problems.push(format!("node {} unreachable ({reason})", node.node));
+            continue;
+        }
+        let leaderless: Vec<String> = node
+            .groups
+            .iter()
+            .filter(|group| group.leader.is_none())
+            .map(|group| group.group.to_string())
+            .collect();
+        if !leaderless.is_empty() {
+            problems.push(format!(
+                "node {} knows no leader of group {}",
+                node.node,
+                leaderless.join(", ")
+            ));
+        }
+    }
+    problems
+}
+
 pub fn write_cluster_status(
     status: &ClusterStatus,
     json: bool,
@@ -557,6 +607,48 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(value["nodes"][0]["groups"][0]["leader"], 1);
+        assert!(degradation(&status).is_empty(), "a whole cluster");
+    }
+
+    #[test]
+    fn an_unreachable_member_or_a_group_without_leader_is_degraded() {
+        let group = |leader: Option<u64>| GroupMemberStatus {
+            group: GroupId(3),
+            role: GroupRole::Follower,
+            last_applied_index: Some(7),
+            leader: leader.map(NodeId),
+            lag: Some(0),
+        };
+        let status = ClusterStatus {
+            reporting_node: NodeId(1),
+            nodes: vec![
+                NodeStatus {
+                    node: NodeId(1),
+                    address: "10.0.0.1:50051".into(),
+                    groups: vec![group(None)],
+                    unreachable: None,
+                },
+                NodeStatus {
+                    node: NodeId(2),
+                    address: "10.0.0.2:50051".into(),
+                    groups: Vec::new(),
+                    unreachable: Some("connection refused".into()),
+                },
+                NodeStatus {
+                    node: NodeId(3),
+                    address: "10.0.0.3:50051".into(),
+                    groups: vec![group(Some(3))],
+                    unreachable: None,
+                },
+            ],
+        };
+        assert_eq!(
+            degradation(&status),
+            [
+                "node 1 knows no leader of group 3",
+                "node 2 unreachable (connection refused)"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -460,6 +460,19 @@ impl AdminBackend for AdminApi {
 
     fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()> {
         Box::pin(async move {
+            // Removing a node that is no member is a mistake (a typo in the id), not a no-op.
+            let member = self.replication.groups().any(|group| {
+                group
+                    .status()
+                    .members
+                    .iter()
+                    .any(|member| member.node == node.0)
+            });
+            if !member {
+                return Err(AdminError::NotFound {
+                    what: format!("node {node} in the cluster (see `pmsctl cluster status`)"),
+                });
+            }
             self.router
                 .change_membership(node.0, None)
                 .await

@@ -129,12 +129,25 @@ fn killing_the_leader_loses_no_acknowledged_message_and_it_rejoins() {
     // Writes are accepted again while the old leader is down.
     let (code, lines) = survivor.send("alice", "bob", "after failover", &[]);
     assert_eq!(code, 0, "{lines:?}");
+    // ... and `cluster status` says the cluster is degraded, in its exit status too.
+    let status = survivor.run_pmsctl(&["cluster", "status"]);
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        said.contains(&format!(
+            "cluster degraded: node {} unreachable",
+            leader + 1
+        )),
+        "{said}"
+    );
 
     // The killed node restarts with its data dir and rejoins without any command: it becomes
     // ready and catches up to the others.
     cluster.nodes[leader].spawn();
     cluster.wait_caught_up(Duration::from_secs(60));
     assert_eq!(cluster.status()["nodes"].as_array().map(Vec::len), Some(3));
+    let status = cluster.nodes[followers[1]].run_pmsctl(&["cluster", "status"]);
+    assert_eq!(status.status.code(), Some(0), "whole again: {status:?}");
 }
 
 #[test]
@@ -252,6 +265,11 @@ fn a_node_is_added_as_learner_then_voter_and_removed_again() {
     assert!(!output.status.success());
     let output = cluster.nodes[0].run_pmsctl(&["cluster", "add-node", "5", "no-port"]);
     assert!(!output.status.success());
+    // A node that never was a member is not "removed": the id is a mistake.
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "remove-node", "9"]);
+    assert!(!output.status.success(), "remove-node 9 succeeded");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("node 9"), "{said}");
 
     let output = cluster.nodes[0].run_pmsctl(&["cluster", "remove-node", "4"]);
     assert!(
