@@ -1,7 +1,8 @@
 //! Crash-regression corpus: every file in `tests/corpus/` is fed through the same entry points
 //! as the fuzz targets (`pms_sip::fuzzing`, and the rsip differential oracle shared with the
 //! `rsip_differential` target). Files are chosen by extension: `.sip` (framing + parse + rsip
-//! comparison), `.auth` (digest), `.xml`/`.cpim` (IMDN/CPIM); anything else goes through all.
+//! comparison), `.framing` (the `framing` target: limits and read splits chosen by the first
+//! bytes), `.auth` (digest), `.xml`/`.cpim` (IMDN/CPIM); anything else goes through all.
 //!
 //! Invariant: a fuzzer-found crash or disagreement is fixed by adding its input here first.
 
@@ -10,7 +11,7 @@ mod rsip_differential;
 
 use std::path::Path;
 
-use pms_sip::fuzzing::{exercise_digest, exercise_imdn, exercise_sip};
+use pms_sip::fuzzing::{exercise_digest, exercise_framing, exercise_imdn, exercise_sip};
 use rsip_differential::check_arbitrary;
 
 #[test]
@@ -29,10 +30,12 @@ fn corpus_inputs_do_not_panic() {
                 exercise_sip(&bytes);
                 check_arbitrary(&bytes);
             }
+            Some("framing") => exercise_framing(&bytes),
             Some("auth") => exercise_digest(&bytes),
             Some("xml" | "cpim") => exercise_imdn(&bytes),
             _ => {
                 exercise_sip(&bytes);
+                exercise_framing(&bytes);
                 check_arbitrary(&bytes);
                 exercise_digest(&bytes);
                 exercise_imdn(&bytes);
