@@ -11,6 +11,17 @@
 //! - `online`: every recipient has one registered device connection that answers 200 at once;
 //!   the server delivers and answers 200 when the device acknowledged within the synchronous
 //!   window. The body carries the send time, so the device side measures send → delivered.
+//! - `mixed`: each MESSAGE goes to a random recipient of both sets (offline and online), in
+//!   proportion to their sizes: the constant mixed load of the state-size soak
+//!   (`scripts/state-soak`).
+//!
+//! A load test of the data path, not of the abuse limits: every connection comes from one
+//! address (127.0.0.1) and the steps send many MESSAGEs per (sender, recipient), so the nodes
+//! start with the abuse limits of issue 8 opened up to what a load generator needs
+//! ([`load_generator_node_args`]: per-source and total unauthenticated connections, their
+//! deadline, the (sender, recipient) rate and the per-sender quota). Without that a one-node
+//! run with the default 64 connections lost 32 of them to the per-source cap of 32. The
+//! per-recipient quota, the digest checks and every other bound stay at `pmsd`'s defaults.
 //!
 //! Digest authentication is answered once per connection; later requests reuse the nonce with
 //! an incrementing `nc` (RFC 7616 §3.4, which `pms-sip`'s server accepts: per nonce each `nc`
@@ -29,6 +40,9 @@
 //!   deadline.
 //! - Invariant: only processes this run started are signalled: the [`Cluster`] kills its nodes
 //!   when dropped (also when the run future is dropped on Ctrl-C).
+//! - Invariant: no step can reach an abuse limit: the per-source cap admits every connection
+//!   the run can open at once (senders and devices), and the (sender, recipient) rate and
+//!   per-sender quota are at their maxima, where the per-recipient quota binds first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -132,6 +146,62 @@ const BODY_MARKER_PREFIX: &str = "[pms-bench t=";
 /// Clock ticks per second used by `/proc/<pid>/stat` when `getconf CLK_TCK` is unavailable.
 const CLOCK_TICKS_PER_SEC_DEFAULT: u64 = 100;
 
+/// Unauthenticated connections the nodes accept, in total and from one source, per listener:
+/// every connection a run opens (at most [`CONNECTIONS_MAX`] senders and
+/// [`ONLINE_RECIPIENTS_MAX`] devices) comes from 127.0.0.1 and a step's warm-up opens all its
+/// senders at once (`pmsd` default: 32 per source, 1,024 in total).
+pub const NODE_UNAUTHENTICATED_MAX: usize = pms_types::limits::CONNECTIONS_MAX;
+const _: () = assert!(CONNECTIONS_MAX + ONLINE_RECIPIENTS_MAX <= NODE_UNAUTHENTICATED_MAX);
+/// Seconds a benchmark connection may take to authenticate: an overloaded node can take longer
+/// than `pmsd`'s default 32 s to finish a warm-up's handshakes and first challenges.
+pub const NODE_UNAUTHENTICATED_TIMEOUT_SECS: u64 =
+    pms_types::limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MAX;
+/// Burst and refill interval of the (sender, recipient) rate limit: the largest burst and
+/// 1,000 messages per second per pair, far beyond a step's `rate / (senders × recipients)`
+/// (`pmsd` default: 200, then 50 per second).
+pub const NODE_SENDER_RECIPIENT_BURST: u32 = pms_types::limits::SENDER_RECIPIENT_BURST_MAX;
+pub const NODE_SENDER_RECIPIENT_INTERVAL_MS: u64 = 1;
+/// Messages one sender may have queued for one recipient: the per-recipient maximum, so that
+/// the per-recipient quota (not an abuse limit) is what a long offline run meets first
+/// (`pmsd` default: 1,000).
+pub const NODE_MESSAGES_PER_SENDER_MAX: usize = pms_types::limits::MAILBOX_MESSAGES_MAX;
+
+/// The `pmsd` arguments every benchmark node gets on top of the harness's: the abuse limits
+/// sized for a load generator on one address (see the module doc). Command-line arguments win
+/// over `PMS_*` variables, so these cannot be changed through the environment; run `pmsd`
+/// yourself to measure the limits.
+pub fn load_generator_node_args() -> Vec<String> {
+    [
+        (
+            "--sip-unauthenticated-max",
+            NODE_UNAUTHENTICATED_MAX.to_string(),
+        ),
+        (
+            "--sip-unauthenticated-per-source-max",
+            NODE_UNAUTHENTICATED_MAX.to_string(),
+        ),
+        (
+            "--sip-unauthenticated-timeout-secs",
+            NODE_UNAUTHENTICATED_TIMEOUT_SECS.to_string(),
+        ),
+        (
+            "--sender-recipient-burst",
+            NODE_SENDER_RECIPIENT_BURST.to_string(),
+        ),
+        (
+            "--sender-recipient-interval-ms",
+            NODE_SENDER_RECIPIENT_INTERVAL_MS.to_string(),
+        ),
+        (
+            "--mailbox-messages-per-sender-max",
+            NODE_MESSAGES_PER_SENDER_MAX.to_string(),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect()
+}
+
 /// What the recipients of a step are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +210,8 @@ pub enum Scenario {
     Offline,
     /// Recipients are registered and answer 200: store → deliver → 200.
     Online,
+    /// Both sets of recipients, each MESSAGE to a random one of either.
+    Mixed,
 }
 
 impl Scenario {
@@ -147,7 +219,16 @@ impl Scenario {
         match self {
             Scenario::Offline => "offline",
             Scenario::Online => "online",
+            Scenario::Mixed => "mixed",
         }
+    }
+
+    fn needs_offline(self) -> bool {
+        matches!(self, Scenario::Offline | Scenario::Mixed)
+    }
+
+    fn needs_online(self) -> bool {
+        matches!(self, Scenario::Online | Scenario::Mixed)
     }
 }
 
@@ -258,13 +339,21 @@ impl BenchOptions {
             !self.duration.is_zero() && !self.timeout.is_zero(),
             "--duration and --timeout must be positive"
         );
-        if self.scenarios.contains(&Scenario::Offline) {
+        if self
+            .scenarios
+            .iter()
+            .any(|scenario| scenario.needs_offline())
+        {
             anyhow::ensure!(
                 (1..=OFFLINE_RECIPIENTS_MAX).contains(&self.offline_recipients),
                 "--recipients must be within 1..={OFFLINE_RECIPIENTS_MAX}"
             );
         }
-        if self.scenarios.contains(&Scenario::Online) {
+        if self
+            .scenarios
+            .iter()
+            .any(|scenario| scenario.needs_online())
+        {
             anyhow::ensure!(
                 (1..=ONLINE_RECIPIENTS_MAX).contains(&self.online_recipients),
                 "--online-recipients must be within 1..={ONLINE_RECIPIENTS_MAX}"
@@ -331,6 +420,8 @@ pub struct Settings {
     pub online_recipients: usize,
     pub body_bytes: usize,
     pub node_log_filter: String,
+    /// Arguments every node got on top of the harness's ([`load_generator_node_args`]).
+    pub node_args: Vec<String>,
     pub run_dir: String,
 }
 
@@ -1873,16 +1964,20 @@ pub async fn run(
         options.pmsd.display(),
         options.run_dir.display()
     ));
-    let mut cluster = Cluster::launch(ClusterConfig {
-        nodes: options.nodes,
-        run_dir: options.run_dir.clone(),
-        pmsd: options.pmsd.clone(),
-        pmsctl: options.pmsctl.clone(),
-        prefer_namespaces: false,
-        run_pid: std::process::id(),
-        domain: options.domain.clone(),
-        log_filter: options.log_filter.clone(),
-    })
+    let node_args = load_generator_node_args();
+    let mut cluster = Cluster::launch_with_node_args(
+        ClusterConfig {
+            nodes: options.nodes,
+            run_dir: options.run_dir.clone(),
+            pmsd: options.pmsd.clone(),
+            pmsctl: options.pmsctl.clone(),
+            prefer_namespaces: false,
+            run_pid: std::process::id(),
+            domain: options.domain.clone(),
+            log_filter: options.log_filter.clone(),
+        },
+        node_args.clone(),
+    )
     .await?;
     let ready_started = Instant::now();
     cluster
@@ -1893,8 +1988,14 @@ pub async fn run(
     progress(&format!("cluster healthy after {cluster_ready_secs:.1} s"));
 
     let senders = user_names("bench-s", options.connections);
-    let needs_offline = options.scenarios.contains(&Scenario::Offline);
-    let needs_online = options.scenarios.contains(&Scenario::Online);
+    let needs_offline = options
+        .scenarios
+        .iter()
+        .any(|scenario| scenario.needs_offline());
+    let needs_online = options
+        .scenarios
+        .iter()
+        .any(|scenario| scenario.needs_online());
     let offline_recipients = if needs_offline {
         user_names("bench-off", options.offline_recipients)
     } else {
@@ -1918,6 +2019,10 @@ pub async fn run(
         .map_err(|error| anyhow::anyhow!("TLS client configuration: {error}"))?;
     let pids = node_pids();
     let mut notes = cluster.notes().to_vec();
+    notes.push(format!(
+        "abuse limits opened for a load generator on one address (a test of the data path, not of the limits): {}",
+        node_args.join(" ")
+    ));
     if pids.len() != options.nodes {
         notes.push(format!(
             "found {} of {} pmsd processes in /proc; CPU figures cover only those",
@@ -2042,6 +2147,7 @@ pub async fn run(
             online_recipients: context.online_recipients.len(),
             body_bytes: BODY_BYTES,
             node_log_filter: options.log_filter.clone(),
+            node_args,
             run_dir: options.run_dir.display().to_string(),
         },
         setup: SetupReport {
@@ -2069,6 +2175,14 @@ async fn run_step(
     let recipients = match scenario {
         Scenario::Offline => context.offline_recipients.clone(),
         Scenario::Online => context.online_recipients.clone(),
+        Scenario::Mixed => Arc::new(
+            context
+                .offline_recipients
+                .iter()
+                .chain(context.online_recipients.iter())
+                .cloned()
+                .collect(),
+        ),
     };
     let (settle_wait, nodes_busy_before_percent) = settle(&context.pids).await;
     let (quiet_wait, other_busy_before_percent) = if options.quiet_wait.is_zero() {
@@ -2228,8 +2342,8 @@ async fn run_step(
         (before.system, node_ticks(&before)),
         (after.system, node_ticks(&after)),
     );
-    let online = (scenario == Scenario::Online).then(|| OnlineReport {
-        recipients: recipients.len(),
+    let online = scenario.needs_online().then(|| OnlineReport {
+        recipients: context.online_recipients.len(),
         received: devices.received,
         received_per_sec: devices.received as f64 / measured_secs,
         end_to_end: devices.end_to_end.percentiles(),
@@ -2543,5 +2657,41 @@ mod tests {
         assert_eq!(request.method, Method::Message);
         assert_eq!(request.body, body.as_bytes());
         assert_eq!(request.cseq().expect("cseq"), (1, Method::Message));
+    }
+
+    #[test]
+    fn node_args_open_the_abuse_limits_within_what_pmsd_accepts() {
+        use pms_types::limits;
+        let args = load_generator_node_args();
+        assert_eq!(args.len() % 2, 0, "flag/value pairs: {args:?}");
+        let value = |flag: &str| -> u64 {
+            let at = args.iter().position(|arg| arg == flag).expect(flag);
+            args[at + 1].parse().expect("a number")
+        };
+        let total = value("--sip-unauthenticated-max");
+        let per_source = value("--sip-unauthenticated-per-source-max");
+        // Every connection a run can open at once, all from 127.0.0.1, and within what
+        // `pmsd` accepts (per source ≤ total ≤ CONNECTIONS_MAX).
+        assert!(per_source >= (CONNECTIONS_MAX + ONLINE_RECIPIENTS_MAX) as u64);
+        assert!(per_source <= total && total <= limits::CONNECTIONS_MAX as u64);
+        assert!(
+            value("--sip-unauthenticated-timeout-secs")
+                <= limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_MAX
+        );
+        assert!(
+            value("--sip-unauthenticated-timeout-secs")
+                > limits::SIP_UNAUTHENTICATED_TIMEOUT_SECS_DEFAULT
+        );
+        let burst = value("--sender-recipient-burst");
+        assert!(burst > u64::from(limits::SENDER_RECIPIENT_BURST_DEFAULT));
+        assert!(burst <= u64::from(limits::SENDER_RECIPIENT_BURST_MAX));
+        assert!(
+            (1..limits::SENDER_RECIPIENT_INTERVAL_MS_DEFAULT)
+                .contains(&value("--sender-recipient-interval-ms"))
+        );
+        assert_eq!(
+            value("--mailbox-messages-per-sender-max"),
+            limits::MAILBOX_MESSAGES_MAX as u64
+        );
     }
 }

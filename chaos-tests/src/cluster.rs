@@ -19,6 +19,9 @@
 //!   [`Cluster::reap_unexpected_exits`] (the nemesis records it as a crash).
 //! - Invariant: every probe and admin call has a timeout, so a paused node (SIGSTOP: the kernel
 //!   still accepts its connections) never stalls the harness.
+//! - Invariant: extra node arguments ([`Cluster::launch_with_node_args`]; the load generator's
+//!   abuse-limit settings) follow the harness's own on every start and restart of every node;
+//!   the chaos run passes none, so its nodes run with `pmsd`'s defaults.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -163,6 +166,8 @@ pub struct Cluster {
     /// Asks each node for its own view (internal `NodeStatus`, with `node.crt`).
     peers: Arc<PeerClients>,
     notes: Vec<String>,
+    /// Appended to every `pmsd` command line (after the harness's own arguments).
+    extra_node_args: Vec<String>,
     /// Declared last: dropped after the processes are killed.
     network: Option<NetnsNetwork>,
 }
@@ -171,6 +176,16 @@ impl Cluster {
     /// Sets up addresses, certificates and the master key, then starts every node. Does not
     /// wait for readiness (see [`Cluster::wait_healthy`]).
     pub async fn launch(config: ClusterConfig) -> anyhow::Result<Cluster> {
+        Cluster::launch_with_node_args(config, Vec::new()).await
+    }
+
+    /// [`Cluster::launch`], with `extra_node_args` appended to every node's command line (on
+    /// every start, restarts included): settings the harness has no field for, such as
+    /// `--sip-unauthenticated-per-source-max 4096`.
+    pub async fn launch_with_node_args(
+        config: ClusterConfig,
+        extra_node_args: Vec<String>,
+    ) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             (1..=NODES_MAX).contains(&config.nodes),
             "--nodes must be within 1..={NODES_MAX}"
@@ -229,6 +244,7 @@ impl Cluster {
             admin_clients: Mutex::new(BTreeMap::new()),
             peers,
             notes,
+            extra_node_args,
             network,
         };
         for node in cluster.node_ids() {
@@ -306,6 +322,7 @@ impl Cluster {
         let log_filter = self.config.log_filter.clone();
         let certs_dir = self.certs_dir.clone();
         let master_key_file = self.master_key_file.clone();
+        let extra_node_args = self.extra_node_args.clone();
         let process = self.node_mut(node)?;
         anyhow::ensure!(process.child.is_none(), "node {node} is already running");
         std::fs::create_dir_all(&process.data_dir)
@@ -358,6 +375,7 @@ impl Cluster {
             .arg(&domain)
             .arg("--log")
             .arg(&log_filter)
+            .args(&extra_node_args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
