@@ -10,6 +10,9 @@
 //!
 //! Invariant: a message is removed from the queue only by a committed `MarkDelivered` (device
 //! answered 2xx), `MarkFailed` (device answered a permanent error) or `Expire` (guarantee 2).
+//! Invariant: a queued message that cannot be opened on this node (its data key does not
+//! unwrap, its record does not decode) is never failed for that: it stays queued and is retried
+//! with backoff, so a node started with the wrong master key loses nothing.
 //! Invariant: per user, delivery follows queue order and one attempt at a time (guarantee 4).
 //! Invariant: a message whose validity ended is never sent to a device (guarantee 5).
 //! Invariant: a message that arrived over TLS (and an IMDN about it) is sent only through a
@@ -28,7 +31,7 @@ use pms_sip::imdn::ImdnStatus;
 use pms_types::limits::MAILBOX_ACTORS_MAX;
 use pms_types::{GroupId, MessageId, UserId};
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::delivery::{delivery_request, may_carry, notification, open_payload};
 use crate::service::SipService;
@@ -321,23 +324,12 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
     let payload = match open_payload(service, &message) {
         Ok(payload) => payload,
         Err(refusal) => {
-            // An unreadable record must not block the rest of the queue.
-            warn!(%user, message_id = %message.message_id, ?refusal, "queued message cannot be opened; marking it failed");
-            commit_outcome(
-                service,
-                group,
-                Command::MarkFailed {
-                    recipient: user.clone(),
-                    seq: message.seq,
-                    message_id: message.message_id.clone(),
-                    code: 500,
-                    at: now,
-                    notification: None,
-                },
-            )
-            .await?;
-            service.metrics().messages_failed_total.inc();
-            return Ok(Step::Progress);
+            // Invariant: a message is never failed because it cannot be opened here: the
+            // cause (a master key that does not unwrap the data key, a record of a newer
+            // format) is this node's, not the message's. It stays queued, and the head is
+            // retried with backoff (it still expires at its time).
+            error!(%user, message_id = %message.message_id, ?refusal, "queued message cannot be opened on this node (wrong master key?): keeping it queued and retrying");
+            return Ok(Step::Retry);
         }
     };
     bindings.retain(|binding| may_carry(binding, &payload, config));

@@ -153,6 +153,7 @@ pub fn apply(
             status_retention_ms,
         } => tx.prune(*now, *dedup_retention_ms, *status_retention_ms)?,
         Command::CheckMasterKey { fingerprint } => tx.check_master_key(fingerprint)?,
+        Command::RecordClusterId { cluster_id } => tx.record_cluster_id(cluster_id)?,
         Command::ClearOutbox { message_id } => {
             let key = keys::outbox(group, message_id);
             if tx.get(Keyspace::Outbox, &key)?.is_some() {
@@ -623,6 +624,19 @@ impl<S: StateRead> Transaction<'_, S> {
             self.put(Keyspace::SenderCounts, key, &(count - 1));
         }
         Ok(())
+    }
+
+    /// Records the cluster id when none is, and answers with the recorded one.
+    fn record_cluster_id(&mut self, cluster_id: &str) -> Result<CommandResponse, ApplyError> {
+        let key = keys::cluster_id(self.group);
+        let cluster_id = match self.get_record::<String>(Keyspace::Cluster, &key)? {
+            Some(recorded) => recorded,
+            None => {
+                self.put(Keyspace::Cluster, key, &cluster_id.to_owned());
+                cluster_id.to_owned()
+            }
+        };
+        Ok(CommandResponse::ClusterId { cluster_id })
     }
 
     /// Forgets dedup entries past their retention and final statuses older than `before`, at

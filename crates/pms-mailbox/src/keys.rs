@@ -48,6 +48,11 @@ pub fn sender_count(group: GroupId, user: &UserId, sender: &SenderKey) -> Vec<u8
     group_key(group, &[user.as_str().as_bytes(), USER_END, &sender.0])
 }
 
+/// The cluster's identity (`Keyspace::Cluster`), recorded once at bootstrap.
+pub fn cluster_id(group: GroupId) -> Vec<u8> {
+    group_key(group, &[b"cluster-id"])
+}
+
 /// The master key's fingerprint (`Keyspace::Cluster`).
 pub fn master_key_fingerprint(group: GroupId) -> Vec<u8> {
     group_key(group, &[b"master-key-fingerprint"])

@@ -215,3 +215,14 @@ pub fn outbox(
         .map(|(_, value)| decode(Keyspace::Outbox, value))
         .collect()
 }
+
+/// The cluster's identity recorded in the directory (`RecordClusterId`), if any.
+pub fn cluster_id(
+    state: &(impl StateRead + ?Sized),
+    group: GroupId,
+) -> Result<Option<String>, ApplyError> {
+    state
+        .get(Keyspace::Cluster, &keys::cluster_id(group))?
+        .map(|bytes| decode(Keyspace::Cluster, &bytes))
+        .transpose()
+}

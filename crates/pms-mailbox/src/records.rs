@@ -326,6 +326,12 @@ pub enum Command {
     ClearOutbox {
         message_id: MessageId,
     },
+    /// Records `cluster_id` as the cluster's identity when the directory has none (the first
+    /// node of a new cluster to get here wins), and answers with the recorded one either way:
+    /// every node adopts the answer (issue 9 item 2). Appended last: bincode numbers variants.
+    RecordClusterId {
+        cluster_id: String,
+    },
 }
 
 /// One change a REGISTER makes to a user's bindings.
@@ -392,6 +398,10 @@ pub enum CommandResponse {
     /// `CheckMasterKey` with a fingerprint other than the one the cluster recorded.
     MasterKeyMismatch {
         recorded: String,
+    },
+    /// The cluster's identity, as recorded in the directory (`RecordClusterId`).
+    ClusterId {
+        cluster_id: String,
     },
 }
 

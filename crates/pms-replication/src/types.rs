@@ -48,6 +48,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::Expire { .. } => "Expire",
         Command::Prune { .. } => "Prune",
         Command::ClearOutbox { .. } => "ClearOutbox",
+        Command::RecordClusterId { .. } => "RecordClusterId",
     }
 }
 

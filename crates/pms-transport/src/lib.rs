@@ -20,10 +20,10 @@ pub use admin::{
     GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserPage,
     UserSummary,
 };
-pub use internal::server::local_status;
+pub use internal::server::{InternalShared, local_status};
 pub use internal::{
-    DeliveryReport, FlowDelivery, ForwardError, Forwarded, GrpcNetworkFactory, PeerClients,
-    PeerFuture, PeerNodeStatus, internal_service,
+    ClusterIdentity, DeliveryReport, FlowDelivery, ForwardError, Forwarded, GrpcNetworkFactory,
+    LeaderContacts, PeerClients, PeerFuture, PeerNodeStatus, internal_service,
 };
 pub use tls::{ADMIN_CLIENT_NAME, server_tls_config};
 

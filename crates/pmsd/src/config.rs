@@ -14,6 +14,9 @@
 //! Invariant: the SIP TLS listener always runs; the TCP and UDP listeners run unless set to
 //! `off` (`--sip-tcp off --sip-udp off` is a TLS-only node).
 //!
+//! Invariant: [`Config::certs_dir_given`] and [`Config::master_key_file_given`] say whether the
+//! operator named those paths; `pmsd` generates development material only for the defaults.
+//!
 //! Relative paths (flags or file) are relative to the working directory, not the file.
 //! `--master-key-file` defaults to `<data-dir>/master.key`: that is for development only; in
 //! production keep the master key off the data volume (another mount, a secret store).
@@ -147,7 +150,12 @@ pub struct Config {
     /// Join an existing cluster: never bootstrap; wait for `pmsctl cluster add-node`.
     pub join: bool,
     pub certs_dir: PathBuf,
+    /// `certs_dir` was given (flag, environment or file): it must hold the cluster's CA; only
+    /// the default `<data-dir>/certs` is filled with development certificates.
+    pub certs_dir_given: bool,
     pub master_key_file: PathBuf,
+    /// `master_key_file` was given: it must exist; only the default is generated.
+    pub master_key_file_given: bool,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
     /// Non-empty, without duplicates, most preferred first.
@@ -408,6 +416,9 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    // Invariant: only the defaults may be generated; a path the operator gave must exist.
+    let certs_dir_given = args.certs_dir.is_some() || file.certs_dir.is_some();
+    let master_key_file_given = args.master_key_file.is_some() || file.master_key_file.is_some();
     let certs_dir = args
         .certs_dir
         .or(file.certs_dir)
@@ -522,7 +533,9 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
         data_dir,
         certs_dir,
+        certs_dir_given,
         master_key_file,
+        master_key_file_given,
         config_file: args.config,
     };
     config.validate()?;
@@ -768,6 +781,25 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         file.write_all(text.as_bytes()).expect("write temp file");
         file
+    }
+
+    #[test]
+    fn only_default_certs_and_key_paths_count_as_not_given() {
+        assert_no_pms_env();
+        let config = from_args(args(&[])).expect("defaults");
+        assert!(!config.certs_dir_given && !config.master_key_file_given);
+        let config = from_args(args(&[
+            "--certs-dir",
+            "/etc/pms/certs",
+            "--master-key-file",
+            "/etc/pms/master.key",
+        ]))
+        .expect("given");
+        assert!(config.certs_dir_given && config.master_key_file_given);
+        let file = write_toml("master_key_file = \"/secrets/master.key\"\n");
+        let config =
+            from_args(args(&["--config", &file.path().display().to_string()])).expect("file");
+        assert!(!config.certs_dir_given && config.master_key_file_given);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod backends;
 mod cluster;
 mod config;
 mod http;
+mod identity;
 mod node;
 mod prune;
 mod shred;

@@ -29,7 +29,7 @@ use pms_edge::{EdgeConfig, SipService, keyring::Keyring};
 use pms_mailbox::{Command, MailboxService, query};
 use pms_replication::{GroupConfig, Replication};
 use pms_storage::{RocksStore, Store};
-use pms_transport::{GrpcNetworkFactory, PeerClients};
+use pms_transport::{ClusterIdentity, GrpcNetworkFactory, LeaderContacts, PeerClients};
 use pms_types::metrics::Metrics;
 use pms_types::{Clock, GroupId, SystemClock};
 use tokio::net::{TcpListener, UdpSocket};
@@ -63,6 +63,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.data_dir.display()
             )
         })?;
+    // Invariant: a data dir serves only the node it was first started as (before anything in
+    // it is opened or generated).
+    let recorded_cluster = crate::identity::check_node(&config.data_dir, config.node_id)?;
     prepare_certificates(&config)?;
     if config.allows_md5() {
         info!(
@@ -76,6 +79,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let path = config.master_key_file.display();
         anyhow::bail!(
             "master key file {path} does not exist, and this node is one of several (--peers or --join): every node of a cluster needs the same master key. Copy the cluster's key file to {path} (chmod 600), or point --master-key-file at it; a new cluster's key is made once with `pmsctl cert create-master-key FILE`"
+        );
+    }
+    if config.master_key_file_given && !config.master_key_file.exists() {
+        let path = config.master_key_file.display();
+        anyhow::bail!(
+            "master key file {path} does not exist. It was given (--master-key-file, PMS_MASTER_KEY_FILE or master_key_file), so it is never generated: if it is a mounted secret (Kubernetes), check that the secret exists and is mounted at {path}; a new cluster's key is made once with `pmsctl cert create-master-key {path}`. Only the development default (<data-dir>/master.key, no option given) is generated"
         );
     }
     let (master_key, created) = pms_crypto::MasterKey::load_or_create(&config.master_key_file)
@@ -97,9 +106,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening RocksDB in {}", config.data_dir.display()))?,
     );
     let metrics = Arc::new(Metrics::new());
+    let cluster_identity = Arc::new(ClusterIdentity::new(recorded_cluster.clone()));
     let peers = Arc::new(
-        PeerClients::new(&config.certs_dir).context("loading the node certificate for peers")?,
+        PeerClients::new(&config.certs_dir)
+            .context("loading the node certificate for peers")?
+            .with_identity(cluster_identity.clone()),
     );
+    let leader_contacts: Arc<LeaderContacts> = peers.contacts().clone();
     check_mailbox_groups(&config)?;
     let groups: Vec<GroupId> = std::iter::once(GroupId::DIRECTORY)
         .chain((1..=config.mailbox_groups).map(GroupId))
@@ -120,6 +133,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("opening the Raft group")?,
     );
+    if recorded_cluster.is_none() {
+        // A data dir from before identity files: its directory replica may know the cluster.
+        adopt_replicated_cluster_id(&replication, &cluster_identity, &config)?;
+    }
     // The address other nodes reach this one at: its entry in --peers, else --grpc.
     let grpc_address = members
         .get(&config.node_id.0)
@@ -163,10 +180,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             grpc_address.clone(),
             replication.clone(),
             flow_delivery.clone(),
+            pms_transport::InternalShared {
+                identity: cluster_identity.clone(),
+                contacts: leader_contacts.clone(),
+            },
         ));
     let grpc_task = tokio::spawn(grpc_server.serve(wait_for(shutdown.clone())));
 
     let draining = Arc::new(AtomicBool::new(false));
+    // Set once this node's master key and cluster id matched the cluster's.
+    let identity_verified = Arc::new(AtomicBool::new(false));
     // Set once the SIP listeners accept: ready means phones can be served.
     let serving = Arc::new(AtomicBool::new(false));
     let http_state = Arc::new(HttpState {
@@ -175,13 +198,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let replication = replication.clone();
             let draining = draining.clone();
             let serving = serving.clone();
+            let identity_verified = identity_verified.clone();
+            let leader_contacts = leader_contacts.clone();
+            // Invariant: ready = listeners up, master key and cluster id verified, and every
+            // group has this node as a member and a leader it heard from recently (a leader
+            // that lost its quorum, or a dead one a follower still names, is not enough).
             Box::new(move || {
                 serving.load(Ordering::Relaxed)
+                    && identity_verified.load(Ordering::Relaxed)
                     && !draining.load(Ordering::Relaxed)
                     && replication.groups().all(|group| {
                         group.is_member()
-                            && group.current_leader().is_some()
                             && group.fatal_error().is_none()
+                            && leader_contacts.leader_reachable(group)
                     })
             })
         },
@@ -239,6 +268,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Err(error);
     }
     info!(%fingerprint, "master key matches the cluster's");
+    let cluster_id = match agree_on_cluster_id(&*mailboxes, &cluster_identity, &config).await {
+        Ok(cluster_id) => cluster_id,
+        Err(error) => {
+            let _ = shutdown_sender.send(true);
+            let _ = grpc_task.await;
+            let _ = http_task.await;
+            replication.shutdown().await;
+            store.persist_memory().context("flushing RocksDB")?;
+            return Err(error);
+        }
+    };
+    info!(cluster = %cluster_id, node = %config.node_id, "cluster identity recorded in the data dir");
+    identity_verified.store(true, Ordering::Relaxed);
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
     let mut queued: u64 = 0;
     for group in (1..=config.mailbox_groups).map(GroupId) {
@@ -527,6 +569,59 @@ async fn check_master_key(
     }
 }
 
+/// Reads the cluster id the local directory replica recorded (a data dir from before identity
+/// files) into `identity` and the identity file.
+fn adopt_replicated_cluster_id(
+    replication: &Replication,
+    identity: &ClusterIdentity,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let Some(directory) = replication.group(GroupId::DIRECTORY) else {
+        return Ok(());
+    };
+    if let Some(cluster_id) = query::cluster_id(directory.read(), GroupId::DIRECTORY)
+        .context("reading the cluster id from the directory replica")?
+    {
+        info!(cluster = %cluster_id, "adopting the cluster id recorded in this node's directory replica");
+        crate::identity::record_cluster(&config.data_dir, config.node_id, &cluster_id)?;
+        identity.set(cluster_id);
+    }
+    Ok(())
+}
+
+/// Agrees with the cluster on its id: the first node to ask records one in the directory (a new
+/// cluster), every node adopts the recorded one, and a data dir of another cluster is refused.
+/// Records the id in the data dir.
+async fn agree_on_cluster_id(
+    mailboxes: &dyn MailboxService,
+    identity: &ClusterIdentity,
+    config: &Config,
+) -> anyhow::Result<String> {
+    let candidate = identity
+        .get()
+        .unwrap_or_else(crate::identity::new_cluster_id);
+    let command = Command::RecordClusterId {
+        cluster_id: candidate,
+    };
+    let mut tries = 0;
+    let recorded = loop {
+        match mailboxes.propose(GroupId::DIRECTORY, command.clone()).await {
+            Ok(pms_mailbox::CommandResponse::ClusterId { cluster_id }) => break cluster_id,
+            Ok(other) => anyhow::bail!("recording the cluster id: unexpected answer {other:?}"),
+            Err(pms_mailbox::ProposeError::Retry { reason })
+                if tries < STARTUP_PROPOSE_TRIES_MAX =>
+            {
+                tries += 1;
+                warn!(%reason, tries, "recording the cluster id: retrying");
+            }
+            Err(error) => return Err(error).context("recording the cluster id"),
+        }
+    };
+    crate::identity::record_cluster(&config.data_dir, config.node_id, &recorded)?;
+    identity.set(recorded.clone());
+    Ok(recorded)
+}
+
 /// Removes the bindings of this node's earlier runs, retrying while the cluster settles.
 async fn unbind_stale_flows(
     mailboxes: &dyn MailboxService,
@@ -578,8 +673,17 @@ fn edge_config(config: &Config, incarnation: u64) -> EdgeConfig {
     edge
 }
 
-/// Creates the development certificates when the certs dir has no CA (loudly).
+/// Creates the development certificates when the default certs dir has no CA (loudly); a certs
+/// dir the operator named must already hold the cluster's CA.
 fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
+    // Invariant: a given certs dir is never filled with a new CA (a secret that did not mount
+    // would otherwise make a node of its own cluster).
+    if config.certs_dir_given && !config.certs_dir.join("ca.crt").exists() {
+        let dir = config.certs_dir.display();
+        anyhow::bail!(
+            "certs dir {dir} has no ca.crt. It was given (--certs-dir, PMS_CERTS_DIR or certs_dir), so nothing is generated there: if it is a mounted secret (Kubernetes), check that the secret exists and is mounted at {dir}; otherwise put the cluster's ca.crt, node.crt/node.key and sip.crt/sip.key there (made with `pmsctl cert create-ca | create-node | create-sip`, see docs/cluster.md). Only the development default (<data-dir>/certs, no option given) is generated"
+        );
+    }
     let hosts: Vec<String> = ["127.0.0.1", "localhost", "::1"]
         .into_iter()
         .map(str::to_owned)

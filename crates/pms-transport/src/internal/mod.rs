@@ -8,7 +8,10 @@
 //!
 //! Invariant: every call is mutually authenticated TLS between certificates of the cluster CA,
 //! and a handler runs only for a peer whose certificate common name is `node`.
+//! Invariant: every call carries the caller's cluster id and is refused across clusters
+//! (`identity.rs`).
 
+pub mod identity;
 pub mod network;
 pub mod peers;
 pub mod server;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use pms_replication::GroupStatus;
 use pms_types::{FlowId, NodeId};
 
+pub use identity::{ClusterIdentity, LeaderContacts};
 pub use network::GrpcNetworkFactory;
 pub use peers::{ForwardError, Forwarded, PeerClients};
 pub use server::internal_service;
@@ -65,6 +69,8 @@ pub trait FlowDelivery: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerNodeStatus {
     pub node: NodeId,
+    /// The cluster the node belongs to, when it knows (`None` from [`local_status`](server::local_status)).
+    pub cluster_id: Option<String>,
     pub address: String,
     pub groups: Vec<GroupStatus>,
 }

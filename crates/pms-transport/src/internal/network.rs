@@ -74,6 +74,7 @@ fn network_error(
 
 impl GrpcNetwork {
     fn rpc_error(&self, status: &tonic::Status) -> RPCError<TypeConfig> {
+        self.peers.note_refusal(&self.address, status);
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown => {
                 RPCError::Unreachable(unreachable(self.target, &self.address, status.message()))
@@ -111,10 +112,7 @@ impl GrpcNetwork {
             .map_err(|error| RPCError::Network(network_error(self.target, &self.address, error)))
     }
 
-    fn stub(
-        &self,
-    ) -> Result<pb::internal_client::InternalClient<tonic::transport::Channel>, RPCError<TypeConfig>>
-    {
+    fn stub(&self) -> Result<super::peers::InternalStub, RPCError<TypeConfig>> {
         self.peers
             .stub(&self.address)
             .map_err(|error| RPCError::Unreachable(unreachable(self.target, &self.address, error)))
@@ -135,6 +133,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
             .append_entries(request)
             .await
             .map_err(|status| self.rpc_error(&status))?;
+        self.peers
+            .contacts()
+            .record_acknowledged(self.group, self.target);
         self.decode("append entries response", reply.get_ref())
     }
 

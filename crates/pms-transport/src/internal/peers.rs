@@ -8,14 +8,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pms_mailbox::{Command, CommandResponse};
 use pms_replication::{GroupMember, GroupRole, GroupStatus, wire};
 use pms_types::{FlowId, GroupId, NodeId};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use super::identity::{ClusterIdentity, ClusterTag, LeaderContacts};
 use super::{DeliveryReport, PeerNodeStatus};
 use crate::TransportError;
 use crate::proto::internal_v1 as pb;
@@ -81,7 +83,15 @@ impl ForwardError {
 pub struct PeerClients {
     certs_dir: PathBuf,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Sent with every call; a node's server and clients share it.
+    identity: Arc<ClusterIdentity>,
+    /// Which followers answered this node's append-entries, and when (for `/readyz`).
+    contacts: Arc<LeaderContacts>,
 }
+
+/// The client of a peer's internal service, every call tagged with this node's cluster id.
+pub(crate) type InternalStub =
+    pb::internal_client::InternalClient<InterceptedService<Channel, ClusterTag>>;
 
 impl PeerClients {
     /// Peers reached with this node's certificate (`node.crt`) from `certs_dir`. Checks now that
@@ -91,7 +101,28 @@ impl PeerClients {
         Ok(PeerClients {
             certs_dir: certs_dir.to_path_buf(),
             channels: Mutex::new(HashMap::new()),
+            identity: Arc::new(ClusterIdentity::default()),
+            contacts: Arc::new(LeaderContacts::default()),
         })
+    }
+
+    /// Calls carry `identity`'s cluster id (a node passes the one its server checks against;
+    /// without it, calls carry none, which only `NodeStatus` answers).
+    #[must_use]
+    pub fn with_identity(mut self, identity: Arc<ClusterIdentity>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// When groups' leaders and followers were last heard from; the node's internal service
+    /// records into the same table.
+    pub fn contacts(&self) -> &Arc<LeaderContacts> {
+        &self.contacts
+    }
+
+    /// Logs once per peer when `status` says the peer belongs to another cluster.
+    pub(crate) fn note_refusal(&self, address: &str, status: &tonic::Status) {
+        self.identity.note_refused_by(address, status);
     }
 
     /// The channel to `address` (`HOST:PORT`), created on first use; it connects lazily and
@@ -125,15 +156,15 @@ impl PeerClients {
         Ok(channel)
     }
 
-    pub(crate) fn stub(
-        &self,
-        address: &str,
-    ) -> Result<pb::internal_client::InternalClient<Channel>, ForwardError> {
+    pub(crate) fn stub(&self, address: &str) -> Result<InternalStub, ForwardError> {
         self.channel(address)
             .map(|channel| {
-                pb::internal_client::InternalClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX)
+                pb::internal_client::InternalClient::with_interceptor(
+                    channel,
+                    ClusterTag(self.identity.clone()),
+                )
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX)
             })
             .map_err(|error| ForwardError::Refused {
                 address: address.to_owned(),
@@ -164,7 +195,10 @@ impl PeerClients {
             .stub(address)?
             .propose(request)
             .await
-            .map_err(|status| ForwardError::from_status(address, &status))?
+            .map_err(|status| {
+                self.note_refusal(address, &status);
+                ForwardError::from_status(address, &status)
+            })?
             .into_inner();
         match response.outcome {
             Some(pb::propose_response::Outcome::Committed(committed)) => Ok(Forwarded {
@@ -200,7 +234,10 @@ impl PeerClients {
             .stub(address)?
             .change_membership(request)
             .await
-            .map_err(|status| ForwardError::from_status(address, &status))?
+            .map_err(|status| {
+                self.note_refusal(address, &status);
+                ForwardError::from_status(address, &status)
+            })?
             .into_inner();
         match response.not_leader {
             Some(not_leader) => Err(not_leader_from_proto(not_leader)),
@@ -250,7 +287,10 @@ impl PeerClients {
             .stub(address)?
             .node_status(request)
             .await
-            .map_err(|status| ForwardError::from_status(address, &status))?
+            .map_err(|status| {
+                self.note_refusal(address, &status);
+                ForwardError::from_status(address, &status)
+            })?
             .into_inner();
         Ok(node_status_from_proto(response))
     }
@@ -293,6 +333,7 @@ pub(crate) fn report_to_proto(report: DeliveryReport) -> pb::DeliverResponse {
 fn node_status_from_proto(response: pb::NodeStatusResponse) -> PeerNodeStatus {
     PeerNodeStatus {
         node: NodeId(response.node),
+        cluster_id: Some(response.cluster_id).filter(|id| !id.is_empty()),
         address: response.address,
         groups: response
             .groups
@@ -322,6 +363,7 @@ fn node_status_from_proto(response: pb::NodeStatusResponse) -> PeerNodeStatus {
 pub(crate) fn node_status_to_proto(status: &PeerNodeStatus) -> pb::NodeStatusResponse {
     pb::NodeStatusResponse {
         node: status.node.0,
+        cluster_id: status.cluster_id.clone().unwrap_or_default(),
         address: status.address.clone(),
         groups: status
             .groups
@@ -374,6 +416,7 @@ mod tests {
     fn node_status_round_trips_through_protobuf() {
         let status = PeerNodeStatus {
             node: NodeId(2),
+            cluster_id: Some("0123abcd".into()),
             address: "10.0.0.2:50051".into(),
             groups: vec![GroupStatus {
                 group: GroupId(1),

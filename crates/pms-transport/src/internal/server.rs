@@ -6,6 +6,9 @@
 //! common name is `node`; an admin or device certificate gets `PERMISSION_DENIED`.
 //! Invariant: payloads from the network are size-bounded and decoded without panicking; a bad
 //! one gets `INVALID_ARGUMENT`.
+//! Invariant: every handler first checks the caller's cluster id ([`ClusterIdentity`]): a
+//! node of another cluster changes nothing here and learns nothing but the refusal.
+//! Invariant: a successful append-entries records the leader's contact ([`LeaderContacts`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use pms_types::{FlowId, GroupId, NodeId};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::identity::{ClusterIdentity, LeaderContacts};
 use super::peers::{node_status_to_proto, report_to_proto};
 use super::{
     DELIVER_REQUEST_BYTES_MAX, DELIVER_TIMEOUT_MAX, FlowDelivery, PeerNodeStatus,
@@ -54,6 +58,16 @@ struct InternalService {
     address: String,
     replication: Arc<Replication>,
     flows: Arc<dyn FlowDelivery>,
+    identity: Arc<ClusterIdentity>,
+    contacts: Arc<LeaderContacts>,
+}
+
+/// What the internal service shares with the rest of the node: the cluster id it checks calls
+/// against, and when each group's leader was last heard from.
+#[derive(Clone, Debug)]
+pub struct InternalShared {
+    pub identity: Arc<ClusterIdentity>,
+    pub contacts: Arc<LeaderContacts>,
 }
 
 /// The internal service with its permission check, as a [`ServiceAdder`] for the node's gRPC
@@ -63,6 +77,7 @@ pub fn internal_service(
     address: String,
     replication: Arc<Replication>,
     flows: Arc<dyn FlowDelivery>,
+    shared: InternalShared,
 ) -> ServiceAdder {
     let rpc_bytes_max = usize::try_from(wire::RPC_BYTES_MAX).unwrap_or(usize::MAX);
     let server = pb::internal_server::InternalServer::new(InternalService {
@@ -70,6 +85,8 @@ pub fn internal_service(
         address,
         replication,
         flows,
+        identity: shared.identity,
+        contacts: shared.contacts,
     })
     .max_decoding_message_size(rpc_bytes_max)
     .max_encoding_message_size(rpc_bytes_max);
@@ -92,6 +109,13 @@ fn replication_status(error: &ReplicationError) -> Status {
 }
 
 impl InternalService {
+    /// Refuses a call from another cluster (see [`ClusterIdentity`]).
+    #[allow(clippy::result_large_err)]
+    fn check_cluster<T>(&self, request: &Request<T>, read_only: bool) -> Result<(), Status> {
+        self.identity
+            .check_incoming(request.metadata(), request.remote_addr(), read_only)
+    }
+
     #[allow(clippy::result_large_err)]
     fn group(&self, group: u32) -> Result<&Group, Status> {
         self.replication
@@ -125,6 +149,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_cluster(&request, false)?;
         let message = request.into_inner();
         let group = self.group(message.group)?;
         let rpc = wire::decode("append entries", &message.payload).map_err(invalid)?;
@@ -133,6 +158,7 @@ impl pb::internal_server::Internal for InternalService {
             .append_entries(rpc)
             .await
             .map_err(|error| Status::unavailable(error.to_string()))?;
+        self.contacts.record(group.id());
         Self::raft_reply(message.group, "append entries response", &reply)
     }
 
@@ -140,6 +166,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_cluster(&request, false)?;
         let message = request.into_inner();
         let group = self.group(message.group)?;
         let rpc = wire::decode("vote", &message.payload).map_err(invalid)?;
@@ -155,6 +182,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_cluster(&request, false)?;
         let message = request.into_inner();
         let group = self.group(message.group)?;
         let rpc = wire::decode("transfer leader", &message.payload).map_err(invalid)?;
@@ -170,6 +198,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.check_cluster(&request, false)?;
         let mut chunks = request.into_inner();
         let Some(first) = chunks.next().await.transpose()? else {
             return Err(invalid("empty snapshot stream"));
@@ -211,6 +240,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.check_cluster(&request, false)?;
         let request = request.into_inner();
         let group = self.group(request.group)?;
         let command: Command = wire::decode("command", &request.command).map_err(invalid)?;
@@ -234,6 +264,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        self.check_cluster(&request, false)?;
         let request = request.into_inner();
         let group = self.group(request.group)?;
         if !request.remove && request.address.is_empty() {
@@ -264,6 +295,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        self.check_cluster(&request, false)?;
         let request = request.into_inner();
         if request.request.len() > DELIVER_REQUEST_BYTES_MAX {
             return Err(invalid(format!(
@@ -282,9 +314,11 @@ impl pb::internal_server::Internal for InternalService {
 
     async fn node_status(
         &self,
-        _request: Request<pb::NodeStatusRequest>,
+        request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        let status = local_status(self.node, &self.address, &self.replication);
+        self.check_cluster(&request, true)?;
+        let mut status = local_status(self.node, &self.address, &self.replication);
+        status.cluster_id = self.identity.get();
         Ok(Response::new(node_status_to_proto(&status)))
     }
 }
@@ -293,6 +327,7 @@ impl pb::internal_server::Internal for InternalService {
 pub fn local_status(node: NodeId, address: &str, replication: &Replication) -> PeerNodeStatus {
     PeerNodeStatus {
         node,
+        cluster_id: None,
         address: address.to_owned(),
         groups: replication.groups().map(Group::status).collect(),
     }

@@ -1,0 +1,312 @@
+//! Operator mistakes PMS must refuse rather than survive (issue 9 items 2, 3 and 4):
+//!
+//! - a data dir started with another `--node-id` is refused with what to do;
+//! - a node of another cluster cannot join, and neither cluster's accounts change;
+//! - internal RPCs naming another cluster are refused;
+//! - an explicitly given `--certs-dir` or `--master-key-file` that does not exist is refused,
+//!   and nothing is generated in its place;
+//! - `/readyz` tells the truth: a node with a wrong master key never reports ready, the
+//!   survivors of one lost node of three stay ready, and a node without a quorum is not ready.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Node, http_get};
+
+/// Polls `/readyz` of `node` until it answers `want`.
+fn wait_readiness(node: &Node, want: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_get(node.ports.http, "/readyz").is_some_and(|(status, _)| status == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not answer {want} in time; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pmsctl user list --json` of `node`.
+fn user_list(node: &Node) -> String {
+    let output = node.run_pmsctl(&["user", "list", "--json"]);
+    assert!(
+        output.status.success(),
+        "user list: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The node-status RPC to `address` with the node certificate of `certs_dir`, carrying
+/// `cluster_id` (none: no cluster id header). Returns the cluster id the node reports.
+fn node_status_as(
+    certs_dir: &Path,
+    address: &str,
+    cluster_id: Option<&str>,
+) -> Result<Option<String>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let identity = Arc::new(pms_transport::ClusterIdentity::new(
+            cluster_id.map(str::to_owned),
+        ));
+        let peers = pms_transport::PeerClients::new(certs_dir)
+            .map_err(|error| error.to_string())?
+            .with_identity(identity);
+        peers
+            .node_status(address, Duration::from_secs(10))
+            .await
+            .map(|status| status.cluster_id)
+            .map_err(|error| error.to_string())
+    })
+}
+
+/// The `cluster-id` line of a data dir's identity file.
+fn recorded_cluster_id(data_dir: &Path) -> String {
+    let text = std::fs::read_to_string(data_dir.join("identity")).expect("identity file");
+    text.lines()
+        .find_map(|line| line.strip_prefix("cluster-id = "))
+        .unwrap_or_else(|| panic!("no cluster id in the identity file:\n{text}"))
+        .to_owned()
+}
+
+#[test]
+fn a_data_dir_started_with_another_node_id_is_refused_with_what_to_do() {
+    let mut node = Node::start();
+    let cluster_id = recorded_cluster_id(&node.data_dir());
+    node.terminate();
+    node.extra_args = vec!["--node-id".into(), "2".into()];
+    node.spawn_process();
+    let status = node.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = node.log();
+    assert!(
+        log.contains(&format!("belongs to node 1 of cluster {cluster_id}"))
+            && log.contains("start it with --node-id 1"),
+        "says whose data dir it is and what to do: {log}"
+    );
+    // With its own id it serves again.
+    node.extra_args.clear();
+    node.spawn();
+}
+
+#[test]
+fn internal_rpcs_naming_another_cluster_are_refused() {
+    let node = Node::start();
+    let ours = recorded_cluster_id(&node.data_dir());
+    assert_eq!(ours.len(), 32, "a 128-bit id in hex: {ours}");
+    let certs = node.certs_dir();
+    let address = node.grpc_address();
+    assert_eq!(
+        node_status_as(&certs, &address, Some(&ours)).expect("its own cluster"),
+        Some(ours.clone())
+    );
+    let refused = node_status_as(&certs, &address, Some("00112233445566778899aabbccddeeff"))
+        .expect_err("another cluster's id is refused");
+    assert!(
+        refused.contains("cluster mismatch") && refused.contains(&ours),
+        "{refused}"
+    );
+    // Refused, logged, still serving (no panic).
+    assert!(
+        node.log()
+            .contains("refusing internal RPCs from a node of another cluster")
+    );
+    assert_eq!(
+        http_get(node.ports.http, "/livez").map(|(status, _)| status),
+        Some(200)
+    );
+    // A monitoring call without an id may read the status, and learns the cluster.
+    assert_eq!(
+        node_status_as(&certs, &address, None).expect("status without an id"),
+        Some(ours)
+    );
+}
+
+#[test]
+fn a_node_of_another_cluster_cannot_join() {
+    let cluster = Cluster::start(3, &[]);
+    cluster.nodes[0].add_user("alice");
+    let shared = cluster.shared.path().to_path_buf();
+    // Same CA and master key, so only the cluster identity tells them apart.
+    let member = |extra: &[&str]| {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            "4".to_owned(),
+            "--certs-dir".to_owned(),
+            shared.join("certs").display().to_string(),
+            "--master-key-file".to_owned(),
+            shared.join("master.key").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
+    };
+    let mut stranger = Node::prepared(member(&[]), shared.join("certs"));
+    stranger.spawn();
+    stranger.add_user("mallory");
+    let theirs = recorded_cluster_id(&stranger.data_dir());
+    let ours = recorded_cluster_id(&cluster.nodes[0].data_dir());
+    assert_ne!(theirs, ours);
+    stranger.terminate();
+
+    // Pointed at cluster A with --join, then added by an operator.
+    stranger.extra_args = member(&["--join"]);
+    stranger.spawn_process();
+    let address = stranger.grpc_address();
+    let mut add_node = cluster.nodes[0]
+        .pmsctl()
+        .args(["cluster", "add-node", "4", &address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pmsctl add-node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stranger
+        .log()
+        .contains("refusing internal RPCs from a node of another cluster")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stranger did not refuse cluster A; log:\n{}",
+            stranger.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while add_node.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = add_node.kill();
+    let _ = add_node.wait();
+
+    // Neither cluster's accounts changed, and both still serve.
+    assert!(stranger.is_running());
+    let stranger_users = user_list(&stranger);
+    assert!(
+        stranger_users.contains("mallory") && !stranger_users.contains("alice"),
+        "{stranger_users}"
+    );
+    let cluster_users = user_list(&cluster.nodes[0]);
+    assert!(
+        cluster_users.contains("alice") && !cluster_users.contains("mallory"),
+        "{cluster_users}"
+    );
+    assert_eq!(recorded_cluster_id(&stranger.data_dir()), theirs);
+    for node in &cluster.nodes {
+        assert_eq!(recorded_cluster_id(&node.data_dir()), ours);
+        assert_eq!(
+            http_get(node.ports.http, "/livez").map(|(status, _)| status),
+            Some(200)
+        );
+    }
+    stranger.terminate();
+}
+
+#[test]
+fn an_explicit_certs_dir_or_master_key_that_does_not_exist_is_refused() {
+    let absent = tempfile::tempdir().expect("tempdir");
+    let certs = absent.path().join("certs");
+    let mut node = Node::prepared(
+        vec!["--certs-dir".into(), certs.display().to_string()],
+        certs.clone(),
+    );
+    node.spawn_process();
+    assert!(!node.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        node.log().contains("has no ca.crt") && node.log().contains("mounted"),
+        "{}",
+        node.log()
+    );
+    assert!(!certs.exists(), "a CA was generated in a given certs dir");
+
+    // An empty directory (a secret volume that mounted nothing) is refused too.
+    std::fs::create_dir(&certs).expect("empty certs dir");
+    node.spawn_process();
+    assert!(!node.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(std::fs::read_dir(&certs).expect("certs dir").count(), 0);
+
+    let key = absent.path().join("master.key");
+    let mut node = Node::prepared(
+        vec!["--master-key-file".into(), key.display().to_string()],
+        absent.path().join("unused"),
+    );
+    node.shared_certs_dir = None;
+    node.spawn_process();
+    assert!(!node.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        node.log().contains("does not exist") && node.log().contains("create-master-key"),
+        "{}",
+        node.log()
+    );
+    assert!(!key.exists(), "a master key was generated at a given path");
+    // Only the development default generates one.
+    node.extra_args.clear();
+    node.spawn();
+    assert!(node.data_dir().join("master.key").exists());
+}
+
+#[test]
+fn a_node_with_a_wrong_master_key_never_reports_ready() {
+    let mut node = Node::start();
+    node.terminate();
+    let other = node.data.path().join("other.key");
+    pms_crypto::MasterKey::write_new(&other).expect("another key");
+    node.extra_args = vec!["--master-key-file".into(), other.display().to_string()];
+    node.spawn_process();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child_exited = false;
+    while Instant::now() < deadline {
+        if let Some((status, _)) = http_get(node.ports.http, "/readyz") {
+            assert_ne!(status, 200, "ready with a wrong master key");
+        }
+        if node.log().contains("is not this cluster's (fingerprint") {
+            child_exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child_exited, "no refusal; log:\n{}", node.log());
+    assert!(!node.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn survivors_of_one_lost_node_stay_ready_and_a_node_without_quorum_is_not() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.nodes[2].kill();
+    // The groups the lost node led elect new leaders among the survivors (a blip any probe
+    // shows); from then on the survivors must stay ready.
+    for group in 0..=8 {
+        cluster.leader_index(group, Duration::from_secs(30));
+    }
+    for node in &cluster.nodes[..2] {
+        wait_readiness(node, 200, Duration::from_secs(30));
+    }
+    // Ready stays ready: every probe for a while answers 200 on both survivors.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for node in &cluster.nodes[..2] {
+            assert_eq!(
+                http_get(node.ports.http, "/readyz").map(|(status, _)| status),
+                Some(200),
+                "a survivor flapped; log:\n{}",
+                node.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Alone, a node reaches no quorum: not ready, but alive.
+    cluster.nodes[1].kill();
+    wait_readiness(&cluster.nodes[0], 503, Duration::from_secs(20));
+    assert_eq!(
+        http_get(cluster.nodes[0].ports.http, "/livez").map(|(status, _)| status),
+        Some(200)
+    );
+}
