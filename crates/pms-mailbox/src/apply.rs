@@ -184,7 +184,7 @@ impl<S: StateRead> Transaction<'_, S> {
         Ok(self.state.get(keyspace, key)?)
     }
 
-    fn get_record<T: serde::de::DeserializeOwned>(
+    fn get_record<T: crate::Record>(
         &self,
         keyspace: Keyspace,
         key: &[u8],
@@ -194,7 +194,7 @@ impl<S: StateRead> Transaction<'_, S> {
             .transpose()
     }
 
-    fn put<T: serde::Serialize>(&mut self, keyspace: Keyspace, key: Vec<u8>, value: &T) {
+    fn put<T: crate::Record>(&mut self, keyspace: Keyspace, key: Vec<u8>, value: &T) {
         let value = encode(value);
         self.pending
             .insert((keyspace, key.clone()), Some(value.clone()));

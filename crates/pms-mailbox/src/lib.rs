@@ -11,14 +11,18 @@
 //! Invariant: a queued message leaves the queue only through `MarkDelivered`, `MarkFailed`,
 //! `Expire` (at or after its `expires_at`) or `RemoveUser` (guarantee 2).
 //! Invariant: one dedup key maps to at most one message, ever (guarantee 3).
+//! Invariant: every record is stored through [`encode`] / [`decode`], so it carries its format
+//! header and is read by the decoder of its version ([`format`]).
 
 mod apply;
+pub mod format;
 pub mod keys;
 pub mod query;
 mod records;
 pub mod service;
 
 pub use apply::{Applied, apply};
+pub use format::{FormatError, Record};
 pub use records::*;
 pub use service::{BoxFuture, MailboxService, ProposeError};
 
@@ -35,22 +39,25 @@ pub enum ApplyError {
         keyspace: &'static str,
         detail: String,
     },
+    /// The record's format header is missing, of another kind, or of a version this build does
+    /// not read (a newer release wrote it).
+    #[error("stored record under {keyspace} cannot be read: {error}")]
+    Format {
+        keyspace: &'static str,
+        error: FormatError,
+    },
 }
 
-/// Encodes a record for storage or the Raft log.
-pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Invariant: serialising our own plain-data records cannot fail.
-    bincode::serialize(value).expect("bincode serialisation of a PMS record")
+/// Encodes a record for storage (or for sealing), with its format header (see [`format`]).
+pub fn encode<T: Record>(value: &T) -> Vec<u8> {
+    format::encode_record(value)
 }
 
-/// Decodes a stored record.
-pub fn decode<T: serde::de::DeserializeOwned>(
-    keyspace: pms_types::Keyspace,
-    bytes: &[u8],
-) -> Result<T, ApplyError> {
-    bincode::deserialize(bytes).map_err(|error| ApplyError::CorruptRecord {
+/// Decodes a stored record of any format version this build reads (see [`format`]).
+pub fn decode<T: Record>(keyspace: pms_types::Keyspace, bytes: &[u8]) -> Result<T, ApplyError> {
+    format::decode_record(bytes).map_err(|error| ApplyError::Format {
         keyspace: keyspace.name(),
-        detail: error.to_string(),
+        error,
     })
 }
 

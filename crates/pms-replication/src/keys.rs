@@ -1,15 +1,15 @@
-//! Key layout of a group's Raft data, and the bincode codec for values stored under it.
+//! Key layout of a group's Raft data, and the codec for values stored under it.
 //!
-//! `Keyspace::RaftLog`: `group(be u32) ++ index(be u64)` → bincode of the openraft entry.
-//! `Keyspace::RaftMeta`: `group(be u32) ++ name` → bincode of the named value.
+//! `Keyspace::RaftLog`: `group(be u32) ++ index(be u64)` → the openraft entry (format kind `l`).
+//! `Keyspace::RaftMeta`: `group(be u32) ++ name` → the named value, with its format header
+//! (see [`crate::format`]).
 //!
 //! Invariant: every key starts with the group prefix, so groups sharing one store never mix,
 //! and big-endian indexes make key order equal log order.
 
 use crate::ReplicationError;
+use crate::format::{self, RaftValue};
 use pms_types::{GroupId, group_key};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The vote (term + voted-for), synced before openraft is told it is saved.
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -52,26 +52,22 @@ pub(crate) fn meta_key(group: GroupId, name: &[u8]) -> Vec<u8> {
     group_key(group, &[name])
 }
 
-pub(crate) fn encode<T: Serialize>(group: GroupId, value: &T) -> Result<Vec<u8>, ReplicationError> {
-    bincode::serialize(value).map_err(|error| ReplicationError::CorruptRaftData {
+pub(crate) fn encode<T: RaftValue>(group: GroupId, value: &T) -> Result<Vec<u8>, ReplicationError> {
+    format::encode(value).map_err(|error| ReplicationError::CorruptRaftData {
         group,
         detail: format!("encode: {error}"),
     })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    group: GroupId,
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, ReplicationError> {
-    bincode::deserialize(bytes).map_err(|error| ReplicationError::CorruptRaftData {
+pub(crate) fn decode<T: RaftValue>(group: GroupId, bytes: &[u8]) -> Result<T, ReplicationError> {
+    format::decode(bytes).map_err(|error| ReplicationError::CorruptRaftData {
         group,
-        detail: format!("decode {what}: {error}"),
+        detail: error.to_string(),
     })
 }
 
 /// Reads and decodes the `name` meta record of `group` (vote, committed, last applied, ...).
-pub fn read_meta<T: DeserializeOwned>(
+pub fn read_meta<T: RaftValue>(
     store: &dyn pms_storage::Store,
     group: GroupId,
     name: &[u8],
@@ -82,9 +78,7 @@ pub fn read_meta<T: DeserializeOwned>(
             group,
             detail: fault.to_string(),
         })?;
-    bytes
-        .map(|bytes| decode(group, &String::from_utf8_lossy(name), &bytes))
-        .transpose()
+    bytes.map(|bytes| decode(group, &bytes)).transpose()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! this node has applied it.
 
 mod error;
+pub mod format;
 mod group;
 mod keys;
 mod log_store;

@@ -10,6 +10,7 @@
 //! ranges page through the log.
 
 use crate::ReplicationError;
+use crate::format::RaftValue;
 use crate::keys::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use crate::types::TypeConfig;
 use openraft::OptionalSend;
@@ -64,18 +65,11 @@ impl LogStore {
         }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &[u8],
-    ) -> Result<Option<T>, ReplicationError> {
+    fn get_meta<T: RaftValue>(&self, name: &[u8]) -> Result<Option<T>, ReplicationError> {
         keys::read_meta(self.store.as_ref(), self.group, name)
     }
 
-    fn meta_op<T: serde::Serialize>(
-        &self,
-        name: &[u8],
-        value: &T,
-    ) -> Result<WriteOp, ReplicationError> {
+    fn meta_op<T: RaftValue>(&self, name: &[u8], value: &T) -> Result<WriteOp, ReplicationError> {
         Ok(WriteOp::Put {
             keyspace: Keyspace::RaftMeta,
             key: keys::meta_key(self.group, name),
@@ -101,7 +95,7 @@ impl LogStore {
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, ReplicationError> {
         let index = keys::index_of_log_key(self.group, key)?;
-        let entry: Entry = keys::decode(self.group, "log entry", value)?;
+        let entry: Entry = keys::decode(self.group, value)?;
         if entry.index() != index {
             return Err(ReplicationError::CorruptRaftData {
                 group: self.group,

@@ -2,13 +2,15 @@
 //! [`capture`] (read every state key of the group) and [`install_ops`] (the atomic batch that
 //! replaces the group's state with a snapshot's).
 //!
-//! For now a snapshot is one bincode blob held in memory; streaming RocksDB checkpoint files in
-//! chunks comes with the gRPC network.
+//! For now a snapshot is one blob held in memory, encoded with its format header (kind `b`,
+//! see [`crate::format`]); its entries are the stored values verbatim, each with its own
+//! record header. Streaming RocksDB checkpoint files in chunks comes with the gRPC network.
 //!
 //! Invariant: a snapshot holds only keys of `Keyspace::STATE` that start with its group's
 //! prefix; installing one deletes exactly that group's state keys and nothing else.
 
 use crate::ReplicationError;
+use crate::types::TypeConfig;
 use pms_storage::{Store, WriteOp};
 use pms_types::{GroupId, Keyspace};
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,14 @@ pub struct SnapshotBlob {
     pub group: GroupId,
     /// Every state entry of the group, keyspace by keyspace, in key order.
     pub entries: Vec<(Keyspace, Vec<u8>, Vec<u8>)>,
+}
+
+/// The current snapshot of a group as stored under the `snapshot` Raft meta key: openraft's
+/// meta and the encoded [`SnapshotBlob`] (format kind `s`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    pub meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
+    pub data: Vec<u8>,
 }
 
 /// Reads every state key of `group`.

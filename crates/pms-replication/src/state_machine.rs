@@ -14,7 +14,10 @@
 //! so no entry is applied while the state is read.
 
 use crate::ReplicationError;
+use crate::format::RaftValue;
 use crate::keys::{self, META_LAST_APPLIED, META_MEMBERSHIP, META_SNAPSHOT};
+/// The current snapshot as stored under `META_SNAPSHOT` (defined with the snapshot format).
+pub(crate) use crate::snapshot::StoredSnapshot;
 use crate::snapshot::{self, SnapshotBlob};
 use crate::types::{LogCommand, SnapshotData, TypeConfig};
 use futures::{Stream, TryStreamExt};
@@ -24,7 +27,6 @@ use openraft::{EntryPayload, OptionalSend};
 use pms_mailbox::{Command, CommandResponse};
 use pms_storage::{Store, WriteOp};
 use pms_types::{GroupId, Keyspace, Mutation, StateRead, StorageFault};
-use serde::{Deserialize, Serialize};
 use std::io;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -67,13 +69,6 @@ impl StateRead for StoreReader<'_> {
 /// the command to announce.
 type PayloadApplied = (Vec<WriteOp>, CommandResponse, Option<Arc<Command>>);
 
-/// The current snapshot as stored under `META_SNAPSHOT`.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
-
 /// The state machine of one group.
 pub struct StateMachine {
     group: GroupId,
@@ -109,14 +104,11 @@ impl StateMachine {
         }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &[u8],
-    ) -> Result<Option<T>, ReplicationError> {
+    fn get_meta<T: RaftValue>(&self, name: &[u8]) -> Result<Option<T>, ReplicationError> {
         keys::read_meta(self.store.as_ref(), self.group, name)
     }
 
-    fn meta_op<T: Serialize>(&self, name: &[u8], value: &T) -> Result<WriteOp, ReplicationError> {
+    fn meta_op<T: RaftValue>(&self, name: &[u8], value: &T) -> Result<WriteOp, ReplicationError> {
         Ok(WriteOp::Put {
             keyspace: Keyspace::RaftMeta,
             key: keys::meta_key(self.group, name),
@@ -300,7 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         let blob: SnapshotBlob =
-            keys::decode(self.group, "snapshot", &data).map_err(ReplicationError::into_io)?;
+            keys::decode(self.group, &data).map_err(ReplicationError::into_io)?;
         let mut ops = snapshot::install_ops(self.group, blob).map_err(ReplicationError::into_io)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),

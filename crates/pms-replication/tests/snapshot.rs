@@ -229,7 +229,7 @@ async fn a_running_group_snapshots_on_demand_and_keeps_proposing() {
         "snapshot covers the proposals"
     );
     let blob: pms_replication::snapshot::SnapshotBlob =
-        bincode::deserialize(current.snapshot.get_ref()).expect("decode snapshot");
+        pms_replication::format::decode(current.snapshot.get_ref()).expect("decode snapshot");
     assert_eq!(blob.group, GROUP);
     let captured: Vec<_> = blob.entries.clone();
     assert_eq!(
