@@ -17,6 +17,7 @@ mod group;
 mod keys;
 mod log_store;
 mod network;
+pub mod recovery;
 mod router;
 pub mod snapshot;
 mod state_machine;

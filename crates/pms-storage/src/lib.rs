@@ -143,6 +143,14 @@ pub trait Store: StateRead + Send + Sync + 'static {
         self.flush()
     }
 
+    /// Writes a consistent copy of the whole store (every keyspace, at one point in time) into
+    /// the new directory `dir` (RocksDB: a checkpoint, hard links where it can).
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
+        Err(StorageError::Flush {
+            detail: format!("this store cannot make a checkpoint in {}", dir.display()),
+        })
+    }
+
     /// About how many entries `keyspace` holds (all groups). RocksDB estimates from its files
     /// and memtables; cheap enough to call every few seconds.
     fn estimated_entries(&self, keyspace: Keyspace) -> Result<u64, StorageError> {

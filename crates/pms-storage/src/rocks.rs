@@ -21,6 +21,11 @@ use rocksdb::{
 };
 use std::path::{Path, PathBuf};
 
+/// Most bytes all column families' memtables hold together before RocksDB flushes.
+pub const MEMTABLES_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes of live WAL before RocksDB flushes the column families holding it back.
+pub const WAL_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
 /// A RocksDB-backed [`Store`].
 pub struct RocksStore {
     db: DB,
@@ -42,6 +47,11 @@ impl RocksStore {
         let mut options = Self::uncompressed_options();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
+        // One memory budget for every column family's memtables, and a WAL that forces a
+        // flush when it grows past its bound: without them each keyspace buffers 64 MiB on its
+        // own and the WAL grows until one of them is full.
+        options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        options.set_max_total_wal_size(WAL_BYTES_MAX);
         let descriptors = Keyspace::ALL.iter().map(|keyspace| {
             ColumnFamilyDescriptor::new(keyspace.name(), Self::uncompressed_options())
         });
@@ -262,6 +272,16 @@ impl Store for RocksStore {
                 })?;
         }
         Ok(())
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        let error = |error: rocksdb::Error| StorageError::Flush {
+            detail: format!("checkpoint into {}: {error}", dir.display()),
+        };
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(error)?
+            .create_checkpoint(dir)
+            .map_err(error)
     }
 
     fn estimated_entries(&self, keyspace: Keyspace) -> Result<u64, StorageError> {

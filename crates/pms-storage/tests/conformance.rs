@@ -213,3 +213,34 @@ fn a_read_only_open_sees_the_live_store_writes_and_deletes() {
         5
     );
 }
+
+/// A checkpoint is a store of its own holding everything written before it, and nothing after.
+#[test]
+fn a_checkpoint_opens_as_a_store_with_what_was_written_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RocksStore::open(dir.path().join("live")).expect("open");
+    let put = |n: u8| WriteOp::Put {
+        keyspace: Keyspace::Messages,
+        key: group_key(GroupId(2), &[&[n]]),
+        value: vec![n; 8],
+    };
+    store.write_ops(&[put(1), put(2)], false).expect("write");
+    let copy = dir.path().join("copy");
+    store.checkpoint(&copy).expect("checkpoint");
+    store.write_ops(&[put(3)], false).expect("write after");
+    drop(store);
+    let copy = RocksStore::open(&copy).expect("open the checkpoint");
+    let keys: Vec<Vec<u8>> = copy
+        .scan_prefix_all(Keyspace::Messages, &[])
+        .expect("scan")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            group_key(GroupId(2), &[&[1]]),
+            group_key(GroupId(2), &[&[2]])
+        ]
+    );
+}

@@ -5,5 +5,6 @@
 //! behaviour lives here so that it can be tested without a process.
 
 pub mod admin;
+pub mod backup;
 pub mod cert;
 pub mod ua;

@@ -60,6 +60,18 @@ enum Command {
     Send(SendArgs),
     /// Register and print each incoming MESSAGE as a JSON line.
     Listen(ListenArgs),
+    /// Stream a consistent backup of the node at --admin into a new directory.
+    Backup {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+    /// Copy a backup into a new data dir (then start it with `pmsd --force-new-cluster`).
+    Restore {
+        #[arg(value_name = "BACKUP")]
+        backup: std::path::PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,7 +286,11 @@ fn admin_command(command: Command) -> Option<AdminCommand> {
         Command::Cluster(ClusterSubcommand::RemoveNode { id }) => {
             AdminCommand::ClusterRemoveNode { node: id }
         }
-        Command::Cert(_) | Command::Send(_) | Command::Listen(_) => return None,
+        Command::Cert(_)
+        | Command::Send(_)
+        | Command::Listen(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. } => return None,
     })
 }
 
@@ -319,6 +335,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 timeout_secs: args.timeout,
             };
             Ok(exit_code(pmsctl::ua::listen(options, stdout).await))
+        }
+        Command::Backup { dir } => {
+            pmsctl::backup::backup(&cli.admin, &cli.certs_dir, &dir, stdout)
+                .await
+                .with_context(|| format!("backup from the node at {}", cli.admin))?;
+            Ok(0)
+        }
+        Command::Restore { backup, data_dir } => {
+            pmsctl::backup::restore(&backup, &data_dir, stdout)?;
+            Ok(0)
         }
         command => {
             let command = admin_command(command).context("unhandled subcommand")?;

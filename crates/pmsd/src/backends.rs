@@ -97,6 +97,10 @@ pub struct AdminApi {
     /// The node's digest policy (`--digest-algorithms`): what an account that follows the
     /// node's policy stores HA1 values for.
     pub digest_algorithms: Vec<DigestAlgorithm>,
+    /// Where backups are made before they are streamed (`<data-dir>/backups`), and the data
+    /// dir's `mailbox-groups` file they carry.
+    pub data_dir: std::path::PathBuf,
+    pub node_id: NodeId,
 }
 
 impl AdminApi {
@@ -178,6 +182,25 @@ fn expect_done(response: CommandResponse) -> Result<(), AdminError> {
             reason: format!("unexpected response {other:?}"),
         }),
     }
+}
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![std::path::PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in std::fs::read_dir(dir.join(&relative))? {
+            let entry = entry?;
+            let path = relative.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn internal(error: impl std::fmt::Display) -> AdminError {
@@ -455,6 +478,54 @@ impl AdminBackend for AdminApi {
                 .change_membership(node.0, Some(address))
                 .await
                 .map_err(membership_error)
+        })
+    }
+
+    fn backup(&self) -> BackendFuture<'_, pms_transport::BackupFiles> {
+        Box::pin(async move {
+            // A barrier per group: once this node applied an entry proposed now, it has applied
+            // everything the group committed before the backup began.
+            let fingerprint = self.keyring.master().fingerprint();
+            let groups: Vec<GroupId> = self.replication.groups().map(|group| group.id()).collect();
+            for group in groups {
+                let barrier = Command::CheckMasterKey {
+                    fingerprint: fingerprint.clone(),
+                };
+                if let CommandResponse::MasterKeyMismatch { recorded } =
+                    self.propose(group, barrier).await?
+                {
+                    return Err(AdminError::FailedPrecondition {
+                        reason: format!(
+                            "group {group} recorded master key fingerprint {recorded}, this node has {fingerprint}"
+                        ),
+                    });
+                }
+            }
+            let now = self.clock.now();
+            let dir = self.data_dir.join("backups").join(now.0.to_string());
+            std::fs::create_dir_all(&dir).map_err(internal)?;
+            let store = self.state(GroupId::DIRECTORY)?;
+            let checkpoint = dir.join("db");
+            tokio::task::spawn_blocking(move || store.checkpoint(&checkpoint))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            std::fs::copy(
+                self.data_dir.join(crate::node::MAILBOX_GROUPS_FILE),
+                dir.join("mailbox-groups"),
+            )
+            .map_err(internal)?;
+            let manifest = serde_json::json!({
+                "format": 1,
+                "node": self.node_id.0,
+                "created_at_ms": now.0,
+                "mailbox_groups": self.replication.mailbox_group_count(),
+                "master_key_fingerprint": fingerprint,
+                "pms_version": env!("CARGO_PKG_VERSION"),
+            });
+            std::fs::write(dir.join("backup.json"), manifest.to_string()).map_err(internal)?;
+            let files = files_under(&dir).map_err(internal)?;
+            Ok(pms_transport::BackupFiles { dir, files })
         })
     }
 

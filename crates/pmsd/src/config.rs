@@ -149,6 +149,9 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Join an existing cluster: never bootstrap; wait for `pmsctl cluster add-node`.
     pub join: bool,
+    /// Disaster recovery: make this node's replicas the whole cluster (this node the only
+    /// member of every group) before starting.
+    pub force_new_cluster: bool,
     pub certs_dir: PathBuf,
     /// `certs_dir` was given (flag, environment or file): it must hold the cluster's CA; only
     /// the default `<data-dir>/certs` is filled with development certificates.
@@ -246,6 +249,11 @@ struct Args {
     /// `pmsctl cluster add-node` adds this node.
     #[arg(long, env = "PMS_JOIN")]
     join: bool,
+    /// Disaster recovery (a majority lost for good, or a restored backup): make this node the
+    /// only member of every group, keeping what it applied; others then join with add-node.
+    /// Flag only (never in a file), for one start.
+    #[arg(long)]
+    force_new_cluster: bool,
     /// Directory of CA, node and client certificates [default: <data-dir>/certs].
     #[arg(long, env = "PMS_CERTS_DIR", value_name = "DIR")]
     certs_dir: Option<PathBuf>,
@@ -454,6 +462,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             None => Vec::new(),
         },
         join: args.join || file.join.unwrap_or(false),
+        force_new_cluster: args.force_new_cluster,
         digest_algorithms: parse_digest_algorithms(&digest_text)?,
         message_expires_default_secs: args
             .message_expires_default
@@ -659,6 +668,11 @@ impl Config {
         }
         if self.raft_snapshot_logs == 0 {
             bail!("--raft-snapshot-logs must be at least 1");
+        }
+        if self.force_new_cluster && (self.join || self.peers.len() > 1) {
+            bail!(
+                "--force-new-cluster makes this node the only member: give it without --join and without other --peers, then add the other nodes with `pmsctl cluster add-node`"
+            );
         }
         if self.prune_interval_secs == 0 {
             bail!("--prune-interval-secs must be at least 1");

@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::http::{HttpState, serve_http};
 
 /// The file in the data dir that records the mailbox group count fixed at bootstrap.
-const MAILBOX_GROUPS_FILE: &str = "mailbox-groups";
+pub const MAILBOX_GROUPS_FILE: &str = "mailbox-groups";
 /// How long shutdown waits for in-flight SIP transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long startup waits for a leader before it says so in the log (and waits again).
@@ -117,6 +117,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let groups: Vec<GroupId> = std::iter::once(GroupId::DIRECTORY)
         .chain((1..=config.mailbox_groups).map(GroupId))
         .collect();
+    if config.force_new_cluster {
+        force_new_cluster(&*store, &groups, &config)?;
+    }
     let replication = Arc::new(
         Replication::open(
             config.node_id.0,
@@ -171,6 +174,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grpc_address: grpc_address.clone(),
         clock: clock.clone(),
         digest_algorithms: config.digest_algorithms.clone(),
+        data_dir: config.data_dir.clone(),
+        node_id: config.node_id,
     });
     let grpc_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
         .await
@@ -244,6 +249,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             info!("stopped before the cluster formed");
             return Ok(());
         }
+    }
+    if config.force_new_cluster {
+        // Nodes added later catch up from a snapshot: it must cover everything kept.
+        for group in replication.groups() {
+            group
+                .snapshot_now(FORCED_SNAPSHOT_TIMEOUT)
+                .await
+                .with_context(|| {
+                    format!("snapshot of group {} after --force-new-cluster", group.id())
+                })?;
+        }
+        warn!(
+            "--force-new-cluster done: this node is the only member of every group; add the others with `pmsctl cluster add-node`, and start this node without the flag from now on"
+        );
     }
     for group in replication.groups() {
         let metrics = metrics.clone();
@@ -533,6 +552,36 @@ fn check_mailbox_groups(config: &Config) -> anyhow::Result<()> {
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// How long the snapshot after `--force-new-cluster` may take per group.
+const FORCED_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Makes this node the only member of every group of its data dir (`--force-new-cluster`),
+/// saying per group what it kept and what it dropped.
+fn force_new_cluster(store: &dyn Store, groups: &[GroupId], config: &Config) -> anyhow::Result<()> {
+    let address = config
+        .peers
+        .iter()
+        .find(|peer| peer.node_id == config.node_id)
+        .map_or_else(|| config.grpc.to_string(), |peer| peer.grpc_address.clone());
+    for group in groups {
+        let forced = pms_replication::recovery::force_single_member(
+            store,
+            *group,
+            config.node_id.0,
+            &address,
+        )
+        .with_context(|| format!("--force-new-cluster on group {group}"))?;
+        warn!(
+            group = %forced.group,
+            previous_members = ?forced.previous_members,
+            kept_up_to_index = ?forced.last_applied_index,
+            dropped_unapplied_entries = forced.dropped_entries,
+            "--force-new-cluster: this node is now the group's only member"
+        );
+    }
+    Ok(())
 }
 
 /// Records this node's master-key fingerprint in the directory if the cluster has none yet

@@ -213,6 +213,64 @@ impl AdminClient {
     }
 
     /// Removes node `node` from the cluster.
+    /// Streams a backup of the answering node into `dir` (which must exist and be empty),
+    /// returning the files written (relative paths) and their total size.
+    pub async fn backup(&self, dir: &std::path::Path) -> Result<(usize, u64), AdminError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut request = tonic::Request::new(pb::BackupRequest {});
+        request.set_timeout(BACKUP_CALL_TIMEOUT);
+        let mut stream = self.stub().backup(request).await?.into_inner();
+        let local = |what: String| AdminError::InvalidArgument { reason: what };
+        let mut current: Option<(String, tokio::fs::File)> = None;
+        let (mut files, mut bytes) = (0usize, 0u64);
+        while let Some(chunk) = stream.message().await? {
+            let relative = std::path::Path::new(&chunk.path);
+            if chunk.path.is_empty()
+                || relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|part| !matches!(part, std::path::Component::Normal(_)))
+            {
+                return Err(AdminError::Internal {
+                    reason: format!("the server sent a backup file named {:?}", chunk.path),
+                });
+            }
+            if current.as_ref().is_none_or(|(path, _)| *path != chunk.path) {
+                if let Some((_, file)) = current.take() {
+                    file.sync_all()
+                        .await
+                        .map_err(|error| local(error.to_string()))?;
+                }
+                let target = dir.join(relative);
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|error| local(format!("{}: {error}", parent.display())))?;
+                }
+                let file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .await
+                    .map_err(|error| local(format!("{}: {error}", target.display())))?;
+                current = Some((chunk.path.clone(), file));
+                files += 1;
+            }
+            if let Some((_, file)) = current.as_mut() {
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|error| local(error.to_string()))?;
+                bytes += chunk.data.len() as u64;
+            }
+        }
+        if let Some((_, file)) = current.take() {
+            file.sync_all()
+                .await
+                .map_err(|error| local(error.to_string()))?;
+        }
+        Ok((files, bytes))
+    }
+
     pub async fn remove_node(&self, node: NodeId) -> Result<(), AdminError> {
         let mut request = tonic::Request::new(pb::RemoveNodeRequest { node_id: node.0 });
         request.set_timeout(MEMBERSHIP_CALL_TIMEOUT);
@@ -220,6 +278,9 @@ impl AdminClient {
         Ok(())
     }
 }
+
+/// How long a backup may take to stream.
+pub const BACKUP_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How long a membership change may take (a new learner first copies the groups' state).
 pub const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(600);

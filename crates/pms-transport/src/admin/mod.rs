@@ -243,4 +243,22 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn add_node(&self, node: NodeId, address: String) -> BackendFuture<'_, ()>;
     /// Removes `node` from every group.
     fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()>;
+    /// Makes a consistent backup of this node's replicas in a new directory and lists its
+    /// files; the server streams them and then removes the directory.
+    fn backup(&self) -> BackendFuture<'_, BackupFiles> {
+        Box::pin(async {
+            Err(AdminError::FailedPrecondition {
+                reason: "this server makes no backups".into(),
+            })
+        })
+    }
+}
+
+/// A backup made on the node, ready to be streamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupFiles {
+    /// The directory holding the backup; removed once streamed.
+    pub dir: std::path::PathBuf,
+    /// Every file, relative to `dir`.
+    pub files: Vec<std::path::PathBuf>,
 }

@@ -276,6 +276,81 @@ impl pb::admin_server::Admin for AdminService {
         self.backend.remove_node(node).await?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let backup = self.backend.backup().await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_IN_FLIGHT);
+        tokio::spawn(async move {
+            if let Err(status) = stream_backup(&backup, &sender).await {
+                let _ = sender.send(Err(status)).await;
+            }
+            if let Err(error) = tokio::fs::remove_dir_all(&backup.dir).await {
+                tracing::warn!(dir = %backup.dir.display(), %error, "cannot remove a streamed backup");
+            }
+        });
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
+        ))))
+    }
+}
+
+/// Bytes per streamed backup chunk.
+pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks read ahead of the client.
+const BACKUP_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Sends every file of `backup` in chunks; stops early when the client went away.
+async fn stream_backup(
+    backup: &super::BackupFiles,
+    sender: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+) -> Result<(), Status> {
+    use tokio::io::AsyncReadExt as _;
+    for relative in &backup.files {
+        let path = relative
+            .to_str()
+            .ok_or_else(|| Status::internal(format!("backup file name {relative:?}")))?
+            .to_owned();
+        let mut file = tokio::fs::File::open(backup.dir.join(relative))
+            .await
+            .map_err(|error| Status::internal(format!("reading backup file {path}: {error}")))?;
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; BACKUP_CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < data.len() {
+                let read = file.read(&mut data[filled..]).await.map_err(|error| {
+                    Status::internal(format!("reading backup file {path}: {error}"))
+                })?;
+                if read == 0 {
+                    break;
+                }
+                filled += read;
+            }
+            data.truncate(filled);
+            let done = filled < BACKUP_CHUNK_BYTES;
+            if filled > 0 || first {
+                let chunk = pb::BackupChunk {
+                    path: path.clone(),
+                    data,
+                };
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            first = false;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_node_id(node_id: u64) -> Result<pms_types::NodeId, AdminError> {
