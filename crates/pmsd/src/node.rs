@@ -237,15 +237,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wait_for(shutdown.clone()),
     ));
 
+    // Stops what started (gRPC, HTTP, the groups), flushes RocksDB and returns `error`: the
+    // way out of a start-up step that fails after the servers run.
+    macro_rules! stop_and_fail {
+        ($error:expr) => {{
+            stop_before_serving(
+                &shutdown_sender,
+                grpc_task,
+                http_task,
+                &replication,
+                &*store,
+            )
+            .await?;
+            return Err($error);
+        }};
+    }
+
     info!(node = %config.node_id, members = members.len(), groups = groups.len(), "waiting for a Raft leader of every group");
     tokio::select! {
         leader = wait_for_leaders(&replication) => leader?,
         () = wait_for_signal() => {
-            let _ = shutdown_sender.send(true);
-            let _ = grpc_task.await;
-            let _ = http_task.await;
-            replication.shutdown().await;
-            store.persist_memory().context("flushing RocksDB")?;
+            stop_before_serving(&shutdown_sender, grpc_task, http_task, &replication, &*store).await?;
             info!("stopped before the cluster formed");
             return Ok(());
         }
@@ -279,23 +291,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let fingerprint = keyring.master().fingerprint();
     if let Err(error) = check_master_key(&*mailboxes, &fingerprint, &config).await {
-        let _ = shutdown_sender.send(true);
-        let _ = grpc_task.await;
-        let _ = http_task.await;
-        replication.shutdown().await;
-        store.persist_memory().context("flushing RocksDB")?;
-        return Err(error);
+        stop_and_fail!(error)
     }
     info!(%fingerprint, "master key matches the cluster's");
     let cluster_id = match agree_on_cluster_id(&*mailboxes, &cluster_identity, &config).await {
         Ok(cluster_id) => cluster_id,
         Err(error) => {
-            let _ = shutdown_sender.send(true);
-            let _ = grpc_task.await;
-            let _ = http_task.await;
-            replication.shutdown().await;
-            store.persist_memory().context("flushing RocksDB")?;
-            return Err(error);
+            stop_and_fail!(error)
         }
     };
     info!(cluster = %cluster_id, node = %config.node_id, "cluster identity recorded in the data dir");
@@ -346,34 +348,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(wake_on_apply(replication.clone(), group, service.clone()));
     }
 
-    let tls_config = pms_crypto::sip_server_config(&config.certs_dir)
-        .context("SIP TLS certificate (sip.crt, sip.key)")?;
-    // Invariant: TLS always listens; TCP and UDP only when configured (`off` turns them off).
-    let tcp = match config.sip_tcp {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding SIP TCP {address}"))?,
-        ),
-        None => None,
-    };
-    let udp = match config.sip_udp {
-        Some(address) => Some(
-            UdpSocket::bind(address)
-                .await
-                .with_context(|| format!("binding SIP UDP {address}"))?,
-        ),
-        None => None,
-    };
-    let listeners = EdgeListeners {
-        tls: Some((
-            TcpListener::bind(config.sip_tls)
-                .await
-                .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
-            tokio_rustls::TlsAcceptor::from(tls_config),
-        )),
-        tcp,
-        udp,
+    let listeners = match bind_sip_listeners(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            // A busy port or a bad certificate: stop what started, cleanly, and say why.
+            stop_and_fail!(error)
+        }
     };
     start_listeners(listeners, service.clone(), shutdown.clone());
     serving.store(true, Ordering::Relaxed);
@@ -419,6 +399,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.persist_memory().context("flushing RocksDB")?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Binds the SIP listeners: TLS always, TCP and UDP unless `off`.
+async fn bind_sip_listeners(config: &Config) -> anyhow::Result<EdgeListeners> {
+    let tls_config = pms_crypto::sip_server_config(&config.certs_dir)
+        .context("SIP TLS certificate (sip.crt, sip.key)")?;
+    // Invariant: TLS always listens; TCP and UDP only when configured (`off` turns them off).
+    let tcp = match config.sip_tcp {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding SIP TCP {address}"))?,
+        ),
+        None => None,
+    };
+    let udp = match config.sip_udp {
+        Some(address) => Some(
+            UdpSocket::bind(address)
+                .await
+                .with_context(|| format!("binding SIP UDP {address}"))?,
+        ),
+        None => None,
+    };
+    Ok(EdgeListeners {
+        tls: Some((
+            TcpListener::bind(config.sip_tls)
+                .await
+                .with_context(|| format!("binding SIP TLS {}", config.sip_tls))?,
+            tokio_rustls::TlsAcceptor::from(tls_config),
+        )),
+        tcp,
+        udp,
+    })
+}
+
+/// Stops what `run` started before the SIP edge serves (the gRPC and HTTP servers, the
+/// groups) and flushes RocksDB: the way out of a start-up that fails or is interrupted, so
+/// the process exits with its error instead of tearing running tasks down in a panic.
+async fn stop_before_serving<G, H>(
+    shutdown: &watch::Sender<bool>,
+    grpc_task: tokio::task::JoinHandle<G>,
+    http_task: tokio::task::JoinHandle<H>,
+    replication: &Replication,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let _ = shutdown.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    replication.shutdown().await;
+    store.persist_memory().context("flushing RocksDB")
 }
 
 /// The initial members of every group: `--peers` (which must name this node), or this node

@@ -310,3 +310,33 @@ fn survivors_of_one_lost_node_stay_ready_and_a_node_without_quorum_is_not() {
         Some(200)
     );
 }
+
+/// A SIP port another process holds stops the node with the port and the reason, after a
+/// clean stop of what it had started: no panic ("there is no reactor running" before).
+#[test]
+fn a_busy_sip_port_is_a_clear_error_not_a_panic() {
+    for transport in ["TLS", "UDP"] {
+        let mut node = Node::prepared(Vec::new(), std::path::PathBuf::new());
+        node.shared_certs_dir = None;
+        let _holder_tcp;
+        let _holder_udp;
+        if transport == "TLS" {
+            _holder_tcp =
+                Some(std::net::TcpListener::bind(("127.0.0.1", node.ports.sip_tls)).expect("hold"));
+        } else {
+            // The harness gives UDP the TCP port number.
+            _holder_udp =
+                Some(std::net::UdpSocket::bind(("127.0.0.1", node.ports.sip_tcp)).expect("hold"));
+        }
+        node.spawn_process();
+        let status = node.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "{transport}: started on a busy port");
+        let log = node.log();
+        assert!(
+            log.contains(&format!("binding SIP {transport} 127.0.0.1:"))
+                && log.contains("Address already in use"),
+            "{transport}: says which port and why: {log}"
+        );
+        assert!(!log.contains("panicked"), "{transport}: panicked: {log}");
+    }
+}
