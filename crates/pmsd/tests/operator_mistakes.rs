@@ -277,6 +277,10 @@ fn a_node_with_a_wrong_master_key_never_reports_ready() {
     assert!(!node.wait_exit(Duration::from_secs(30)).success());
 }
 
+/// The longest a survivor may report unready after the cluster settled: one election
+/// (0.5–1 s) plus the grace a newly seen leader gets (1 s), with room for a loaded machine.
+const UNREADY_BLIP_MAX: Duration = Duration::from_secs(3);
+
 #[test]
 fn survivors_of_one_lost_node_stay_ready_and_a_node_without_quorum_is_not() {
     let mut cluster = Cluster::start(3, &[]);
@@ -289,14 +293,23 @@ fn survivors_of_one_lost_node_stay_ready_and_a_node_without_quorum_is_not() {
     for node in &cluster.nodes[..2] {
         wait_readiness(node, 200, Duration::from_secs(30));
     }
-    // Ready stays ready: every probe for a while answers 200 on both survivors.
-    let until = Instant::now() + Duration::from_secs(3);
+    // Ready stays ready: for a while, every survivor answers 200, except for a moment when
+    // the machine is so loaded that heartbeats miss and a group elects again (no leader then:
+    // honestly not ready). A probe sees no unready stretch longer than that moment.
+    let until = Instant::now() + 3 * UNREADY_BLIP_MAX;
+    let mut unready_since: [Option<Instant>; 2] = [None, None];
     while Instant::now() < until {
-        for node in &cluster.nodes[..2] {
-            assert_eq!(
-                http_get(node.ports.http, "/readyz").map(|(status, _)| status),
-                Some(200),
-                "a survivor flapped; log:\n{}",
+        for (index, node) in cluster.nodes[..2].iter().enumerate() {
+            let status = http_get(node.ports.http, "/readyz").map(|(status, _)| status);
+            if status == Some(200) {
+                unready_since[index] = None;
+                continue;
+            }
+            let since = *unready_since[index].get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < UNREADY_BLIP_MAX,
+                "a survivor stayed unready ({status:?}) for {:?}; log:\n{}",
+                since.elapsed(),
                 node.log()
             );
         }
