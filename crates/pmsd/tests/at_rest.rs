@@ -13,10 +13,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     Cluster, Node, PASSWORD, files_containing, metric_value, process_memory_contains, stored_in,
+    wait_until,
 };
 use pms_types::{GroupId, UserId};
 
@@ -35,14 +36,6 @@ fn directory_record(db_dir: &std::path::Path, name: &str) -> Option<pms_mailbox:
 
 fn master_key(path: &std::path::Path) -> pms_crypto::MasterKey {
     pms_crypto::MasterKey::from_file(path).expect("master key")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

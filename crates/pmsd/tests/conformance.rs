@@ -12,9 +12,9 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Node, PASSWORD};
+use common::{Node, PASSWORD, wait_until};
 use pms_sip::digest::{authorization, select_challenge};
 use pms_sip::framing::{Frame, StreamFramer};
 use pms_sip::message::{Request, Response, SipMessage, parse, response_to};
@@ -353,15 +353,6 @@ fn metric(node: &Node, line_prefix: &str) -> Option<f64> {
         .find(|line| line.starts_with(line_prefix))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
-}
-
-/// Waits (with a deadline) until `condition` holds.
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Node, PASSWORD};
+use common::{Node, PASSWORD, connect_from, wait_until};
 use pms_sip::digest::{authorization, select_challenge};
 use pms_sip::framing::{Frame, StreamFramer};
 use pms_sip::message::{Request, Response, SipMessage, parse, response_to};
@@ -46,26 +46,6 @@ fn unique() -> u64 {
 
 fn loopback(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
-}
-
-/// A TCP connection to `server` from the loopback address `source`.
-fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("runtime");
-    let stream = runtime
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((source, 0)))?;
-            socket.connect(server).await?.into_std()
-        })
-        .unwrap_or_else(|error| panic!("connect from {source} to {server}: {error}"));
-    stream.set_nonblocking(false).expect("blocking");
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("read timeout");
-    stream
 }
 
 fn tls_port(node: &Node) -> SocketAddr {
@@ -474,15 +454,6 @@ fn metric(node: &Node, line_prefix: &str) -> Option<f64> {
         .find(|line| line.starts_with(line_prefix))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
-}
-
-/// Waits (with a deadline) until `condition` holds.
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Indices of the entries of `states` that are `Seen::Closed`.

@@ -808,21 +808,7 @@ pub struct SipSource {
 impl SipSource {
     /// Connects to `server` from `source` (std cannot bind before connecting; tokio can).
     pub fn connect(source: [u8; 4], server: SocketAddr) -> SipSource {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
-        let stream = runtime
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::from((source, 0)))?;
-                socket.connect(server).await?.into_std()
-            })
-            .unwrap_or_else(|error| panic!("connecting from {source:?}: {error}"));
-        stream.set_nonblocking(false).expect("blocking");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        let stream = connect_from(source.into(), server);
         let local = stream.local_addr().expect("local address");
         SipSource {
             stream,
@@ -943,5 +929,35 @@ impl SipSource {
     ) -> pms_sip::message::Response {
         let uri = format!("sip:{to}@localhost");
         self.authenticated("MESSAGE", &uri, user, password, to, text)
+    }
+}
+
+/// A TCP connection to `server` from the loopback address `source` (std cannot bind before
+/// connecting; tokio can), blocking, with a 10 s read timeout.
+pub fn connect_from(source: std::net::Ipv4Addr, server: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(server).await?.into_std()
+        })
+        .unwrap_or_else(|error| panic!("connect from {source} to {server}: {error}"));
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+}
+
+/// Waits until `condition` holds, polling, and fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
