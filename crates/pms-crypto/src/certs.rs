@@ -106,20 +106,23 @@ pub fn create_ca(certs_dir: &Path) -> Result<()> {
     write_pair(&cert_path, &cert.pem(), &key_path, &key)
 }
 
-/// Creates `node.crt`/`node.key`, signed by the CA in `certs_dir`: CN `node`, server and
-/// client auth, one SAN per host (IP SAN when it parses as an IP, `[v6]` accepted; DNS
-/// SAN otherwise).
-pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+/// One SAN per host (IP SAN when it parses as an IP, `[v6]` accepted; DNS SAN otherwise); at
+/// least one host.
+fn subject_alt_names(hosts: &[String]) -> Result<Vec<SanType>> {
     if hosts.is_empty() {
         return Err(Error::InvalidHost {
             host: String::new(),
             reason: "at least one host is required".into(),
         });
     }
-    let subject_alt_names = hosts
-        .iter()
-        .map(|host| parse_host(host))
-        .collect::<Result<Vec<_>>>()?;
+    hosts.iter().map(|host| parse_host(host)).collect()
+}
+
+/// Creates `node.crt`/`node.key`, signed by the CA in `certs_dir`: CN `node`, server and
+/// client auth, one SAN per host (IP SAN when it parses as an IP, `[v6]` accepted; DNS
+/// SAN otherwise).
+pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+    let subject_alt_names = subject_alt_names(hosts)?;
     create_leaf(
         certs_dir,
         NODE_CERT_FILE,
@@ -138,16 +141,7 @@ pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
 /// `node`, one SAN per host as for [`create_node`]. Phones verify it against `ca.crt` and
 /// the name they dial; the gRPC port never accepts it (no client auth, CN not `node`).
 pub fn create_sip(certs_dir: &Path, hosts: &[String]) -> Result<()> {
-    if hosts.is_empty() {
-        return Err(Error::InvalidHost {
-            host: String::new(),
-            reason: "at least one host is required".into(),
-        });
-    }
-    let subject_alt_names = hosts
-        .iter()
-        .map(|host| parse_host(host))
-        .collect::<Result<Vec<_>>>()?;
+    let subject_alt_names = subject_alt_names(hosts)?;
     let common_name = hosts
         .iter()
         .map(|host| host.trim())

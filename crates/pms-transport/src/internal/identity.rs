@@ -113,7 +113,8 @@ impl ClusterIdentity {
         }
     }
 
-    fn log_refusal_once(&self, peer_host: &str, theirs: &str, ours: &str) {
+    /// Whether `key` is seen for the first time (bounded: the set is cleared when full).
+    fn first_time(&self, key: String) -> bool {
         let mut logged = self
             .refused_logged
             .lock()
@@ -121,7 +122,11 @@ impl ClusterIdentity {
         if logged.len() >= REFUSED_PEERS_LOGGED_MAX {
             logged.clear();
         }
-        if logged.insert(format!("{peer_host} {theirs}")) {
+        logged.insert(key)
+    }
+
+    fn log_refusal_once(&self, peer_host: &str, theirs: &str, ours: &str) {
+        if self.first_time(format!("{peer_host} {theirs}")) {
             tracing::error!(
                 peer = peer_host,
                 their_cluster = theirs,
@@ -138,14 +143,7 @@ impl ClusterIdentity {
         {
             return;
         }
-        let mut logged = self
-            .refused_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if logged.len() >= REFUSED_PEERS_LOGGED_MAX {
-            logged.clear();
-        }
-        if logged.insert(format!("callee {address}")) {
+        if self.first_time(format!("callee {address}")) {
             tracing::error!(
                 peer = address,
                 detail = status.message(),
