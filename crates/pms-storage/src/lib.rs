@@ -168,8 +168,8 @@ pub trait Store: StateRead + Send + Sync + 'static {
     /// and in the WAL until compaction; this flushes every column family (so older WAL files
     /// become obsolete and are deleted) and compacts `keyspaces` down to the bottommost level.
     /// Crypto-shredding depends on it. Proportional to those keyspaces' size: call it rarely.
-    fn purge_deleted(&self, keyspaces: &[Keyspace]) -> Result<(), StorageError> {
-        let _ = keyspaces;
+    fn purge_deleted(&self, _keyspaces: &[Keyspace]) -> Result<(), StorageError> {
+        // A store without files (memory) keeps no deleted value anywhere.
         self.persist_memory()
     }
 
