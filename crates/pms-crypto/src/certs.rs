@@ -19,6 +19,9 @@
 //!   is written before its certificate, so a present `.crt` always has its `.key`.
 //! - Invariant: client names are restricted to `[A-Za-z0-9._-]` (no leading dot) so a
 //!   name can never escape the certs dir.
+//! - Invariant: a certificate's lifetime is 1 to [`LIFETIME_DAYS_MAX`] days, and a leaf never
+//!   outlives the CA that signs it (a chain is only as valid as its shortest-lived link): a
+//!   lifetime given in days that would is refused, the default one is cut at the CA's expiry.
 //! - Invariant: `sip.crt` carries the server-auth usage only, never client auth, and never
 //!   the common name `node`: the gRPC services require a client certificate with the
 //!   client-auth usage and CN `node` (or `admin`), so the public SIP key cannot act as a node
@@ -57,10 +60,49 @@ pub const ADMIN_CLIENT_NAME: &str = "admin";
 /// Longest accepted client name.
 pub const CLIENT_NAME_LENGTH_MAX: usize = 64;
 
-const CA_VALIDITY_DAYS: i64 = 10 * 365;
-const LEAF_VALIDITY_DAYS: i64 = 5 * 365;
+/// Days a CA certificate is valid unless told otherwise (10 years).
+pub const CA_LIFETIME_DAYS_DEFAULT: u32 = 10 * 365;
+/// Days a node, SIP or client certificate is valid unless told otherwise (5 years, as
+/// CockroachDB's node and client certificates), cut at the CA's expiry.
+pub const LEAF_LIFETIME_DAYS_DEFAULT: u32 = 5 * 365;
+/// Longest lifetime a certificate may be given (100 years): beyond it is a typo.
+pub const LIFETIME_DAYS_MAX: u32 = 36_500;
 /// Backdating of `not_before`, tolerating clocks that are somewhat behind.
 const CLOCK_SKEW_ALLOWANCE_HOURS: i64 = 1;
+
+/// How long a new certificate is valid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lifetime {
+    /// [`CA_LIFETIME_DAYS_DEFAULT`] for a CA, [`LEAF_LIFETIME_DAYS_DEFAULT`] for the others,
+    /// a leaf's cut at the expiry of its CA.
+    #[default]
+    Default,
+    /// Exactly this many days from now, 1 to [`LIFETIME_DAYS_MAX`]; a leaf that would outlive
+    /// its CA is refused.
+    Days(u32),
+}
+
+impl Lifetime {
+    /// Refuses 0 days and more than [`LIFETIME_DAYS_MAX`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidLifetime`] saying what is allowed.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Lifetime::Days(0) => Err(Error::InvalidLifetime {
+                days: 0,
+                reason: "a certificate must be valid for at least 1 day".into(),
+            }),
+            Lifetime::Days(days) if days > LIFETIME_DAYS_MAX => Err(Error::InvalidLifetime {
+                days,
+                reason: format!(
+                    "more than {LIFETIME_DAYS_MAX} days (100 years); rotate certificates instead"
+                ),
+            }),
+            Lifetime::Default | Lifetime::Days(_) => Ok(()),
+        }
+    }
+}
 
 /// `client.<name>.crt`
 #[must_use]
@@ -80,9 +122,19 @@ pub fn default_dev_hosts() -> Vec<String> {
     vec!["127.0.0.1".into(), "localhost".into(), "::1".into()]
 }
 
-/// Creates `ca.crt` and `ca.key` in `certs_dir` (creating the directory). Refuses to
-/// overwrite an existing CA certificate or key.
+/// Creates `ca.crt` and `ca.key` in `certs_dir` (creating the directory), valid for
+/// [`CA_LIFETIME_DAYS_DEFAULT`]. Refuses to overwrite an existing CA certificate or key.
 pub fn create_ca(certs_dir: &Path) -> Result<()> {
+    create_ca_with(certs_dir, Lifetime::Default)
+}
+
+/// [`create_ca`] valid for `lifetime`.
+pub fn create_ca_with(certs_dir: &Path, lifetime: Lifetime) -> Result<()> {
+    lifetime.validate()?;
+    let days = match lifetime {
+        Lifetime::Default => CA_LIFETIME_DAYS_DEFAULT,
+        Lifetime::Days(days) => days,
+    };
     let cert_path = certs_dir.join(CA_CERT_FILE);
     let key_path = certs_dir.join(CA_KEY_FILE);
     refuse_existing(&[&cert_path, &key_path])?;
@@ -99,7 +151,10 @@ pub fn create_ca(certs_dir: &Path) -> Result<()> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    set_validity(&mut params, CA_VALIDITY_DAYS);
+    set_validity(
+        &mut params,
+        OffsetDateTime::now_utc() + Duration::days(i64::from(days)),
+    );
     let cert = params
         .self_signed(&key)
         .map_err(|source| generation_error("CA certificate", source))?;
@@ -122,6 +177,11 @@ fn subject_alt_names(hosts: &[String]) -> Result<Vec<SanType>> {
 /// client auth, one SAN per host (IP SAN when it parses as an IP, `[v6]` accepted; DNS
 /// SAN otherwise).
 pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+    create_node_with(certs_dir, hosts, Lifetime::Default)
+}
+
+/// [`create_node`] valid for `lifetime`.
+pub fn create_node_with(certs_dir: &Path, hosts: &[String], lifetime: Lifetime) -> Result<()> {
     let subject_alt_names = subject_alt_names(hosts)?;
     create_leaf(
         certs_dir,
@@ -133,6 +193,7 @@ pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
+        lifetime,
     )
 }
 
@@ -141,6 +202,11 @@ pub fn create_node(certs_dir: &Path, hosts: &[String]) -> Result<()> {
 /// `node`, one SAN per host as for [`create_node`]. Phones verify it against `ca.crt` and
 /// the name they dial; the gRPC port never accepts it (no client auth, CN not `node`).
 pub fn create_sip(certs_dir: &Path, hosts: &[String]) -> Result<()> {
+    create_sip_with(certs_dir, hosts, Lifetime::Default)
+}
+
+/// [`create_sip`] valid for `lifetime`.
+pub fn create_sip_with(certs_dir: &Path, hosts: &[String], lifetime: Lifetime) -> Result<()> {
     let subject_alt_names = subject_alt_names(hosts)?;
     let common_name = hosts
         .iter()
@@ -154,12 +220,18 @@ pub fn create_sip(certs_dir: &Path, hosts: &[String]) -> Result<()> {
         common_name,
         subject_alt_names,
         vec![ExtendedKeyUsagePurpose::ServerAuth],
+        lifetime,
     )
 }
 
 /// Creates `client.<name>.crt`/`.key`, signed by the CA in `certs_dir`: CN `name`,
 /// client auth only.
 pub fn create_client(certs_dir: &Path, name: &str) -> Result<()> {
+    create_client_with(certs_dir, name, Lifetime::Default)
+}
+
+/// [`create_client`] valid for `lifetime`.
+pub fn create_client_with(certs_dir: &Path, name: &str, lifetime: Lifetime) -> Result<()> {
     validate_client_name(name)?;
     create_leaf(
         certs_dir,
@@ -168,6 +240,7 @@ pub fn create_client(certs_dir: &Path, name: &str) -> Result<()> {
         name,
         Vec::new(),
         vec![ExtendedKeyUsagePurpose::ClientAuth],
+        lifetime,
     )
 }
 
@@ -296,11 +369,14 @@ fn create_leaf(
     common_name: &str,
     subject_alt_names: Vec<SanType>,
     extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    lifetime: Lifetime,
 ) -> Result<()> {
+    lifetime.validate()?;
     let cert_path = certs_dir.join(cert_file);
     let key_path = certs_dir.join(key_file);
     refuse_existing(&[&cert_path, &key_path])?;
     let issuer = load_issuer(certs_dir)?;
+    let not_after = leaf_not_after(certs_dir, lifetime)?;
     let key = generate_key_pair(key_file)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
@@ -309,11 +385,56 @@ fn create_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = extended_key_usages;
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    set_validity(&mut params, not_after);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|source| generation_error(cert_file, source))?;
     write_pair(&cert_path, &cert.pem(), &key_path, &key)
+}
+
+/// When a leaf made now for `lifetime` expires: never after the CA in `certs_dir`.
+fn leaf_not_after(certs_dir: &Path, lifetime: Lifetime) -> Result<OffsetDateTime> {
+    let ca_path = certs_dir.join(CA_CERT_FILE);
+    let ca = crate::certificate_info::read_certificate_info(&ca_path)?;
+    let ca_not_after =
+        OffsetDateTime::from_unix_timestamp(ca.not_after_unix).map_err(|_| Error::Pem {
+            path: ca_path.clone(),
+            reason: format!("expiry {} out of range", ca.not_after_unix),
+        })?;
+    let now = OffsetDateTime::now_utc();
+    if ca_not_after <= now {
+        return Err(Error::InvalidLifetime {
+            days: match lifetime {
+                Lifetime::Default => LEAF_LIFETIME_DAYS_DEFAULT,
+                Lifetime::Days(days) => days,
+            },
+            reason: format!(
+                "the CA {} expired on {}: make a new CA (`pmsctl cert create-ca` in another certs dir) and sign new certificates with it",
+                ca_path.display(),
+                crate::certificate_info::rfc3339(ca.not_after_unix)
+            ),
+        });
+    }
+    match lifetime {
+        Lifetime::Default => {
+            Ok((now + Duration::days(i64::from(LEAF_LIFETIME_DAYS_DEFAULT))).min(ca_not_after))
+        }
+        Lifetime::Days(days) => {
+            let not_after = now + Duration::days(i64::from(days));
+            if not_after > ca_not_after {
+                let days_max = (ca_not_after - now).whole_days();
+                return Err(Error::InvalidLifetime {
+                    days,
+                    reason: format!(
+                        "the CA {} expires on {}, and a certificate it signs cannot outlive it: give at most {days_max} days, or make a new CA",
+                        ca_path.display(),
+                        crate::certificate_info::rfc3339(ca.not_after_unix)
+                    ),
+                });
+            }
+            Ok(not_after)
+        }
+    }
 }
 
 fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>> {
@@ -346,10 +467,10 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
     name
 }
 
-fn set_validity(params: &mut CertificateParams, days: i64) {
+fn set_validity(params: &mut CertificateParams, not_after: OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(CLOCK_SKEW_ALLOWANCE_HOURS);
-    params.not_after = now + Duration::days(days);
+    params.not_after = not_after;
     let mut serial = [0u8; 16];
     OsRng.fill_bytes(&mut serial);
     // Positive and of full length when DER-encoded.
@@ -563,6 +684,54 @@ mod tests {
             Err(Error::InvalidHost { .. })
         ));
         assert!(!dir.path().join(NODE_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn lifetimes_of_zero_or_beyond_the_maximum_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        for lifetime in [Lifetime::Days(0), Lifetime::Days(LIFETIME_DAYS_MAX + 1)] {
+            let error = create_ca_with(dir.path(), lifetime).unwrap_err();
+            assert!(matches!(error, Error::InvalidLifetime { .. }), "{error}");
+            assert!(!dir.path().join(CA_KEY_FILE).exists());
+        }
+        create_ca_with(dir.path(), Lifetime::Days(LIFETIME_DAYS_MAX)).unwrap();
+        let error = create_client_with(dir.path(), "ops", Lifetime::Days(0)).unwrap_err();
+        assert!(error.to_string().contains("at least 1 day"), "{error}");
+        assert!(!dir.path().join("client.ops.key").exists());
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca_with(dir.path(), Lifetime::Days(10)).unwrap();
+        let ca = crate::read_certificate_info(&dir.path().join(CA_CERT_FILE)).unwrap();
+        // A second after it was made (not-before is backdated by the clock skew allowance).
+        let made = |info: &crate::CertificateInfo| {
+            info.not_before_unix + CLOCK_SKEW_ALLOWANCE_HOURS * 3600 + 1
+        };
+        assert_eq!(ca.days_left(made(&ca)), 9);
+
+        let error =
+            create_node_with(dir.path(), &["localhost".into()], Lifetime::Days(11)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("cannot outlive it") && text.contains("at most 9 days"),
+            "{text}"
+        );
+        assert!(!dir.path().join(NODE_KEY_FILE).exists());
+
+        create_sip_with(dir.path(), &["localhost".into()], Lifetime::Days(3)).unwrap();
+        let sip = crate::read_certificate_info(&dir.path().join(SIP_CERT_FILE)).unwrap();
+        assert_eq!(sip.days_left(made(&sip)), 2);
+
+        // The default (5 years) is cut at the CA's expiry instead of refused.
+        create_node(dir.path(), &["localhost".into()]).unwrap();
+        let node = crate::read_certificate_info(&dir.path().join(NODE_CERT_FILE)).unwrap();
+        assert!(node.not_after_unix <= ca.not_after_unix, "{node:?} {ca:?}");
+        assert!(
+            node.not_after_unix >= ca.not_after_unix - 60,
+            "{node:?} {ca:?}"
+        );
     }
 
     #[test]

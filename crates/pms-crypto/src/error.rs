@@ -72,6 +72,13 @@ pub enum Error {
         #[source]
         source: tokio_rustls::rustls::Error,
     },
+    /// A certificate lifetime that is 0, beyond the maximum, or beyond the signing CA's expiry.
+    #[error("invalid certificate lifetime of {days} days: {reason}")]
+    InvalidLifetime { days: u32, reason: String },
+    /// A certificate or key that must not replace the one in use: expired, not for this key,
+    /// not signed by the cluster CA, or not a node certificate.
+    #[error("{path}: {reason}")]
+    CertificateRejected { path: PathBuf, reason: String },
     /// Building a client-certificate verifier failed (e.g. no usable CA certificate).
     #[error("building client certificate verifier from {path}: {reason}")]
     ClientVerifier { path: PathBuf, reason: String },

@@ -6,7 +6,9 @@
 //!   XChaCha20-Poly1305 (guarantee 6: plaintext never touches disk), plus [`dedup_hash`];
 //! - [`certs`] and [`tls`]: a CockroachDB-style certs dir (CA, node, SIP and client
 //!   certificates) and the rustls configurations built from it (guarantee 7: nodes talk
-//!   over mutually authenticated TLS).
+//!   over mutually authenticated TLS); [`reloadable`]: the node and SIP certificates a
+//!   running node replaces on SIGHUP; [`certificate_info`]: subject, SANs and expiry of a
+//!   certificate file.
 //!
 //! ```
 //! use pms_crypto::{DataKey, MasterKey, open, seal, unwrap_data_key, wrap_data_key};
@@ -30,19 +32,27 @@
 //! - Invariant: rustls is always used with the ring provider passed explicitly, so no
 //!   process-wide provider has to be installed.
 
+pub mod certificate_info;
 pub mod certs;
 mod error;
 pub mod keys;
+pub mod reloadable;
 pub mod seal;
 pub mod tls;
 
+pub use certificate_info::{
+    CertificateInfo, EXPIRY_WARNING_DAYS, now_unix, read_certificate_info, rfc3339,
+};
 pub use certs::{
-    ADMIN_CLIENT_NAME, CA_CERT_FILE, CA_KEY_FILE, NODE_CERT_FILE, NODE_COMMON_NAME, NODE_KEY_FILE,
-    SIP_CERT_FILE, SIP_KEY_FILE, client_cert_file, client_key_file, create_ca, create_client,
-    create_node, create_sip, default_dev_hosts, ensure_dev_certs, ensure_dev_sip_cert,
+    ADMIN_CLIENT_NAME, CA_CERT_FILE, CA_KEY_FILE, CA_LIFETIME_DAYS_DEFAULT,
+    LEAF_LIFETIME_DAYS_DEFAULT, LIFETIME_DAYS_MAX, Lifetime, NODE_CERT_FILE, NODE_COMMON_NAME,
+    NODE_KEY_FILE, SIP_CERT_FILE, SIP_KEY_FILE, client_cert_file, client_key_file, create_ca,
+    create_ca_with, create_client, create_client_with, create_node, create_node_with, create_sip,
+    create_sip_with, default_dev_hosts, ensure_dev_certs, ensure_dev_sip_cert,
 };
 pub use error::{Error, Result};
 pub use keys::{DataKey, KEY_LEN, MASTER_KEY_FILE_LENGTH_MAX, MasterKey, permissions_too_open};
+pub use reloadable::{CertificateRole, ReloadableCertificate, Reloaded};
 pub use seal::{
     CREDENTIALS_FORMAT_VERSION, SEAL_FORMAT_VERSION, SEAL_OVERHEAD, WRAP_FORMAT_VERSION,
     WRAPPED_KEY_LEN, dedup_hash, open, open_credentials, rewrap_data_key, seal, seal_credentials,
@@ -50,6 +60,8 @@ pub use seal::{
 };
 pub use tls::{
     PemIdentity, client_config, insecure_client_config, load_ca_pem, load_client_identity,
-    load_node_identity, mtls_client_config, mtls_server_config, node_mtls_client_config,
-    peer_common_name, sip_server_config,
+    load_node_identity, mtls_client_config, mtls_server_config, mtls_server_config_with,
+    node_mtls_client_config, peer_common_name, sip_server_config, sip_server_config_with,
 };
+/// Plaintext that zeroes itself when dropped (opened credentials).
+pub use zeroize::Zeroizing;

@@ -12,12 +12,16 @@
 //! - Invariant: the public SIP listener presents `sip.crt`/`sip.key` and nothing else; the
 //!   node's cluster identity (`node.crt`/`node.key`) is presented only by the mutual-TLS
 //!   configurations (the gRPC port and node-to-node calls).
+//! - Invariant: servers present their certificate through a [`ReloadableCertificate`], so a
+//!   replaced `node.crt` or `sip.crt` is what the next handshake shows; a handshake in
+//!   progress keeps the certificate and key it started with.
 
 use crate::certs::{
-    CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, SIP_CERT_FILE, SIP_KEY_FILE, client_cert_file,
-    client_key_file, validate_client_name,
+    CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, client_cert_file, client_key_file,
+    validate_client_name,
 };
 use crate::error::{Error, Result};
+use crate::reloadable::{CertificateRole, ReloadableCertificate};
 use std::fmt;
 use std::fs;
 use std::path::Path;
@@ -29,6 +33,7 @@ use tokio_rustls::rustls::client::danger::{
 use tokio_rustls::rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
     SupportedProtocolVersion,
@@ -38,7 +43,7 @@ use zeroize::Zeroize;
 const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -95,41 +100,68 @@ pub fn load_ca_pem(certs_dir: &Path) -> Result<String> {
 /// `sip.key`, asks for no client certificate. Never `node.crt`: the public port must not hold
 /// the key that authenticates a node to the cluster.
 pub fn sip_server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>> {
-    let (certs, key) = load_pair(
-        &certs_dir.join(SIP_CERT_FILE),
-        &certs_dir.join(SIP_KEY_FILE),
-    )?;
+    sip_server_config_with(Arc::new(ReloadableCertificate::load(
+        CertificateRole::Sip,
+        certs_dir,
+    )?))
+}
+
+/// [`sip_server_config`] presenting whatever `certificate` holds at each handshake (a node
+/// reloads it on SIGHUP).
+pub fn sip_server_config_with(
+    certificate: Arc<ReloadableCertificate>,
+) -> Result<Arc<ServerConfig>> {
+    debug_assert_eq!(certificate.role(), CertificateRole::Sip);
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|source| tls_error("SIP server", source))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|source| tls_error("SIP server", source))?;
+        .with_cert_resolver(certificate);
     Ok(Arc::new(config))
 }
 
 /// Mutual-TLS server (node-to-node, admin API): presents `node.crt` and requires a
 /// client certificate signed by `ca.crt`.
 pub fn mtls_server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>> {
-    let ca_path = certs_dir.join(CA_CERT_FILE);
-    let roots = root_store(&ca_path)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|source| Error::ClientVerifier {
-            path: ca_path,
-            reason: source.to_string(),
-        })?;
-    let (certs, key) = load_pair(
-        &certs_dir.join(NODE_CERT_FILE),
-        &certs_dir.join(NODE_KEY_FILE),
-    )?;
+    // The CA first: a certs dir without a usable CA is reported as such.
+    let verifier = client_verifier(certs_dir)?;
+    let certificate = ReloadableCertificate::load(CertificateRole::Node, certs_dir)?;
+    mtls_server_config_from(verifier, Arc::new(certificate))
+}
+
+/// [`mtls_server_config`] presenting whatever `certificate` holds at each handshake (a node
+/// reloads it on SIGHUP); client certificates are verified against `ca.crt` as read now.
+pub fn mtls_server_config_with(
+    certs_dir: &Path,
+    certificate: Arc<ReloadableCertificate>,
+) -> Result<Arc<ServerConfig>> {
+    mtls_server_config_from(client_verifier(certs_dir)?, certificate)
+}
+
+fn mtls_server_config_from(
+    verifier: Arc<dyn ClientCertVerifier>,
+    certificate: Arc<ReloadableCertificate>,
+) -> Result<Arc<ServerConfig>> {
+    debug_assert_eq!(certificate.role(), CertificateRole::Node);
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|source| tls_error("mutual-TLS server", source))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|source| tls_error("mutual-TLS server", source))?;
+        .with_cert_resolver(certificate);
     Ok(Arc::new(config))
+}
+
+/// Accepts client certificates that chain to the certs dir's `ca.crt` and carry the
+/// client-auth usage.
+pub(crate) fn client_verifier(certs_dir: &Path) -> Result<Arc<dyn ClientCertVerifier>> {
+    let ca_path = certs_dir.join(CA_CERT_FILE);
+    let roots = root_store(&ca_path)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|source| Error::ClientVerifier {
+            path: ca_path,
+            reason: source.to_string(),
+        })
 }
 
 /// Client trusting the CA certificates in `ca_file`, presenting no certificate.
@@ -249,15 +281,15 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
     }
 }
 
-fn tls_error(what: &'static str, source: rustls::Error) -> Error {
+pub(crate) fn tls_error(what: &'static str, source: rustls::Error) -> Error {
     Error::Tls { what, source }
 }
 
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| Error::io("reading", path, source))
 }
 
-fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let mut reader = pem;
     let certs = rustls_pemfile::certs(&mut reader)
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -274,7 +306,7 @@ fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
-fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
+pub(crate) fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
     let mut reader = pem;
     match rustls_pemfile::private_key(&mut reader) {
         Ok(Some(key)) => Ok(key),
@@ -299,7 +331,7 @@ fn load_pair(
     Ok((certs, key))
 }
 
-fn load_identity(cert_path: &Path, key_path: &Path) -> Result<PemIdentity> {
+pub(crate) fn load_identity(cert_path: &Path, key_path: &Path) -> Result<PemIdentity> {
     let identity = PemIdentity {
         cert: read_text(cert_path)?,
         key: read_text(key_path)?,

@@ -6,12 +6,37 @@
 //! client presenting `sip.crt` is refused in the handshake (webpki requires the client-auth
 //! usage, which a SIP certificate lacks) and, were it to get through, by the services' common
 //! name checks (`node`, `admin`).
+//! Invariant: the gRPC server does its own TLS ([`tls_incoming`]) with a rustls config whose
+//! certificate is a [`ReloadableCertificate`], so a node that reloaded `node.crt` presents the
+//! new one on the next connection; every handshake has a deadline and at most
+//! [`GRPC_HANDSHAKES_IN_FLIGHT_MAX`] run at once, so slow clients cannot stall the port.
+//! Invariant: node-to-node clients present the node certificate in use when their connection
+//! is made (see `PeerClients`, which rebuilds its channels when the certificate changes).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use futures::Stream;
+use pms_crypto::{PemIdentity, ReloadableCertificate};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::TransportError;
+
+/// Most TLS handshakes the gRPC port runs at once; further connections wait in the listen
+/// backlog until one finishes.
+pub const GRPC_HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+/// Longest a TLS handshake on the gRPC port may take before the connection is dropped.
+pub const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// The ALPN protocol gRPC speaks.
+const ALPN_HTTP2: &[u8] = b"h2";
 
 /// The client certificate name (and common name) the admin API accepts.
 pub const ADMIN_CLIENT_NAME: &str = "admin";
@@ -29,16 +54,80 @@ fn load_ca(certs_dir: &Path) -> Result<Certificate, TransportError> {
     Ok(Certificate::from_pem(ca_pem))
 }
 
-/// The TLS configuration of a node's gRPC server: identity `node.crt`/`node.key`, client
-/// certificates required and verified against `ca.crt`. Shared by every service on the node's
-/// gRPC port; each service checks the peer's common name itself.
-pub fn server_tls_config(certs_dir: &Path) -> Result<ServerTlsConfig, TransportError> {
-    let identity =
-        pms_crypto::load_node_identity(certs_dir).map_err(|e| certificates_error(certs_dir, e))?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(&identity.cert, &identity.key))
-        .client_ca_root(load_ca(certs_dir)?)
-        .client_auth_optional(false))
+/// The TLS configuration of a node's gRPC server: it presents the node certificate `node`
+/// holds at each handshake (`node.crt`/`node.key`, replaced on reload), requires client
+/// certificates and verifies them against `ca.crt`, and speaks HTTP/2 (ALPN `h2`). Shared by
+/// every service on the node's gRPC port; each service checks the peer's common name itself.
+pub fn server_tls_config(
+    certs_dir: &Path,
+    node: Arc<ReloadableCertificate>,
+) -> Result<Arc<ServerConfig>, TransportError> {
+    let config = pms_crypto::mtls_server_config_with(certs_dir, node)
+        .map_err(|e| certificates_error(certs_dir, e))?;
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![ALPN_HTTP2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The node certificate in `certs_dir`, for a server or client that does not reload it.
+pub(crate) fn load_node_certificate(
+    certs_dir: &Path,
+) -> Result<Arc<ReloadableCertificate>, TransportError> {
+    pms_crypto::ReloadableCertificate::load(pms_crypto::CertificateRole::Node, certs_dir)
+        .map(Arc::new)
+        .map_err(|e| certificates_error(certs_dir, e))
+}
+
+/// The TLS connections of `listener`, handshaken with `config`, for tonic's
+/// `serve_with_incoming*` (its `Connected` impl for rustls streams keeps
+/// `Request::peer_certs` working). Handshakes run concurrently, each bounded by
+/// [`GRPC_HANDSHAKE_TIMEOUT`], at most [`GRPC_HANDSHAKES_IN_FLIGHT_MAX`] at once; a failed one
+/// drops its connection and is logged at debug level (rustls refused the peer).
+pub(crate) fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + Send {
+    let acceptor = TlsAcceptor::from(config);
+    let handshakes: JoinSet<Option<TlsStream<TcpStream>>> = JoinSet::new();
+    futures::stream::unfold(
+        (listener, acceptor, handshakes),
+        |(listener, acceptor, mut handshakes)| async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept(), if handshakes.len() < GRPC_HANDSHAKES_IN_FLIGHT_MAX => {
+                        match accepted {
+                            Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
+                                let acceptor = acceptor.clone();
+                                handshakes.spawn(async move {
+                                    match tokio::time::timeout(GRPC_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => Some(stream),
+                                        Ok(Err(error)) => {
+                                            tracing::debug!(%peer, %error, "gRPC TLS handshake failed");
+                                            None
+                                        }
+                                        Err(_) => {
+                                            tracing::debug!(%peer, "gRPC TLS handshake timed out");
+                                            None
+                                        }
+                                    }
+                                });
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "gRPC accept failed");
+                                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                            }
+                        }
+                    }
+                    Some(done) = handshakes.join_next() => {
+                        if let Ok(Some(stream)) = done {
+                            return Some((Ok(stream), (listener, acceptor, handshakes)));
+                        }
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// The TLS configuration of a client presenting `client.<client_name>.crt` and trusting only
@@ -56,14 +145,14 @@ pub(crate) fn client_tls_config(
         .domain_name(server_name))
 }
 
-/// The TLS configuration of a node calling another node: it presents `node.crt`/`node.key`
-/// (which carries the client-auth usage) and trusts only `ca.crt`.
+/// The TLS configuration of a node calling another node: it presents `identity`, the node
+/// certificate in use (`node.crt`/`node.key`, which carries the client-auth usage), and
+/// trusts only `ca.crt`.
 pub(crate) fn node_client_tls_config(
     certs_dir: &Path,
+    identity: &PemIdentity,
     server_name: &str,
 ) -> Result<ClientTlsConfig, TransportError> {
-    let identity =
-        pms_crypto::load_node_identity(certs_dir).map_err(|e| certificates_error(certs_dir, e))?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(load_ca(certs_dir)?)
         .identity(Identity::from_pem(&identity.cert, &identity.key))

@@ -365,6 +365,10 @@ pub struct Metrics {
     pub raft_commit_latency_seconds: Histogram,
     /// Attempts to deliver a message to a device (each MESSAGE sent out).
     pub delivery_attempts_total: Counter,
+    /// When each certificate the node presents or trusts expires (its not-after, Unix
+    /// seconds), by `file` ("ca.crt", "node.crt", "sip.crt"); set at start and on every
+    /// reload, so it always shows the certificate in use.
+    pub certificate_expiry_timestamp_seconds: LabeledGauge,
 }
 
 impl Default for Metrics {
@@ -408,6 +412,8 @@ impl Metrics {
             sip_requests_total: LabeledCounter::new("kind", &[]),
             raft_commit_latency_seconds: Histogram::new(&RAFT_COMMIT_LATENCY_BUCKETS_SECONDS),
             delivery_attempts_total: Counter::default(),
+            // No preset series: a 0 would read as "expired in 1970" until the node loads them.
+            certificate_expiry_timestamp_seconds: LabeledGauge::new("file", &[]),
         }
     }
 
@@ -553,6 +559,16 @@ impl Metrics {
             "counter",
             self.sip_requests_total.0.label_name,
             self.sip_requests_total.0.snapshot(Counter::get),
+        );
+        write_labeled(
+            &mut out,
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate in use expires (not-after), Unix seconds, by file.",
+            "gauge",
+            self.certificate_expiry_timestamp_seconds.0.label_name,
+            self.certificate_expiry_timestamp_seconds
+                .0
+                .snapshot(Gauge::get),
         );
         write_histogram(
             &mut out,
@@ -739,6 +755,9 @@ mod tests {
         metrics
             .raft_commit_latency_seconds
             .observe(Duration::from_millis(3));
+        metrics
+            .certificate_expiry_timestamp_seconds
+            .set("node.crt", 1_800_000_000);
         let text = metrics.render();
         let lines: Vec<&str> = text.lines().collect();
         let has = |line: &str| lines.contains(&line);
@@ -764,6 +783,12 @@ mod tests {
         assert!(has("pms_raft_commit_latency_seconds_bucket{le=\"+Inf\"} 1"));
         assert!(has("pms_raft_commit_latency_seconds_sum 0.003"));
         assert!(has("pms_raft_commit_latency_seconds_count 1"));
+        assert!(has("# TYPE pms_certificate_expiry_timestamp_seconds gauge"));
+        assert!(has(
+            "pms_certificate_expiry_timestamp_seconds{file=\"node.crt\"} 1800000000"
+        ));
+        // No series for a certificate never loaded (a 0 would read as expired).
+        assert!(!text.contains("file=\"sip.crt\""));
         assert!(text.ends_with('\n'));
         for line in lines.iter().filter(|l| !l.starts_with('#')) {
             assert!(
@@ -790,6 +815,9 @@ mod tests {
         metrics.sip_requests_total.inc("quote\"and\\slash\nnewline");
         metrics.raft_commit_latency_seconds.observe_seconds(0.02);
         metrics.raft_commit_latency_seconds.observe_seconds(11.0);
+        metrics
+            .certificate_expiry_timestamp_seconds
+            .set("ca.crt", 2_000_000_000);
         let text = metrics.render();
 
         let mut child = Command::new(promtool)

@@ -44,7 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the cluster CA, node, SIP and client certificates.
+    /// Create the cluster CA, node, SIP and client certificates, and list them with their
+    /// expiry.
     #[command(subcommand)]
     Cert(CertSubcommand),
     /// Provision, remove, enable, disable and list accounts.
@@ -78,24 +79,54 @@ enum Command {
 #[allow(clippy::enum_variant_names)] // The variants are the CLI's words: create-ca, create-node, …
 enum CertSubcommand {
     /// Create ca.crt and ca.key.
-    CreateCa,
+    CreateCa {
+        /// Days the CA is valid, 1 to 36500 (default: 3650, ten years). Certificates it
+        /// signs never outlive it.
+        #[arg(long, value_name = "DAYS")]
+        lifetime_days: Option<u32>,
+    },
     /// Create node.crt and node.key valid for these host names and addresses.
     CreateNode {
+        /// Host names and IP addresses other nodes and pmsctl reach this node at.
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
+        /// Days the certificate is valid, 1 to 36500, and never past ca.crt's expiry
+        /// (default: 1825, five years, cut at the CA's expiry).
+        #[arg(long, value_name = "DAYS")]
+        lifetime_days: Option<u32>,
     },
     /// Create sip.crt and sip.key, the SIP TLS listener's certificate, for the names phones
     /// dial (development: signed by the cluster CA; production uses a public CA's).
     CreateSip {
+        /// Host names and IP addresses phones dial (the first one is the common name).
         #[arg(required = true, value_name = "HOST")]
         hosts: Vec<String>,
+        /// Days the certificate is valid, 1 to 36500, and never past ca.crt's expiry
+        /// (default: 1825, five years, cut at the CA's expiry).
+        #[arg(long, value_name = "DAYS")]
+        lifetime_days: Option<u32>,
     },
     /// Create client.<NAME>.crt and .key (use `admin` for pmsctl).
-    CreateClient { name: String },
+    CreateClient {
+        /// The client's name: the certificate's common name and part of its file names.
+        name: String,
+        /// Days the certificate is valid, 1 to 36500, and never past ca.crt's expiry
+        /// (default: 1825, five years, cut at the CA's expiry).
+        #[arg(long, value_name = "DAYS")]
+        lifetime_days: Option<u32>,
+    },
     /// Create the cluster's master key file (every node needs the same one).
     CreateMasterKey {
         #[arg(value_name = "FILE")]
         path: std::path::PathBuf,
+    },
+    /// List every certificate (*.crt) in --certs-dir: subject, SANs, issuer, not-before,
+    /// not-after (RFC 3339) and days left, marking those that expire within 30 days or
+    /// already expired. Exits 1 if a file cannot be read.
+    List {
+        /// One JSON object per certificate and line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -300,11 +331,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Cert(subcommand) => {
             let command = match subcommand {
-                CertSubcommand::CreateCa => CertCommand::CreateCa,
-                CertSubcommand::CreateNode { hosts } => CertCommand::CreateNode { hosts },
-                CertSubcommand::CreateSip { hosts } => CertCommand::CreateSip { hosts },
-                CertSubcommand::CreateClient { name } => CertCommand::CreateClient { name },
+                CertSubcommand::CreateCa { lifetime_days } => {
+                    CertCommand::CreateCa { lifetime_days }
+                }
+                CertSubcommand::CreateNode {
+                    hosts,
+                    lifetime_days,
+                } => CertCommand::CreateNode {
+                    hosts,
+                    lifetime_days,
+                },
+                CertSubcommand::CreateSip {
+                    hosts,
+                    lifetime_days,
+                } => CertCommand::CreateSip {
+                    hosts,
+                    lifetime_days,
+                },
+                CertSubcommand::CreateClient {
+                    name,
+                    lifetime_days,
+                } => CertCommand::CreateClient {
+                    name,
+                    lifetime_days,
+                },
                 CertSubcommand::CreateMasterKey { path } => CertCommand::CreateMasterKey { path },
+                CertSubcommand::List { json } => CertCommand::List { json },
             };
             pmsctl::cert::run(&cli.certs_dir, &command, stdout)?;
             Ok(0)

@@ -4,6 +4,7 @@
 //! Invariant: `anyhow` lives only here, in the binary; library crates return their own errors.
 
 mod backends;
+mod certificates;
 mod cluster;
 mod config;
 mod http;
@@ -11,6 +12,7 @@ mod identity;
 mod node;
 mod prune;
 mod shred;
+mod signals;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -38,9 +40,11 @@ fn main() -> ExitCode {
             .expect("building the tokio runtime")
     });
     let result = system.block_on(async move {
+        // First thing: from here on SIGTERM, SIGINT and SIGHUP never kill the process abruptly.
+        let (stop, reload) = signals::install()?;
         let mut telemetry = telemetry::init(&config.log)?;
         tracing::info!(otlp_export = telemetry.is_exporting(), "telemetry ready");
-        let result = node::run(config).await;
+        let result = node::run(config, stop, reload).await;
         if let Err(error) = &result {
             tracing::error!("{error:#}");
         }

@@ -1,6 +1,7 @@
 //! Wiring of one node: storage, replication (openraft over the gRPC network to `--peers`), the
 //! gRPC server (Raft, forwarding, deliveries, admin) and HTTP endpoints, then — once the group
-//! has a leader — the SIP edge; stopped in reverse on SIGTERM/SIGINT.
+//! has a leader — the SIP edge; stopped in reverse on SIGTERM/SIGINT. SIGHUP reloads
+//! `node.crt` and `sip.crt` (see `certificates`).
 //!
 //! Runtimes: one multi-thread tokio runtime drives everything; the actix System runs its
 //! arbiter on the runtime's main thread (`System::with_tokio_rt`), so actors (sessions,
@@ -13,6 +14,10 @@
 //! Invariant: the SIP TLS listener presents `sip.crt`, never `node.crt` (the cluster identity,
 //! shown only on the gRPC port); a node without `sip.crt` whose certs dir cannot make one (no
 //! `ca.key`) refuses to start and says what to do.
+//! Invariant: a stop requested at any point of start-up (SIGTERM/SIGINT, see `signals`) is
+//! honoured at the next wait: every wait of start-up (a leader, a snapshot, the cluster's
+//! answers) gives way to it, and what already runs is stopped and flushed before `run`
+//! returns `Ok`, so the process exits 0 instead of being killed or ignoring the signal.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -37,9 +42,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backends::{AdminApi, ReplicatedMailboxes};
+use crate::certificates::{NodeCertificates, reload_on_request};
 use crate::cluster::{ClusterRouter, EdgeFlowDelivery, GrpcRemoteFlows, wake_on_apply};
 use crate::config::Config;
 use crate::http::{HttpState, serve_http};
+use crate::signals::{ReloadRequested, StopRequested};
 
 /// The file in the data dir that records the mailbox group count fixed at bootstrap.
 pub const MAILBOX_GROUPS_FILE: &str = "mailbox-groups";
@@ -50,8 +57,13 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often startup retries its first command while the cluster settles.
 const STARTUP_PROPOSE_TRIES_MAX: u32 = 30;
 
-/// Runs the node until SIGTERM or SIGINT. Must run inside the actix System.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the node until `stop` is requested (SIGTERM or SIGINT), reloading its certificates at
+/// every `reload` (SIGHUP). Must run inside the actix System.
+pub async fn run(
+    config: Config,
+    stop: StopRequested,
+    reload: ReloadRequested,
+) -> anyhow::Result<()> {
     let members = initial_members(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -67,6 +79,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // it is opened or generated).
     let recorded_cluster = crate::identity::check_node(&config.data_dir, config.node_id)?;
     prepare_certificates(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let certificates = Arc::new(NodeCertificates::load(&config.certs_dir, metrics.clone())?);
+    tokio::spawn(reload_on_request(certificates.clone(), reload));
     if config.allows_md5() {
         info!(
             "digest policy allows MD5 for clients that cannot do SHA-256 (--digest-algorithms sha256 refuses it)"
@@ -105,11 +120,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         RocksStore::open(config.data_dir.join("db"))
             .with_context(|| format!("opening RocksDB in {}", config.data_dir.display()))?,
     );
-    let metrics = Arc::new(Metrics::new());
     let cluster_identity = Arc::new(ClusterIdentity::new(recorded_cluster.clone()));
     let peers = Arc::new(
         PeerClients::new(&config.certs_dir)
             .context("loading the node certificate for peers")?
+            .with_node_certificate(certificates.node.clone())
             .with_identity(cluster_identity.clone()),
     );
     let leader_contacts: Arc<LeaderContacts> = peers.contacts().clone();
@@ -117,6 +132,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let groups: Vec<GroupId> = std::iter::once(GroupId::DIRECTORY)
         .chain((1..=config.mailbox_groups).map(GroupId))
         .collect();
+    if stop.is_requested() {
+        // Nothing but the store is open yet.
+        store.persist_memory().context("flushing RocksDB")?;
+        info!("stopped cleanly before serving: a stop was requested during start-up");
+        return Ok(());
+    }
     if config.force_new_cluster {
         force_new_cluster(&*store, &groups, &config)?;
     }
@@ -153,6 +174,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("bootstrapping the Raft group")?;
     }
+    if stop.is_requested() {
+        replication.shutdown().await;
+        store.persist_memory().context("flushing RocksDB")?;
+        info!("stopped cleanly before serving: a stop was requested during start-up");
+        return Ok(());
+    }
     let router = Arc::new(ClusterRouter::new(replication.clone(), peers.clone()));
     let keyring = Arc::new(Keyring::new(master_key, metrics.clone()));
     tokio::spawn(crate::shred::shred_removed_accounts(
@@ -177,19 +204,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         node_id: config.node_id,
     });
-    let grpc_server = pms_transport::AdminServer::bind(config.grpc, &config.certs_dir, admin)
-        .await
-        .context("binding the gRPC port")?
-        .with_service(pms_transport::internal_service(
-            config.node_id,
-            grpc_address.clone(),
-            replication.clone(),
-            flow_delivery.clone(),
-            pms_transport::InternalShared {
-                identity: cluster_identity.clone(),
-                contacts: leader_contacts.clone(),
-            },
-        ));
+    let grpc_server = pms_transport::AdminServer::bind_with_certificate(
+        config.grpc,
+        &config.certs_dir,
+        certificates.node.clone(),
+        admin,
+    )
+    .await
+    .context("binding the gRPC port")?
+    .with_service(pms_transport::internal_service(
+        config.node_id,
+        grpc_address.clone(),
+        replication.clone(),
+        flow_delivery.clone(),
+        pms_transport::InternalShared {
+            identity: cluster_identity.clone(),
+            contacts: leader_contacts.clone(),
+        },
+    ));
     let grpc_task = tokio::spawn(grpc_server.serve(wait_for(shutdown.clone())));
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -252,25 +284,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             return Err($error);
         }};
     }
+    // Stops what started, flushes RocksDB and returns `Ok`: the way out when a stop is
+    // requested before the node serves.
+    macro_rules! stop_cleanly {
+        () => {{
+            stop_before_serving(
+                &shutdown_sender,
+                grpc_task,
+                http_task,
+                &replication,
+                &*store,
+            )
+            .await?;
+            info!("stopped cleanly before serving: a stop was requested during start-up");
+            return Ok(());
+        }};
+    }
 
     info!(node = %config.node_id, members = members.len(), groups = groups.len(), "waiting for a Raft leader of every group");
-    tokio::select! {
-        leader = wait_for_leaders(&replication) => leader?,
-        () = wait_for_signal() => {
-            stop_before_serving(&shutdown_sender, grpc_task, http_task, &replication, &*store).await?;
-            info!("stopped before the cluster formed");
-            return Ok(());
-        }
+    match stop.unless_requested(wait_for_leaders(&replication)).await {
+        Some(leaders) => leaders?,
+        None => stop_cleanly!(),
     }
     if config.force_new_cluster {
         // Nodes added later catch up from a snapshot: it must cover everything kept.
         for group in replication.groups() {
-            group
-                .snapshot_now(FORCED_SNAPSHOT_TIMEOUT)
+            let Some(snapshot) = stop
+                .unless_requested(group.snapshot_now(FORCED_SNAPSHOT_TIMEOUT))
                 .await
-                .with_context(|| {
-                    format!("snapshot of group {} after --force-new-cluster", group.id())
-                })?;
+            else {
+                stop_cleanly!()
+            };
+            snapshot.with_context(|| {
+                format!("snapshot of group {} after --force-new-cluster", group.id())
+            })?;
         }
         warn!(
             "--force-new-cluster done: this node is the only member of every group; add the others with `pmsctl cluster add-node`, and start this node without the flag from now on"
@@ -290,22 +337,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
     });
     let fingerprint = keyring.master().fingerprint();
-    if let Err(error) = check_master_key(&*mailboxes, &fingerprint, &config).await {
-        stop_and_fail!(error)
+    match stop
+        .unless_requested(check_master_key(&*mailboxes, &fingerprint, &config))
+        .await
+    {
+        Some(Ok(())) => {}
+        Some(Err(error)) => stop_and_fail!(error),
+        None => stop_cleanly!(),
     }
     info!(%fingerprint, "master key matches the cluster's");
-    let cluster_id = match agree_on_cluster_id(&*mailboxes, &cluster_identity, &config).await {
-        Ok(cluster_id) => cluster_id,
-        Err(error) => {
-            stop_and_fail!(error)
-        }
+    let cluster_id = match stop
+        .unless_requested(agree_on_cluster_id(&*mailboxes, &cluster_identity, &config))
+        .await
+    {
+        Some(Ok(cluster_id)) => cluster_id,
+        Some(Err(error)) => stop_and_fail!(error),
+        None => stop_cleanly!(),
     };
     info!(cluster = %cluster_id, node = %config.node_id, "cluster identity recorded in the data dir");
     identity_verified.store(true, Ordering::Relaxed);
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
     let mut queued: u64 = 0;
     for group in (1..=config.mailbox_groups).map(GroupId) {
-        unbind_stale_flows(&*mailboxes, group, config.node_id, incarnation).await?;
+        let unbound = stop
+            .unless_requested(unbind_stale_flows(
+                &*mailboxes,
+                group,
+                config.node_id,
+                incarnation,
+            ))
+            .await;
+        match unbound {
+            Some(Ok(())) => {}
+            Some(Err(error)) => stop_and_fail!(error),
+            None => stop_cleanly!(),
+        }
         queued += query::queue_depth(&*mailboxes.state(group), group)?;
     }
     metrics
@@ -348,7 +414,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(wake_on_apply(replication.clone(), group, service.clone()));
     }
 
-    let listeners = match bind_sip_listeners(&config).await {
+    let listeners = match bind_sip_listeners(&config, &certificates).await {
         Ok(listeners) => listeners,
         Err(error) => {
             // A busy port or a bad certificate: stop what started, cleanly, and say why.
@@ -386,7 +452,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         domain = %config.domain,
         "pmsd ready"
     );
-    wait_for_signal().await;
+    stop.requested().await;
 
     info!("shutting down: no new connections, draining in-flight transactions");
     draining.store(true, Ordering::Relaxed);
@@ -401,9 +467,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the SIP listeners: TLS always, TCP and UDP unless `off`.
-async fn bind_sip_listeners(config: &Config) -> anyhow::Result<EdgeListeners> {
-    let tls_config = pms_crypto::sip_server_config(&config.certs_dir)
+/// Binds the SIP listeners: TLS always (presenting `sip.crt` as `certificates` holds it at each
+/// handshake), TCP and UDP unless `off`.
+async fn bind_sip_listeners(
+    config: &Config,
+    certificates: &NodeCertificates,
+) -> anyhow::Result<EdgeListeners> {
+    let tls_config = pms_crypto::sip_server_config_with(certificates.sip.clone())
         .context("SIP TLS certificate (sip.crt, sip.key)")?;
     // Invariant: TLS always listens; TCP and UDP only when configured (`off` turns them off).
     let tcp = match config.sip_tcp {
@@ -822,22 +892,4 @@ fn prepare_certificates(config: &Config) -> anyhow::Result<()> {
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
 }

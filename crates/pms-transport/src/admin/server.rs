@@ -11,9 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pms_crypto::ReloadableCertificate;
+use tokio_rustls::rustls::ServerConfig;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
@@ -25,7 +26,9 @@ use super::{
 };
 use crate::TransportError;
 use crate::proto::admin_v1 as pb;
-use crate::tls::{ADMIN_CLIENT_NAME, peer_common_name, server_tls_config};
+use crate::tls::{
+    ADMIN_CLIENT_NAME, load_node_certificate, peer_common_name, server_tls_config, tls_incoming,
+};
 
 /// Longest an admin call may run on the server before it answers `CANCELLED`.
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,7 +72,7 @@ pub fn admin_routes(backend: Arc<dyn AdminBackend>) -> Routes {
 pub struct AdminServer {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
-    tls: ServerTlsConfig,
+    tls: Arc<ServerConfig>,
     backend: Arc<dyn AdminBackend>,
     extra_services: Vec<ServiceAdder>,
 }
@@ -84,7 +87,19 @@ impl AdminServer {
         certs_dir: &Path,
         backend: Arc<dyn AdminBackend>,
     ) -> Result<Self, TransportError> {
-        let tls = server_tls_config(certs_dir)?;
+        let node = load_node_certificate(certs_dir)?;
+        Self::bind_with_certificate(addr, certs_dir, node, backend).await
+    }
+
+    /// Binds `addr`, presenting whatever node certificate `node` holds at each handshake (a
+    /// node replaces it on SIGHUP) and verifying clients against `ca.crt` in `certs_dir`.
+    pub async fn bind_with_certificate(
+        addr: SocketAddr,
+        certs_dir: &Path,
+        node: Arc<ReloadableCertificate>,
+        backend: Arc<dyn AdminBackend>,
+    ) -> Result<Self, TransportError> {
+        let tls = server_tls_config(certs_dir, node)?;
         let bind_error = |source| TransportError::Bind {
             address: addr,
             source,
@@ -120,14 +135,12 @@ impl AdminServer {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), TransportError> {
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = tls_incoming(self.listener, self.tls);
         let mut routes = admin_routes(self.backend);
         for add in self.extra_services {
             routes = add(routes);
         }
         Server::builder()
-            .tls_config(self.tls)
-            .map_err(TransportError::Tls)?
             .timeout(ADMIN_REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(ADMIN_CONCURRENT_CALLS_PER_CONNECTION_MAX)
             .add_routes(routes)

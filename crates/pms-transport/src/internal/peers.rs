@@ -3,6 +3,8 @@
 //!
 //! Invariant: one lazily connected, reconnecting channel per peer address; every call has a
 //! deadline, so a paused or partitioned peer costs a timeout, never a hang.
+//! Invariant: a channel presents the node certificate that was in use when it was made; once
+//! the certificate is replaced (SIGHUP), the next call to a peer makes a new channel.
 //! Invariant: a forwarded command whose answer was lost is reported as
 //! [`ForwardError::OutcomeUnknown`], never as a failure: it may have committed.
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pms_crypto::ReloadableCertificate;
 use pms_mailbox::{Command, CommandResponse};
 use pms_replication::{GroupMember, GroupRole, GroupStatus, wire};
 use pms_types::{FlowId, GroupId, NodeId};
@@ -21,7 +24,7 @@ use super::identity::{ClusterIdentity, ClusterTag, LeaderContacts};
 use super::{DeliveryReport, PeerNodeStatus};
 use crate::TransportError;
 use crate::proto::internal_v1 as pb;
-use crate::tls::{host_of, node_client_tls_config};
+use crate::tls::{host_of, load_node_certificate, node_client_tls_config};
 
 /// How long connecting to a peer (TCP + TLS + HTTP/2) may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -82,7 +85,10 @@ impl ForwardError {
 #[derive(Debug)]
 pub struct PeerClients {
     certs_dir: PathBuf,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// The certificate calls present; a node shares it with its gRPC server and reloads it.
+    node_certificate: Arc<ReloadableCertificate>,
+    /// Per address, the channel and the certificate generation it presents.
+    channels: Mutex<HashMap<String, (u64, Channel)>>,
     /// Sent with every call; a node's server and clients share it.
     identity: Arc<ClusterIdentity>,
     /// Which followers answered this node's append-entries, and when (for `/readyz`).
@@ -97,13 +103,27 @@ impl PeerClients {
     /// Peers reached with this node's certificate (`node.crt`) from `certs_dir`. Checks now that
     /// the certificates load, so a misconfigured node fails at start rather than at first call.
     pub fn new(certs_dir: &Path) -> Result<Self, TransportError> {
-        node_client_tls_config(certs_dir, "localhost")?;
+        let node_certificate = load_node_certificate(certs_dir)?;
+        node_client_tls_config(certs_dir, &node_certificate.pem_identity(), "localhost")?;
         Ok(PeerClients {
             certs_dir: certs_dir.to_path_buf(),
+            node_certificate,
             channels: Mutex::new(HashMap::new()),
             identity: Arc::new(ClusterIdentity::default()),
             contacts: Arc::new(LeaderContacts::default()),
         })
+    }
+
+    /// Calls present the certificate `node_certificate` holds when their channel is made (a
+    /// node passes the one its gRPC server presents, which it reloads on SIGHUP).
+    #[must_use]
+    pub fn with_node_certificate(mut self, node_certificate: Arc<ReloadableCertificate>) -> Self {
+        self.node_certificate = node_certificate;
+        self.channels
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self
     }
 
     /// Calls carry `identity`'s cluster id (a node passes the one its server checks against;
@@ -132,10 +152,17 @@ impl PeerClients {
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
+        let generation = self.node_certificate.generation();
+        if let Some((made_with, channel)) = channels.get(address)
+            && *made_with == generation
+        {
             return Ok(channel.clone());
         }
-        let tls = node_client_tls_config(&self.certs_dir, host_of(address)?)?;
+        let tls = node_client_tls_config(
+            &self.certs_dir,
+            &self.node_certificate.pem_identity(),
+            host_of(address)?,
+        )?;
         let channel = Endpoint::from_shared(format!("https://{address}"))
             .map_err(|source| TransportError::Connect {
                 address: address.to_owned(),
@@ -152,7 +179,7 @@ impl PeerClients {
         if channels.len() >= PEER_CHANNELS_MAX {
             channels.clear();
         }
-        channels.insert(address.to_owned(), channel.clone());
+        channels.insert(address.to_owned(), (generation, channel.clone()));
         Ok(channel)
     }
 
