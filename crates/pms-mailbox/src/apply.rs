@@ -154,6 +154,18 @@ pub fn apply(
         } => tx.prune(*now, *dedup_retention_ms, *status_retention_ms)?,
         Command::CheckMasterKey { fingerprint } => tx.check_master_key(fingerprint)?,
         Command::RecordClusterId { cluster_id } => tx.record_cluster_id(cluster_id)?,
+        Command::ChangeMasterKey { from, to } => tx.change_master_key(from, to)?,
+        Command::RewrapUser {
+            user,
+            expected_wrapped_data_key,
+            wrapped_data_key,
+            sealed_credentials,
+        } => tx.rewrap_user(
+            user,
+            expected_wrapped_data_key,
+            wrapped_data_key,
+            sealed_credentials,
+        )?,
         Command::ClearOutbox { message_id } => {
             let key = keys::outbox(group, message_id);
             if tx.get(Keyspace::Outbox, &key)?.is_some() {
@@ -639,8 +651,6 @@ impl<S: StateRead> Transaction<'_, S> {
         Ok(CommandResponse::ClusterId { cluster_id })
     }
 
-    /// Forgets dedup entries past their retention and final statuses older than `before`, at
-    /// most `APPLY_BATCH_MAX` of each per command (the leader proposes again while work remains).
     fn check_master_key(&mut self, fingerprint: &str) -> Result<CommandResponse, ApplyError> {
         let key = keys::master_key_fingerprint(self.group);
         match self.get_record::<String>(Keyspace::Cluster, &key)? {
@@ -655,6 +665,41 @@ impl<S: StateRead> Transaction<'_, S> {
         }
     }
 
+    fn change_master_key(&mut self, from: &str, to: &str) -> Result<CommandResponse, ApplyError> {
+        let key = keys::master_key_fingerprint(self.group);
+        match self.get_record::<String>(Keyspace::Cluster, &key)? {
+            Some(recorded) if recorded == to => Ok(CommandResponse::Done),
+            Some(recorded) if recorded != from => {
+                Ok(CommandResponse::MasterKeyMismatch { recorded })
+            }
+            _ => {
+                self.put(Keyspace::Cluster, key, &to.to_owned());
+                Ok(CommandResponse::Done)
+            }
+        }
+    }
+
+    fn rewrap_user(
+        &mut self,
+        user: &UserId,
+        expected_wrapped_data_key: &[u8],
+        wrapped_data_key: &[u8],
+        sealed_credentials: &[u8],
+    ) -> Result<CommandResponse, ApplyError> {
+        let Some(mut record) = self.user(user)? else {
+            return Ok(CommandResponse::UnknownUser { user: user.clone() });
+        };
+        if record.wrapped_data_key != expected_wrapped_data_key {
+            return Ok(CommandResponse::RecordChanged { user: user.clone() });
+        }
+        record.wrapped_data_key = wrapped_data_key.to_vec();
+        record.sealed_credentials = sealed_credentials.to_vec();
+        self.put(Keyspace::Users, keys::user(self.group, user), &record);
+        Ok(CommandResponse::Done)
+    }
+
+    /// Forgets dedup entries past their retention and final statuses older than `before`, at
+    /// most `APPLY_BATCH_MAX` of each per command (the leader proposes again while work remains).
     fn prune(
         &mut self,
         now: UnixMillis,

@@ -216,6 +216,18 @@ pub fn outbox(
         .collect()
 }
 
+/// The fingerprint of the cluster's master key recorded in `group` (`CheckMasterKey`,
+/// `ChangeMasterKey`), if any.
+pub fn master_key_fingerprint(
+    state: &(impl StateRead + ?Sized),
+    group: GroupId,
+) -> Result<Option<String>, ApplyError> {
+    state
+        .get(Keyspace::Cluster, &keys::master_key_fingerprint(group))?
+        .map(|bytes| decode(Keyspace::Cluster, &bytes))
+        .transpose()
+}
+
 /// The cluster's identity recorded in the directory (`RecordClusterId`), if any.
 pub fn cluster_id(
     state: &(impl StateRead + ?Sized),

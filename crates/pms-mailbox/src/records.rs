@@ -332,6 +332,23 @@ pub enum Command {
     RecordClusterId {
         cluster_id: String,
     },
+    /// Master-key rotation, step 1 (issue 9 item 8): the cluster's key becomes `to` when it is
+    /// `from` (or already is `to`: a rotation run again); else `MasterKeyMismatch`. From then
+    /// on every node wraps and seals with `to`. Directory only.
+    ChangeMasterKey {
+        from: String,
+        to: String,
+    },
+    /// Master-key rotation, step 2: replaces an account's wrapped data key and sealed
+    /// credentials with the same key and credentials under the new master key, when the record
+    /// still holds `expected_wrapped_data_key` (else `RecordChanged`, nothing changed: the
+    /// account was removed and added again, or rewrapped already).
+    RewrapUser {
+        user: UserId,
+        expected_wrapped_data_key: Vec<u8>,
+        wrapped_data_key: Vec<u8>,
+        sealed_credentials: Vec<u8>,
+    },
 }
 
 /// One change a REGISTER makes to a user's bindings.
@@ -402,6 +419,10 @@ pub enum CommandResponse {
     /// The cluster's identity, as recorded in the directory (`RecordClusterId`).
     ClusterId {
         cluster_id: String,
+    },
+    /// `RewrapUser` found another wrapped key than it expected: nothing changed.
+    RecordChanged {
+        user: UserId,
     },
 }
 

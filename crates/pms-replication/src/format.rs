@@ -9,11 +9,13 @@
 //! openraft `=0.10.0-alpha.37`'s serde types (with [`crate::LogCommand`] = `GroupCommand`) as it
 //! was before versioning existed.
 //!
-//! A change of layout — a field or a `Command` variant added, or an openraft upgrade that moves
-//! its serde layout — is a new version of every kind it reaches (a log entry holds a command;
-//! an append-entries RPC holds entries): keep the old layout's types frozen, add an arm to
+//! A change of layout — a field added, or an openraft upgrade that moves its serde layout — is
+//! a new version of every kind it reaches (a log entry holds a command; an append-entries RPC
+//! holds entries): keep the old layout's types frozen, add an arm to
 //! [`RaftValue::decode_body`] that converts them, and add golden files
-//! (`tests/golden/README.md`). Golden tests fail when a layout moves without that.
+//! (`tests/golden/README.md`). Golden tests fail when a layout moves without that. A `Command`
+//! variant appended last keeps the version when it is only proposed once every member reads
+//! it (the README says how that is checked).
 //!
 //! Invariant: bytes without the header, of another kind, or of a version this build does not
 //! read are refused with an error naming what was found, never read as another version.

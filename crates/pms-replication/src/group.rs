@@ -144,6 +144,8 @@ pub struct GroupStatus {
     pub group: GroupId,
     pub role: GroupRole,
     pub leader: Option<u64>,
+    /// The Raft term this replica is in.
+    pub term: u64,
     pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
     pub members: Vec<GroupMember>,
@@ -337,6 +339,7 @@ impl Group {
                 ServerState::Shutdown => GroupRole::Shutdown,
             },
             leader: metrics.current_leader,
+            term: metrics.current_term,
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.as_ref().map(|log_id| log_id.index()),
             members,

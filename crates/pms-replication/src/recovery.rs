@@ -4,7 +4,8 @@
 //! [`force_single_member`] rewrites, in one write batch and before the group is opened, what
 //! openraft reads at start: the membership becomes this node alone (as of the last applied
 //! entry), the log is emptied and marked purged up to the last applied entry, and the stored
-//! snapshot (if any) names the new membership. openraft then elects this node at once, and
+//! snapshot (if any) names the new membership, or is dropped when it ends before the last
+//! applied entry (it would end before the purged log). openraft then elects this node at once, and
 //! other nodes are added with the usual `add-node` (learner, then voter).
 //!
 //! Invariant: the state machine (everything applied) is kept exactly; entries this replica
@@ -100,10 +101,22 @@ pub fn force_single_member(
     if let Some(last_applied) = &last_applied {
         ops.push(meta(META_PURGED, keys::encode(group, last_applied)?));
     }
-    if let Some(mut snapshot) = keys::read_meta::<StoredSnapshot>(store, group, META_SNAPSHOT)? {
-        snapshot.meta.last_membership =
-            StoredMembership::new(snapshot.meta.last_log_id, stored.membership().clone());
-        ops.push(meta(META_SNAPSHOT, keys::encode(group, &snapshot)?));
+    match keys::read_meta::<StoredSnapshot>(store, group, META_SNAPSHOT)? {
+        // A snapshot older than the last applied entry would end before the purged log
+        // (openraft refuses to start: purged must not pass the snapshot). The state machine
+        // holds everything it had, and `pmsd` builds a fresh snapshot once the group runs.
+        Some(snapshot) if snapshot.meta.last_log_id < last_applied => {
+            ops.push(WriteOp::Delete {
+                keyspace: Keyspace::RaftMeta,
+                key: keys::meta_key(group, META_SNAPSHOT),
+            });
+        }
+        Some(mut snapshot) => {
+            snapshot.meta.last_membership =
+                StoredMembership::new(snapshot.meta.last_log_id, stored.membership().clone());
+            ops.push(meta(META_SNAPSHOT, keys::encode(group, &snapshot)?));
+        }
+        None => {}
     }
     store
         .write_ops(&ops, true)

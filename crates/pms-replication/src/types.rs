@@ -49,6 +49,8 @@ pub fn command_name(command: &Command) -> &'static str {
         Command::Prune { .. } => "Prune",
         Command::ClearOutbox { .. } => "ClearOutbox",
         Command::RecordClusterId { .. } => "RecordClusterId",
+        Command::ChangeMasterKey { .. } => "ChangeMasterKey",
+        Command::RewrapUser { .. } => "RewrapUser",
     }
 }
 

@@ -138,12 +138,12 @@ fn binding() -> Binding {
 }
 
 /// How many variants `Command` has; [`command_file_name`] must name each.
-const COMMAND_VARIANTS: usize = 18;
+const COMMAND_VARIANTS: usize = 20;
 
 /// The file name of a command's golden files. Exhaustive on purpose: a new `Command` variant
 /// does not compile here until it has a name, a sample in [`sample_commands`] and golden files
-/// — of a NEW log entry and RPC format version, since a node of the previous release cannot
-/// read it (tests/golden/README.md).
+/// (tests/golden/README.md: a new variant is either a new format version or, appended last and
+/// proposed only once every member runs a release that reads it, part of the current one).
 fn command_file_name(command: &Command) -> &'static str {
     match command {
         Command::ProvisionUser { .. } => "provision-user",
@@ -164,6 +164,8 @@ fn command_file_name(command: &Command) -> &'static str {
         Command::Prune { .. } => "prune",
         Command::ClearOutbox { .. } => "clear-outbox",
         Command::RecordClusterId { .. } => "record-cluster-id",
+        Command::ChangeMasterKey { .. } => "change-master-key",
+        Command::RewrapUser { .. } => "rewrap-user",
     }
 }
 
@@ -271,11 +273,21 @@ fn sample_commands() -> Vec<Command> {
         Command::RecordClusterId {
             cluster_id: "5f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
         },
+        Command::ChangeMasterKey {
+            from: "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+            to: "sha256:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100".into(),
+        },
+        Command::RewrapUser {
+            user: user("alice"),
+            expected_wrapped_data_key: vec![0x4b; 61],
+            wrapped_data_key: vec![0x4c; 61],
+            sealed_credentials: vec![0x5d; 72],
+        },
     ]
 }
 
 /// How many variants `CommandResponse` has; [`response_file_name`] must name each.
-const RESPONSE_VARIANTS: usize = 12;
+const RESPONSE_VARIANTS: usize = 13;
 
 /// The file name of a command response's golden file (exhaustive, as [`command_file_name`]).
 fn response_file_name(response: &CommandResponse) -> &'static str {
@@ -292,6 +304,7 @@ fn response_file_name(response: &CommandResponse) -> &'static str {
         CommandResponse::Pruned { .. } => "pruned",
         CommandResponse::MasterKeyMismatch { .. } => "master-key-mismatch",
         CommandResponse::ClusterId { .. } => "cluster-id",
+        CommandResponse::RecordChanged { .. } => "record-changed",
     }
 }
 
@@ -333,6 +346,9 @@ fn sample_responses() -> Vec<CommandResponse> {
         },
         CommandResponse::ClusterId {
             cluster_id: "5f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+        },
+        CommandResponse::RecordChanged {
+            user: user("alice"),
         },
     ]
 }

@@ -17,8 +17,8 @@ pub use admin::client::AdminClient;
 pub use admin::server::{AdminServer, ServiceAdder, admin_routes, serve_admin};
 pub use admin::{
     AdminBackend, AdminError, BackendFuture, BackupFiles, ClusterStatus, DigestAlgorithm,
-    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password,
-    UserPage, UserSummary,
+    GroupMemberStatus, GroupRole, MasterKeyRotation, MessageState, MessageStatusReport, NewUser,
+    NodeStatus, Password, UserPage, UserSummary,
 };
 pub use internal::server::{InternalShared, local_status};
 pub use internal::{

@@ -161,8 +161,10 @@ fn sample_cluster() -> ClusterStatus {
                 last_applied_index: Some(7),
                 leader: Some(NodeId(1)),
                 lag: Some(0),
+                term: Some(1),
             }],
             unreachable: None,
+            version: Some("0.1.0".into()),
         }],
     }
 }

@@ -60,6 +60,7 @@ pub enum AdminCommand {
     ClusterRemoveNode {
         node: u64,
     },
+    RotateMasterKey,
 }
 
 /// Why an admin command failed.
@@ -89,6 +90,7 @@ enum Validated {
     ClusterStatus { json: bool },
     ClusterAddNode(NodeId, String),
     ClusterRemoveNode(NodeId),
+    RotateMasterKey,
 }
 
 fn parse_node(node: u64) -> Result<NodeId, AdminCommandError> {
@@ -165,6 +167,7 @@ fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
             Validated::ClusterAddNode(parse_node(node)?, address)
         }
         AdminCommand::ClusterRemoveNode { node } => Validated::ClusterRemoveNode(parse_node(node)?),
+        AdminCommand::RotateMasterKey => Validated::RotateMasterKey,
     })
 }
 
@@ -239,6 +242,14 @@ pub async fn run(
         Validated::ClusterRemoveNode(node) => {
             client.remove_node(node).await?;
             writeln!(out, "removed node {node} from every group")?;
+        }
+        Validated::RotateMasterKey => {
+            let rotation = client.rotate_master_key().await?;
+            writeln!(
+                out,
+                "master key rotated: {} -> {}; {} accounts rewrapped. Every node now shreds the old wrapped keys (pms_shred_pending 0 when done); then restart each node without --previous-master-key-file and destroy the old key file",
+                rotation.from, rotation.to, rotation.accounts_rewrapped
+            )?;
         }
     }
     out.flush()?;
@@ -368,6 +379,8 @@ struct ClusterJson<'a> {
 struct NodeJson<'a> {
     node: u64,
     address: &'a str,
+    /// The PMS version the node runs (`null` when it did not answer).
+    version: Option<&'a str>,
     groups: Vec<GroupJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unreachable: Option<&'a str>,
@@ -380,6 +393,7 @@ struct GroupJson {
     last_applied_index: Option<u64>,
     lag: Option<u64>,
     leader: Option<u64>,
+    term: Option<u64>,
 }
 
 /// The cluster as the answering node sees it: one JSON document, or a table with one row per
@@ -429,6 +443,7 @@ pub fn write_cluster_status(
                 .map(|node| NodeJson {
                     node: node.node.0,
                     address: &node.address,
+                    version: node.version.as_deref(),
                     groups: node
                         .groups
                         .iter()
@@ -438,6 +453,7 @@ pub fn write_cluster_status(
                             last_applied_index: member.last_applied_index,
                             leader: member.leader.map(|leader| leader.0),
                             lag: member.lag,
+                            term: member.term,
                         })
                         .collect(),
                     unreachable: node.unreachable.as_deref(),
@@ -450,8 +466,8 @@ pub fn write_cluster_status(
     writeln!(out, "as seen by node {}", status.reporting_node)?;
     writeln!(
         out,
-        "{:<6} {:<24} {:<6} {:<10} {:<10} {:<6} LEADER",
-        "NODE", "ADDRESS", "GROUP", "ROLE", "APPLIED", "LAG"
+        "{:<6} {:<24} {:<8} {:<6} {:<10} {:<6} {:<10} {:<6} LEADER",
+        "NODE", "ADDRESS", "VERSION", "GROUP", "ROLE", "TERM", "APPLIED", "LAG"
     )?;
     let or_dash = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for node in &status.nodes {
@@ -463,17 +479,19 @@ pub fn write_cluster_status(
             )?;
             continue;
         }
+        let version = node.version.as_deref().unwrap_or("-");
         if node.groups.is_empty() {
-            writeln!(out, "{:<6} {:<24} -", node.node, node.address)?;
+            writeln!(out, "{:<6} {:<24} {version:<8} -", node.node, node.address)?;
         }
         for member in &node.groups {
             writeln!(
                 out,
-                "{:<6} {:<24} {:<6} {:<10} {:<10} {:<6} {}",
+                "{:<6} {:<24} {version:<8} {:<6} {:<10} {:<6} {:<10} {:<6} {}",
                 node.node,
                 node.address,
                 member.group,
                 member.role.as_str(),
+                or_dash(member.term),
                 or_dash(member.last_applied_index),
                 or_dash(member.lag),
                 or_dash(member.leader.map(|leader| leader.0)),
@@ -594,8 +612,10 @@ mod tests {
                     last_applied_index: None,
                     leader: Some(NodeId(1)),
                     lag: None,
+                    term: Some(3),
                 }],
                 unreachable: None,
+                version: Some("0.1.0".into()),
             }],
         };
         let mut out = Vec::new();
@@ -607,6 +627,8 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(value["nodes"][0]["groups"][0]["leader"], 1);
+        assert_eq!(value["nodes"][0]["groups"][0]["term"], 3);
+        assert_eq!(value["nodes"][0]["version"], "0.1.0");
         assert!(degradation(&status).is_empty(), "a whole cluster");
     }
 
@@ -618,6 +640,7 @@ mod tests {
             last_applied_index: Some(7),
             leader: leader.map(NodeId),
             lag: Some(0),
+            term: Some(2),
         };
         let status = ClusterStatus {
             reporting_node: NodeId(1),
@@ -627,18 +650,21 @@ mod tests {
                     address: "10.0.0.1:50051".into(),
                     groups: vec![group(None)],
                     unreachable: None,
+                    version: Some("0.1.0".into()),
                 },
                 NodeStatus {
                     node: NodeId(2),
                     address: "10.0.0.2:50051".into(),
                     groups: Vec::new(),
                     unreachable: Some("connection refused".into()),
+                    version: None,
                 },
                 NodeStatus {
                     node: NodeId(3),
                     address: "10.0.0.3:50051".into(),
                     groups: vec![group(Some(3))],
                     unreachable: None,
+                    version: Some("0.1.0".into()),
                 },
             ],
         };

@@ -197,6 +197,10 @@ enum ClusterSubcommand {
         /// The node's id.
         id: u64,
     },
+    /// Move the cluster to a new master key and rewrap every account under it. First restart
+    /// every node, one at a time, with the new key as --master-key-file and the old one as
+    /// --previous-master-key-file (docs/operations.md, "Master-key rotation").
+    RotateMasterKey,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +321,7 @@ fn admin_command(command: Command) -> Option<AdminCommand> {
         Command::Cluster(ClusterSubcommand::RemoveNode { id }) => {
             AdminCommand::ClusterRemoveNode { node: id }
         }
+        Command::Cluster(ClusterSubcommand::RotateMasterKey) => AdminCommand::RotateMasterKey,
         Command::Cert(_)
         | Command::Send(_)
         | Command::Listen(_)

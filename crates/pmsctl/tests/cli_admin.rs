@@ -137,8 +137,10 @@ impl AdminBackend for FakeBackend {
                         last_applied_index: Some(12),
                         leader: Some(NodeId(1)),
                         lag: Some(0),
+                        term: Some(1),
                     }],
                     unreachable: None,
+                    version: Some("0.1.0".into()),
                 }],
             })
         })

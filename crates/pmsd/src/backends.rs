@@ -21,7 +21,8 @@ use pms_replication::{GroupRole as ReplicaRole, Replication, ReplicationError};
 use pms_sip::digest::{Algorithm, ha1};
 use pms_transport::{
     AdminBackend, AdminError, BackendFuture, ClusterStatus, GroupMemberStatus, GroupRole,
-    MessageState, MessageStatusReport, NewUser, NodeStatus, Password, UserSummary, local_status,
+    MasterKeyRotation, MessageState, MessageStatusReport, NewUser, NodeStatus, Password,
+    UserSummary, local_status,
 };
 use pms_types::{Clock, GroupId, MessageId, NodeId, StateRead, UserId};
 
@@ -135,7 +136,7 @@ impl AdminApi {
 
     fn seal(&self, user: &UserId, credentials: &Credentials) -> Vec<u8> {
         seal_credentials(
-            self.keyring.master(),
+            &self.keyring.master(),
             user.as_str(),
             &pms_mailbox::encode(credentials),
         )
@@ -224,7 +225,7 @@ impl AdminBackend for AdminApi {
                 sealed_credentials: self.seal(&user.user, &credentials),
                 digest_algorithms: user.digest_algorithms.clone(),
                 messaging_enabled: user.messaging_enabled,
-                wrapped_data_key: wrap_data_key(self.keyring.master(), name, &data_key),
+                wrapped_data_key: wrap_data_key(&self.keyring.master(), name, &data_key),
                 created_at: self.clock.now(),
             };
             // The mailbox first: once the directory knows the account (and the edge lets it
@@ -411,7 +412,12 @@ impl AdminBackend for AdminApi {
                 .or_insert_with(|| self.grpc_address.clone());
             let asked = members.iter().map(|(id, address)| async move {
                 if *id == node.0 {
-                    Ok(local_status(node, address, &self.replication))
+                    Ok(local_status(
+                        node,
+                        address,
+                        &self.replication,
+                        &self.keyring.master().fingerprint(),
+                    ))
                 } else {
                     self.router
                         .peers()
@@ -453,15 +459,18 @@ impl AdminBackend for AdminApi {
                                 lag: leader_last_log.get(&group.group).map(|last| {
                                     last.saturating_sub(group.last_applied_index.unwrap_or(0))
                                 }),
+                                term: Some(group.term),
                             })
                             .collect(),
                         unreachable: None,
+                        version: Some(status.version.clone()).filter(|v| !v.is_empty()),
                     },
                     Err(error) => NodeStatus {
                         node: NodeId(*id),
                         address: address.clone(),
                         groups: Vec::new(),
                         unreachable: Some(error.to_string()),
+                        version: None,
                     },
                 })
                 .collect();
@@ -474,6 +483,7 @@ impl AdminBackend for AdminApi {
 
     fn add_node(&self, node: NodeId, address: String) -> BackendFuture<'_, ()> {
         Box::pin(async move {
+            self.check_new_node(node, &address).await?;
             self.router
                 .change_membership(node.0, Some(address))
                 .await
@@ -529,6 +539,51 @@ impl AdminBackend for AdminApi {
         })
     }
 
+    fn rotate_master_key(&self) -> BackendFuture<'_, MasterKeyRotation> {
+        Box::pin(async move {
+            let new_key = self.keyring.current().clone();
+            let to = new_key.fingerprint();
+            let directory = self.state(GroupId::DIRECTORY)?;
+            let from = query::master_key_fingerprint(&*directory, GroupId::DIRECTORY)
+                .map_err(internal)?
+                .ok_or_else(|| AdminError::Unavailable {
+                    reason: "the directory has no master key recorded yet: retry once the cluster has started".into(),
+                })?;
+            if from == to && self.keyring.previous().is_none() {
+                return Err(AdminError::FailedPrecondition {
+                    reason: format!(
+                        "nothing to rotate to: this node's --master-key-file is the cluster's key ({to}). Make a new key (`pmsctl cert create-master-key NEW`), restart every node, one at a time, with --master-key-file NEW --previous-master-key-file OLD, then run this again (docs/operations.md, \"Master-key rotation\")"
+                    ),
+                });
+            }
+            self.check_members_hold_key(&to).await?;
+            if from != to {
+                let change = Command::ChangeMasterKey {
+                    from: from.clone(),
+                    to: to.clone(),
+                };
+                if let CommandResponse::MasterKeyMismatch { recorded } =
+                    self.propose(GroupId::DIRECTORY, change).await?
+                {
+                    return Err(AdminError::FailedPrecondition {
+                        reason: format!(
+                            "the cluster's master key is {recorded}, neither this node's previous key nor its new one ({to}): was another rotation run meanwhile? Check `pmsctl cluster status` and the nodes' logs"
+                        ),
+                    });
+                }
+            }
+            // Wrap with the new key from here, without waiting for the directory watcher.
+            self.keyring.activate(&to);
+            let accounts_rewrapped = self.rewrap_accounts(&new_key).await?;
+            tracing::info!(%from, %to, accounts_rewrapped, "master key rotated");
+            Ok(MasterKeyRotation {
+                from,
+                to,
+                accounts_rewrapped,
+            })
+        })
+    }
+
     fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             // Removing a node that is no member is a mistake (a typo in the id), not a no-op.
@@ -551,6 +606,201 @@ impl AdminBackend for AdminApi {
         })
     }
 }
+
+impl AdminApi {
+    /// Refuses to add a node that could not work as a member (issue 9 item 1): one this node
+    /// cannot reach over mutual TLS with the cluster's CA, one answering with another node id,
+    /// one of another cluster, one started with another master key, or an id that is already a
+    /// member elsewhere. Each refusal says what to do. (That the node caught up before it
+    /// votes is the membership change's own order: learner until caught up, then voter.)
+    async fn check_new_node(&self, node: NodeId, address: &str) -> Result<(), AdminError> {
+        let refuse = |reason: String| AdminError::FailedPrecondition {
+            reason: format!("node {node} at {address} was not added: {reason}"),
+        };
+        let member_elsewhere = self.replication.groups().find_map(|group| {
+            group
+                .member_address(node.0)
+                .filter(|member_address| member_address != address)
+        });
+        if let Some(member_address) = member_elsewhere {
+            return Err(refuse(format!(
+                "node {node} is already a member, at {member_address}; remove it first (`pmsctl cluster remove-node {node}`) or use another node id"
+            )));
+        }
+        let status = self
+            .new_node_status(address)
+            .await
+            .map_err(|error| match error {
+                pms_transport::ForwardError::Refused { detail, .. }
+                    if detail.contains("cluster mismatch") =>
+                {
+                    refuse(format!(
+                        "it belongs to another cluster ({detail}). A node joins only with a fresh data dir: start it with an empty --data-dir and --join"
+                    ))
+                }
+                error => refuse(format!(
+                    "this node cannot reach it over mutual TLS with the cluster's CA ({error}). Check that it runs with --grpc {address} and with a node certificate made by this cluster's CA (`pmsctl cert create-node` where ca.key is kept; copy ca.crt, node.crt and node.key, never ca.key, into its --certs-dir)"
+                )),
+            })?;
+        if status.node != node {
+            return Err(refuse(format!(
+                "the node answering there is node {}, not node {node}",
+                status.node
+            )));
+        }
+        let ours = self.router.peers().identity().get();
+        if let (Some(ours), Some(theirs)) = (&ours, &status.cluster_id)
+            && ours != theirs
+        {
+            return Err(refuse(format!(
+                "it belongs to another cluster ({theirs}; this one is {ours}). A node joins only with a fresh data dir: start it with an empty --data-dir and --join"
+            )));
+        }
+        let fingerprint = self.keyring.master().fingerprint();
+        match &status.master_key_fingerprint {
+            Some(theirs) if *theirs == fingerprint => {}
+            Some(theirs) => {
+                return Err(refuse(format!(
+                    "it loaded the master key with fingerprint {theirs}, the cluster's is {fingerprint}: start it with the cluster's master key file (--master-key-file)"
+                )));
+            }
+            None => {
+                return Err(refuse(format!(
+                    "it does not report its master key fingerprint (a PMS older than {}): upgrade it first",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accounts read per page while rewrapping.
+const REWRAP_PAGE_SIZE: usize = 256;
+
+impl AdminApi {
+    /// Refuses a rotation unless every member loaded `fingerprint` as its `--master-key-file`
+    /// (a member without it could open nothing the cluster wraps from then on).
+    async fn check_members_hold_key(&self, fingerprint: &str) -> Result<(), AdminError> {
+        let mut members: BTreeMap<u64, String> = BTreeMap::new();
+        for group in self.replication.groups() {
+            for member in group.status().members {
+                members.entry(member.node).or_insert(member.address);
+            }
+        }
+        for (node, address) in members {
+            if node == self.node_id.0 {
+                continue;
+            }
+            let status = self
+                .router
+                .peers()
+                .node_status(&address, NEW_NODE_CHECK_TIMEOUT)
+                .await
+                .map_err(|error| AdminError::FailedPrecondition {
+                    reason: format!(
+                        "node {node} at {address} did not answer ({error}): every member must hold the new master key before the rotation; bring it back or remove it first"
+                    ),
+                })?;
+            if status.master_key_fingerprint.as_deref() != Some(fingerprint) {
+                return Err(AdminError::FailedPrecondition {
+                    reason: format!(
+                        "node {node} has not loaded the new master key {fingerprint} (it reports {}): restart it with --master-key-file NEW --previous-master-key-file OLD, then run this again",
+                        status.master_key_fingerprint.as_deref().unwrap_or("none")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewraps, under `new_key`, the data key and credentials of every account the directory
+    /// holds that `new_key` does not open yet. Returns how many it rewrapped.
+    async fn rewrap_accounts(&self, new_key: &pms_crypto::MasterKey) -> Result<u64, AdminError> {
+        let directory = self.state(GroupId::DIRECTORY)?;
+        let mut rewrapped = 0;
+        let mut after: Option<UserId> = None;
+        loop {
+            let page = query::users(
+                &*directory,
+                GroupId::DIRECTORY,
+                after.as_ref(),
+                REWRAP_PAGE_SIZE,
+            )
+            .map_err(internal)?;
+            let Some(last) = page.last() else {
+                return Ok(rewrapped);
+            };
+            after = Some(last.user.clone());
+            for record in page {
+                let name = record.user.as_str();
+                if record.wrapped_data_key.is_empty()
+                    || pms_crypto::unwrap_data_key(new_key, name, &record.wrapped_data_key).is_ok()
+                {
+                    continue;
+                }
+                let unreadable = |error: pms_crypto::Error| AdminError::FailedPrecondition {
+                    reason: format!(
+                        "account {name}: no loaded master key opens it ({error}); is --previous-master-key-file the cluster's old key on this node?"
+                    ),
+                };
+                let data_key = self
+                    .keyring
+                    .unwrap_any(&record.user, &record.wrapped_data_key)
+                    .map_err(unreadable)?;
+                let credentials = self
+                    .keyring
+                    .open_credentials_any(&record.user, &record.sealed_credentials)
+                    .map_err(unreadable)?;
+                let command = Command::RewrapUser {
+                    user: record.user.clone(),
+                    expected_wrapped_data_key: record.wrapped_data_key.clone(),
+                    wrapped_data_key: wrap_data_key(new_key, name, &data_key),
+                    sealed_credentials: seal_credentials(new_key, name, &credentials),
+                };
+                match self.propose(GroupId::DIRECTORY, command).await? {
+                    CommandResponse::Done => rewrapped += 1,
+                    // Removed, or removed and added again (under the new key) meanwhile.
+                    CommandResponse::UnknownUser { .. } | CommandResponse::RecordChanged { .. } => {
+                    }
+                    other => {
+                        return Err(AdminError::Internal {
+                            reason: format!("rewrapping {name}: unexpected answer {other:?}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AdminApi {
+    /// The new node's own status. A node started a moment ago may not listen yet: no answer is
+    /// asked again until [`NEW_NODE_CHECK_TIMEOUT`]; a refusal is final.
+    async fn new_node_status(
+        &self,
+        address: &str,
+    ) -> Result<pms_transport::PeerNodeStatus, pms_transport::ForwardError> {
+        let deadline = std::time::Instant::now() + NEW_NODE_CHECK_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.router.peers().node_status(address, left).await {
+                Err(pms_transport::ForwardError::OutcomeUnknown { .. })
+                    if deadline > std::time::Instant::now() + NEW_NODE_RETRY_INTERVAL =>
+                {
+                    tokio::time::sleep(NEW_NODE_RETRY_INTERVAL).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+}
+
+/// How long between two status calls to a new node that did not answer.
+const NEW_NODE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long `add-node` waits for the new node to answer its status call.
+const NEW_NODE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long `cluster status` waits for each node's own view.
 const STATUS_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -159,6 +159,9 @@ pub struct Config {
     pub master_key_file: PathBuf,
     /// `master_key_file` was given: it must exist; only the default is generated.
     pub master_key_file_given: bool,
+    /// During a master-key rotation: the cluster's old key, to open what it wrapped until
+    /// `pmsctl cluster rotate-master-key` rewrapped everything (docs/operations.md).
+    pub previous_master_key_file: Option<PathBuf>,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
     /// Non-empty, without duplicates, most preferred first.
@@ -260,6 +263,9 @@ struct Args {
     /// Master key file [default: <data-dir>/master.key — development only].
     #[arg(long, env = "PMS_MASTER_KEY_FILE", value_name = "FILE")]
     master_key_file: Option<PathBuf>,
+    /// During a master-key rotation only: the cluster's old key file (--master-key-file holds the new one).
+    #[arg(long, env = "PMS_PREVIOUS_MASTER_KEY_FILE", value_name = "FILE")]
+    previous_master_key_file: Option<PathBuf>,
     /// Digest algorithms offered, preferred first; "sha256" alone refuses MD5 [default: sha256,md5].
     #[arg(long, env = "PMS_DIGEST_ALGORITHMS", value_name = "LIST")]
     digest_algorithms: Option<String>,
@@ -371,6 +377,7 @@ struct FileConfig {
     join: Option<bool>,
     certs_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    previous_master_key_file: Option<PathBuf>,
     digest_algorithms: Option<ListValue>,
     message_expires_default: Option<u64>,
     message_expires_max: Option<u64>,
@@ -545,6 +552,9 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
         certs_dir_given,
         master_key_file,
         master_key_file_given,
+        previous_master_key_file: args
+            .previous_master_key_file
+            .or(file.previous_master_key_file),
         config_file: args.config,
     };
     config.validate()?;

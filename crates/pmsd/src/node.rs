@@ -115,6 +115,7 @@ pub async fn run(
             "master key file {path} is readable by group or others: make it private with `chmod 600 {path}` (on Kubernetes, mount its secret with defaultMode 0400), then start again"
         );
     }
+    let previous_master_key = load_previous_master_key(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store: Arc<dyn Store> = Arc::new(
         RocksStore::open(config.data_dir.join("db"))
@@ -181,7 +182,11 @@ pub async fn run(
         return Ok(());
     }
     let router = Arc::new(ClusterRouter::new(replication.clone(), peers.clone()));
-    let keyring = Arc::new(Keyring::new(master_key, metrics.clone()));
+    let mut keyring = Keyring::new(master_key, metrics.clone());
+    if let Some(previous) = previous_master_key {
+        keyring = keyring.with_previous(previous);
+    }
+    let keyring = Arc::new(keyring);
     tokio::spawn(crate::shred::shred_removed_accounts(
         replication.clone(),
         keyring.clone(),
@@ -220,6 +225,7 @@ pub async fn run(
         pms_transport::InternalShared {
             identity: cluster_identity.clone(),
             contacts: leader_contacts.clone(),
+            master_key_fingerprint: keyring.current().fingerprint(),
         },
     ));
     let grpc_task = tokio::spawn(grpc_server.serve(wait_for(shutdown.clone())));
@@ -336,16 +342,14 @@ pub async fn run(
         replication: replication.clone(),
         router: router.clone(),
     });
-    let fingerprint = keyring.master().fingerprint();
     match stop
-        .unless_requested(check_master_key(&*mailboxes, &fingerprint, &config))
+        .unless_requested(check_master_key(&*mailboxes, &keyring, &config))
         .await
     {
         Some(Ok(())) => {}
         Some(Err(error)) => stop_and_fail!(error),
         None => stop_cleanly!(),
     }
-    info!(%fingerprint, "master key matches the cluster's");
     let cluster_id = match stop
         .unless_requested(agree_on_cluster_id(&*mailboxes, &cluster_identity, &config))
         .await
@@ -684,27 +688,67 @@ fn force_new_cluster(store: &dyn Store, groups: &[GroupId], config: &Config) -> 
     Ok(())
 }
 
+/// `--previous-master-key-file`, loaded (it must exist and be private), if given.
+fn load_previous_master_key(config: &Config) -> anyhow::Result<Option<pms_crypto::MasterKey>> {
+    let Some(path) = &config.previous_master_key_file else {
+        return Ok(None);
+    };
+    let shown = path.display();
+    if !path.exists() {
+        anyhow::bail!(
+            "previous master key file {shown} does not exist: give --previous-master-key-file only during a master-key rotation, pointing at the cluster's old key file (docs/operations.md, \"Master-key rotation\")"
+        );
+    }
+    if pms_crypto::permissions_too_open(path) {
+        anyhow::bail!(
+            "previous master key file {shown} is readable by group or others: make it private with `chmod 600 {shown}`, then start again"
+        );
+    }
+    let key = pms_crypto::MasterKey::from_file(path)
+        .with_context(|| format!("previous master key {shown}"))?;
+    Ok(Some(key))
+}
+
 /// Records this node's master-key fingerprint in the directory if the cluster has none yet
-/// (bootstrap), else makes sure it is the cluster's: a node with another key would answer 500
-/// to every message whose data key another node wrapped.
+/// (bootstrap), else makes sure the cluster's key is loaded: `--master-key-file`, or during a
+/// rotation `--previous-master-key-file` (which then stays the active key until `pmsctl
+/// cluster rotate-master-key` moves the cluster to the new one). A node without the cluster's
+/// key would answer 500 to every message whose data key another node wrapped.
 async fn check_master_key(
     mailboxes: &dyn MailboxService,
-    fingerprint: &str,
+    keyring: &Keyring,
     config: &Config,
 ) -> anyhow::Result<()> {
+    let fingerprint = keyring.current().fingerprint();
     let command = Command::CheckMasterKey {
-        fingerprint: fingerprint.to_owned(),
+        fingerprint: fingerprint.clone(),
     };
     let mut tries = 0;
     loop {
         match mailboxes.propose(GroupId::DIRECTORY, command.clone()).await {
             Ok(pms_mailbox::CommandResponse::MasterKeyMismatch { recorded }) => {
+                if keyring.activate(&recorded) {
+                    warn!(
+                        cluster = %recorded,
+                        new = %fingerprint,
+                        "master-key rotation prepared on this node: it uses the cluster's key (--previous-master-key-file) until `pmsctl cluster rotate-master-key` moves the cluster to the new one (--master-key-file)"
+                    );
+                    return Ok(());
+                }
                 anyhow::bail!(
-                    "the master key in {} (fingerprint {fingerprint}) is not this cluster's (fingerprint {recorded}): start this node with the key file the other nodes use (--master-key-file); this node's data is unchanged",
+                    "the master key in {} (fingerprint {fingerprint}) is not this cluster's (fingerprint {recorded}): start this node with the key file the other nodes use (--master-key-file). When rotating the master key, give the new key as --master-key-file and the cluster's key as --previous-master-key-file until `pmsctl cluster rotate-master-key` finished. This node's data is unchanged",
                     config.master_key_file.display()
                 );
             }
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                info!(%fingerprint, "master key matches the cluster's");
+                if keyring.previous().is_some() {
+                    info!(
+                        "--previous-master-key-file is loaded but no longer the cluster's key: once `pmsctl cluster rotate-master-key` reported every account rewrapped, restart without it and destroy the old key"
+                    );
+                }
+                return Ok(());
+            }
             Err(pms_mailbox::ProposeError::Retry { reason })
                 if tries < STARTUP_PROPOSE_TRIES_MAX =>
             {

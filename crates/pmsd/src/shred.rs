@@ -10,6 +10,11 @@
 //!    purges the directory log up to it, and has the store rewrite its files without deleted
 //!    or overwritten values (`Store::purge_deleted`).
 //!
+//! Master-key rotation (issue 9 item 8) rides on the same watch: `ChangeMasterKey` makes the
+//! new key this node's active one, and every `RewrapUser` starts a pass like a removal (the old
+//! wrapped key is in the log entry that provisioned the account, in snapshots and in the
+//! files, and opens with the old master key).
+//!
 //! A replica that was away during a removal may never apply it: it installs a snapshot from
 //! the leader instead, which replaces its old records (the removed account's among them) with
 //! tombstones. A snapshot this task did not make therefore also starts a pass.
@@ -84,14 +89,28 @@ pub async fn shred_removed_accounts(
         };
         match event {
             Some(Ok(event)) => {
-                if let (Command::RemoveUser { user }, CommandResponse::Done) =
-                    (&*event.command, &event.response)
-                {
-                    keyring.forget(user);
-                    pending += 1;
-                    metrics.shred_pending.set(pending);
-                    mark_pending(&marker);
-                    debug!(%user, "account removed: its key is shredded on the next pass");
+                match (&*event.command, &event.response) {
+                    (Command::RemoveUser { user }, CommandResponse::Done) => {
+                        keyring.forget(user);
+                        pending += 1;
+                        metrics.shred_pending.set(pending);
+                        mark_pending(&marker);
+                        debug!(%user, "account removed: its key is shredded on the next pass");
+                    }
+                    (Command::RewrapUser { user, .. }, CommandResponse::Done) => {
+                        pending += 1;
+                        metrics.shred_pending.set(pending);
+                        mark_pending(&marker);
+                        debug!(%user, "account rewrapped: its old wrapped key is shredded on the next pass");
+                    }
+                    (Command::ChangeMasterKey { to, .. }, CommandResponse::Done) => {
+                        if keyring.activate(to) {
+                            info!(fingerprint = %to, "the cluster's master key changed: this node now wraps and seals with it");
+                        } else {
+                            warn!(fingerprint = %to, "the cluster's master key changed to one this node does not hold: restart it with that key as --master-key-file");
+                        }
+                    }
+                    _ => {}
                 }
                 // Drain whatever else was applied before running a pass over all of it.
                 continue;

@@ -4,9 +4,14 @@
 //! - a node of another cluster cannot join, and neither cluster's accounts change;
 //! - internal RPCs naming another cluster are refused;
 //! - an explicitly given `--certs-dir` or `--master-key-file` that does not exist is refused,
-//!   and nothing is generated in its place;
+//!   and nothing is generated in its place; a queued message whose key this node cannot
+//!   unwrap stays queued (never committed as failed) and is delivered once the key opens;
 //! - `/readyz` tells the truth: a node with a wrong master key never reports ready, the
-//!   survivors of one lost node of three stay ready, and a node without a quorum is not ready.
+//!   survivors of one lost node of three stay ready, and a node without a quorum is not ready;
+//! - `add-node` checks the new node before it changes any membership (item 1): a node whose
+//!   certificate another CA signed, one started with another master key, or another node id at
+//!   the address is refused with why and what to do; a good node is added and reports its
+//!   version and Raft terms in `cluster status`.
 
 mod common;
 
@@ -14,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Node, http_get};
+use common::{Cluster, Node, http_get, wait_until};
 
 /// Polls `/readyz` of `node` until it answers `want`.
 fn wait_readiness(node: &Node, want: u16, timeout: Duration) {
@@ -161,31 +166,19 @@ fn a_node_of_another_cluster_cannot_join() {
     stranger.extra_args = member(&["--join"]);
     stranger.spawn_process();
     let address = stranger.grpc_address();
-    let mut add_node = cluster.nodes[0]
-        .pmsctl()
-        .args(["cluster", "add-node", "4", &address])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("pmsctl add-node");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !stranger
-        .log()
-        .contains("refusing internal RPCs from a node of another cluster")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the stranger did not refuse cluster A; log:\n{}",
-            stranger.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while add_node.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = add_node.kill();
-    let _ = add_node.wait();
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "add-node", "4", &address]);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "add-node of a stranger succeeded");
+    assert!(
+        said.contains("belongs to another cluster") && said.contains("fresh --data-dir"),
+        "says why and what to do: {said}"
+    );
+    assert!(
+        stranger
+            .log()
+            .contains("refusing internal RPCs from a node of another cluster")
+    );
+    assert_eq!(members(&cluster), [1, 2, 3], "no membership changed");
 
     // Neither cluster's accounts changed, and both still serve.
     assert!(stranger.is_running());
@@ -352,4 +345,233 @@ fn a_busy_sip_port_is_a_clear_error_not_a_panic() {
         );
         assert!(!log.contains("panicked"), "{transport}: panicked: {log}");
     }
+}
+
+/// The node ids in the first running node's view of every group's membership.
+fn members(cluster: &Cluster) -> Vec<u64> {
+    let status = cluster.status();
+    let mut ids: Vec<u64> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|node| node["node"].as_u64().expect("node id"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// `pmsctl cluster add-node NODE ADDRESS` on the first node: its stderr when refused.
+fn add_node_refused(cluster: &Cluster, node: &str, address: &str) -> String {
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "add-node", node, address]);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "add-node {node} {address} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    said
+}
+
+#[test]
+fn add_node_checks_the_new_node_first_and_says_why_it_refuses() {
+    let mut cluster = Cluster::start(3, &[]);
+    let shared = cluster.shared.path().to_path_buf();
+    let joining = |certs: &Path, master_key: &Path| -> Node {
+        let mut node = Node::prepared(
+            vec![
+                "--node-id".into(),
+                "4".into(),
+                "--join".into(),
+                "--certs-dir".into(),
+                certs.display().to_string(),
+                "--master-key-file".into(),
+                master_key.display().to_string(),
+            ],
+            certs.to_path_buf(),
+        );
+        node.spawn_process();
+        node
+    };
+
+    // A node whose certificates another CA made (it generated its own): refused before it
+    // becomes a member, with how to make its certificate.
+    let other_certs = shared.join("other-certs");
+    for args in [
+        vec!["cert", "create-ca"],
+        vec!["cert", "create-node", "127.0.0.1", "localhost"],
+        vec!["cert", "create-sip", "127.0.0.1", "localhost"],
+    ] {
+        let output = std::process::Command::new(common::pmsctl_path())
+            .arg("--certs-dir")
+            .arg(&other_certs)
+            .args(&args)
+            .output()
+            .expect("pmsctl cert");
+        assert!(output.status.success(), "pmsctl {args:?}");
+    }
+    let mut foreign_ca = joining(&other_certs, &shared.join("master.key"));
+    let said = add_node_refused(&cluster, "4", &foreign_ca.grpc_address());
+    assert!(
+        said.contains("mutual TLS") && said.contains("pmsctl cert create-node"),
+        "says why and what to do: {said}"
+    );
+    assert_eq!(members(&cluster), [1, 2, 3], "no membership changed");
+    foreign_ca.terminate();
+
+    // The cluster's certificates but another master key: refused, naming both fingerprints.
+    let other_key = shared.join("other.key");
+    pms_crypto::MasterKey::write_new(&other_key).expect("master key");
+    let ours = pms_crypto::MasterKey::from_file(&shared.join("master.key"))
+        .expect("cluster key")
+        .fingerprint();
+    let theirs = pms_crypto::MasterKey::from_file(&other_key)
+        .expect("other key")
+        .fingerprint();
+    let mut wrong_key = joining(&shared.join("certs"), &other_key);
+    let said = add_node_refused(&cluster, "4", &wrong_key.grpc_address());
+    assert!(
+        said.contains(&ours) && said.contains(&theirs) && said.contains("--master-key-file"),
+        "names both keys and what to do: {said}"
+    );
+    assert_eq!(members(&cluster), [1, 2, 3], "no membership changed");
+    wrong_key.terminate();
+
+    // A good node, but the operator typed another id: refused.
+    let good = cluster.start_joining_node(&[]);
+    let address = cluster.nodes[good].grpc_address();
+    let said = add_node_refused(&cluster, "5", &address);
+    assert!(said.contains("is node 4, not node 5"), "{said}");
+    // An id that is a member elsewhere: refused.
+    let said = add_node_refused(&cluster, "2", &address);
+    assert!(said.contains("node 2 is already a member"), "{said}");
+    assert_eq!(members(&cluster), [1, 2, 3], "no membership changed");
+
+    // The right id: added (learner until caught up, then voter), and `cluster status` shows
+    // every node's version and each replica's Raft term.
+    let output = cluster.nodes[0].run_pmsctl(&["cluster", "add-node", "4", &address]);
+    assert!(
+        output.status.success(),
+        "add-node: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.nodes[good].wait_ready(Duration::from_secs(60));
+    assert_eq!(members(&cluster), [1, 2, 3, 4]);
+    let status = cluster.status();
+    for node in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{node}");
+        for group in node["groups"].as_array().expect("groups") {
+            assert!(
+                group["term"].as_u64().is_some_and(|term| term >= 1),
+                "{node}"
+            );
+        }
+    }
+    let table = cluster.nodes[0].run_pmsctl(&["cluster", "status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|line| line.contains("as seen by"))
+            && table.contains("VERSION")
+            && table.contains("TERM"),
+        "{table}"
+    );
+}
+
+/// Replaces `user`'s directory record in the (stopped) node's store with `edit(record)`;
+/// returns the record as it was.
+fn edit_user_record(
+    node: &Node,
+    user: &str,
+    edit: impl FnOnce(&mut pms_mailbox::UserRecord),
+) -> pms_mailbox::UserRecord {
+    use pms_storage::Store as _;
+    use pms_types::StateRead as _;
+    let store = pms_storage::RocksStore::open(node.data_dir().join("db")).expect("open RocksDB");
+    let user = pms_types::UserId::parse(user).expect("user");
+    let key = pms_mailbox::keys::user(pms_types::GroupId::DIRECTORY, &user);
+    let bytes = store
+        .get(pms_types::Keyspace::Users, &key)
+        .expect("read")
+        .expect("the user's record");
+    let original: pms_mailbox::UserRecord =
+        pms_mailbox::decode(pms_types::Keyspace::Users, &bytes).expect("decode");
+    let mut edited = original.clone();
+    edit(&mut edited);
+    store
+        .write_ops(
+            &[pms_storage::WriteOp::Put {
+                keyspace: pms_types::Keyspace::Users,
+                key,
+                value: pms_mailbox::encode(&edited),
+            }],
+            true,
+        )
+        .expect("write");
+    original
+}
+
+/// The state `pmsctl message status` reports for `message_id`.
+fn message_state(node: &Node, message_id: &str) -> String {
+    let output = node.run_pmsctl(&["message", "status", message_id]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status json");
+    status["status"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_message_this_node_cannot_open_stays_queued_and_is_never_failed() {
+    let mut node = Node::start();
+    node.add_user("alice");
+    node.add_user("bob");
+    let (code, lines) = node.send(
+        "alice",
+        "bob",
+        "kept through a key this node cannot open",
+        &[],
+    );
+    assert_eq!(code, 0, "{lines:?}");
+    let message_id = lines
+        .iter()
+        .find(|line| line["status"] == "enqueued")
+        .and_then(|line| line["message_id"].as_str())
+        .expect("message id")
+        .to_owned();
+    node.terminate();
+
+    // Bob's wrapped data key no longer opens with this node's master key (what a wrong or
+    // damaged key looks like from here).
+    let original = edit_user_record(&node, "bob", |record| record.wrapped_data_key[20] ^= 0xff);
+    node.spawn();
+    let listener = node.listen("bob", 1, 30);
+    // Bob is registered and the mailbox tried, more than once (it retries with backoff): the
+    // message is still queued, never committed as failed.
+    wait_until(
+        "the mailbox trying the message twice",
+        Duration::from_secs(30),
+        || {
+            node.log()
+                .matches("queued message cannot be opened on this node")
+                .count()
+                >= 2
+        },
+    );
+    assert_eq!(message_state(&node, &message_id), "enqueued");
+    drop(listener);
+    node.terminate();
+
+    // With the key back, Bob gets it.
+    edit_user_record(&node, "bob", |record| *record = original.clone());
+    node.spawn();
+    let (code, received) = node.receive("bob", 1, 30);
+    assert_eq!(code, 0, "{received:?}");
+    assert_eq!(
+        received[0]["body"],
+        "kept through a key this node cannot open"
+    );
 }

@@ -212,6 +212,19 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Moves the cluster to the master key every member loaded as `--master-key-file` and
+    /// rewraps every account under it.
+    pub async fn rotate_master_key(&self) -> Result<crate::MasterKeyRotation, AdminError> {
+        let mut request = tonic::Request::new(pb::RotateMasterKeyRequest {});
+        request.set_timeout(MEMBERSHIP_CALL_TIMEOUT);
+        let response = self.stub().rotate_master_key(request).await?.into_inner();
+        Ok(crate::MasterKeyRotation {
+            from: response.from_fingerprint,
+            to: response.to_fingerprint,
+            accounts_rewrapped: response.accounts_rewrapped,
+        })
+    }
+
     /// Removes node `node` from the cluster.
     /// Streams a backup of the answering node into `dir` (which must exist and be empty),
     /// returning the files written (relative paths) and their total size.

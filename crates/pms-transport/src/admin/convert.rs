@@ -201,9 +201,11 @@ pub(crate) fn cluster_status_to_proto(status: &ClusterStatus) -> pb::ClusterStat
                         last_applied_index: member.last_applied_index,
                         leader_node_id: member.leader.map(|leader| leader.0),
                         lag: member.lag,
+                        term: member.term,
                     })
                     .collect(),
                 unreachable: node.unreachable.clone().unwrap_or_default(),
+                version: node.version.clone().unwrap_or_default(),
             })
             .collect(),
     }
@@ -227,9 +229,11 @@ pub(crate) fn cluster_status_from_proto(response: pb::ClusterStatusResponse) -> 
                         last_applied_index: member.last_applied_index,
                         leader: member.leader_node_id.map(NodeId),
                         lag: member.lag,
+                        term: member.term,
                     })
                     .collect(),
                 unreachable: Some(node.unreachable).filter(|reason| !reason.is_empty()),
+                version: Some(node.version).filter(|version| !version.is_empty()),
             })
             .collect(),
     }
@@ -304,6 +308,7 @@ mod tests {
                         last_applied_index: Some(42),
                         leader: Some(NodeId(1)),
                         lag: Some(3),
+                        term: Some(7),
                     },
                     GroupMemberStatus {
                         group: GroupId(1),
@@ -311,9 +316,11 @@ mod tests {
                         last_applied_index: None,
                         leader: None,
                         lag: None,
+                        term: None,
                     },
                 ],
                 unreachable: Some("connection refused".into()),
+                version: Some("0.1.0".into()),
             }],
         };
         assert_eq!(

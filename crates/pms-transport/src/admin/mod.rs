@@ -182,6 +182,8 @@ pub struct GroupMemberStatus {
     pub leader: Option<NodeId>,
     /// Entries this node has yet to apply, behind the leader's last log index.
     pub lag: Option<u64>,
+    /// The Raft term this node's replica is in; `None` when unknown.
+    pub term: Option<u64>,
 }
 
 /// One node of the cluster.
@@ -193,6 +195,8 @@ pub struct NodeStatus {
     pub groups: Vec<GroupMemberStatus>,
     /// Why the node did not answer the status call; `None` when it answered.
     pub unreachable: Option<String>,
+    /// The PMS version the node runs; `None` when it did not answer.
+    pub version: Option<String>,
 }
 
 /// The cluster as the reporting node sees it, with every member's own view.
@@ -252,6 +256,24 @@ pub trait AdminBackend: Send + Sync + 'static {
             })
         })
     }
+    /// Moves the cluster to this node's `--master-key-file` key and rewraps every account.
+    fn rotate_master_key(&self) -> BackendFuture<'_, MasterKeyRotation> {
+        Box::pin(async {
+            Err(AdminError::FailedPrecondition {
+                reason: "this server does not rotate master keys".into(),
+            })
+        })
+    }
+}
+
+/// What a master-key rotation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterKeyRotation {
+    /// The fingerprint of the cluster's key before and after.
+    pub from: String,
+    pub to: String,
+    /// Accounts rewrapped by this call (0 when a rerun found nothing left).
+    pub accounts_rewrapped: u64,
 }
 
 /// A backup made on the node, ready to be streamed.

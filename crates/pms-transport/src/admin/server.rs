@@ -281,6 +281,18 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::AddNodeResponse {}))
     }
 
+    async fn rotate_master_key(
+        &self,
+        _request: Request<pb::RotateMasterKeyRequest>,
+    ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
+        let rotation = self.backend.rotate_master_key().await?;
+        Ok(Response::new(pb::RotateMasterKeyResponse {
+            from_fingerprint: rotation.from,
+            to_fingerprint: rotation.to,
+            accounts_rewrapped: rotation.accounts_rewrapped,
+        }))
+    }
+
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,

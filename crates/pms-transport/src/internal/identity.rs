@@ -10,8 +10,9 @@
 //! `NodeStatus`, which changes nothing and tells the caller the id. Each refused peer is logged
 //! once, not once per heartbeat.
 //! Invariant: a node that does not know its cluster id yet (a new cluster before bootstrap
-//! recorded it, a `--join` node before it was added) accepts calls and adopts the first id it
-//! is called with; `pmsd` then confirms it against the directory and records it in the data dir.
+//! recorded it, a `--join` node before it was added) accepts calls and adopts the first id a
+//! call that changes something (a Raft call) carries, never a `NodeStatus` caller's; `pmsd` then
+//! confirms it against the directory and records it in the data dir.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -101,6 +102,9 @@ impl ClusterIdentity {
                 )))
             }
             (Some(_), None) if read_only => Ok(()),
+            // A status call (add-node's check of a new node) teaches nothing: the id is adopted
+            // from the cluster's Raft calls, once the node is a member.
+            (None, Some(_)) if read_only => Ok(()),
             (Some(ours), None) => Err(Status::unavailable(format!(
                 "the caller does not know its cluster id yet (this node belongs to cluster {ours}); retry once it has heard from its leader"
             ))),

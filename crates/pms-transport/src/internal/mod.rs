@@ -71,6 +71,10 @@ pub struct PeerNodeStatus {
     pub node: NodeId,
     /// The cluster the node belongs to, when it knows (`None` from [`local_status`](server::local_status)).
     pub cluster_id: Option<String>,
+    /// The PMS version the node runs.
+    pub version: String,
+    /// The fingerprint of the master key the node loaded (`None` from an older node).
+    pub master_key_fingerprint: Option<String>,
     pub address: String,
     pub groups: Vec<GroupStatus>,
 }

@@ -61,7 +61,7 @@ pub enum ForwardError {
 impl ForwardError {
     fn from_status(address: &str, status: &tonic::Status) -> ForwardError {
         use tonic::Code;
-        let detail = format!("{:?}: {}", status.code(), status.message());
+        let detail = status_detail(status);
         match status.code() {
             Code::InvalidArgument
             | Code::NotFound
@@ -79,6 +79,22 @@ impl ForwardError {
             },
         }
     }
+}
+
+/// A status's code and message, then each underlying cause that says something new (a TLS
+/// handshake failure is only in the causes: "transport error" alone tells nothing).
+fn status_detail(status: &tonic::Status) -> String {
+    let mut detail = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        cause = error.source();
+    }
+    detail
 }
 
 /// Channels to the other nodes of the cluster.
@@ -132,6 +148,11 @@ impl PeerClients {
     pub fn with_identity(mut self, identity: Arc<ClusterIdentity>) -> Self {
         self.identity = identity;
         self
+    }
+
+    /// This node's cluster id, as its calls carry it.
+    pub fn identity(&self) -> &Arc<ClusterIdentity> {
+        &self.identity
     }
 
     /// When groups' leaders and followers were last heard from; the node's internal service
@@ -361,6 +382,9 @@ fn node_status_from_proto(response: pb::NodeStatusResponse) -> PeerNodeStatus {
     PeerNodeStatus {
         node: NodeId(response.node),
         cluster_id: Some(response.cluster_id).filter(|id| !id.is_empty()),
+        version: response.version,
+        master_key_fingerprint: Some(response.master_key_fingerprint)
+            .filter(|fingerprint| !fingerprint.is_empty()),
         address: response.address,
         groups: response
             .groups
@@ -370,6 +394,7 @@ fn node_status_from_proto(response: pb::NodeStatusResponse) -> PeerNodeStatus {
                 // A role this node does not know (a newer peer) reads as a shut-down replica.
                 role: GroupRole::parse(&group.role).unwrap_or(GroupRole::Shutdown),
                 leader: group.leader,
+                term: group.term,
                 last_log_index: group.last_log_index,
                 last_applied_index: group.last_applied_index,
                 members: group
@@ -391,6 +416,8 @@ pub(crate) fn node_status_to_proto(status: &PeerNodeStatus) -> pb::NodeStatusRes
     pb::NodeStatusResponse {
         node: status.node.0,
         cluster_id: status.cluster_id.clone().unwrap_or_default(),
+        version: status.version.clone(),
+        master_key_fingerprint: status.master_key_fingerprint.clone().unwrap_or_default(),
         address: status.address.clone(),
         groups: status
             .groups
@@ -399,6 +426,7 @@ pub(crate) fn node_status_to_proto(status: &PeerNodeStatus) -> pb::NodeStatusRes
                 group: group.group.0,
                 role: group.role.as_str().to_owned(),
                 leader: group.leader,
+                term: group.term,
                 last_log_index: group.last_log_index,
                 last_applied_index: group.last_applied_index,
                 members: group
@@ -444,11 +472,14 @@ mod tests {
         let status = PeerNodeStatus {
             node: NodeId(2),
             cluster_id: Some("0123abcd".into()),
+            version: "0.1.0".into(),
+            master_key_fingerprint: Some("5f0c2a".into()),
             address: "10.0.0.2:50051".into(),
             groups: vec![GroupStatus {
                 group: GroupId(1),
                 role: GroupRole::Follower,
                 leader: Some(1),
+                term: 4,
                 last_log_index: Some(9),
                 last_applied_index: Some(8),
                 members: vec![GroupMember {

@@ -60,6 +60,7 @@ struct InternalService {
     flows: Arc<dyn FlowDelivery>,
     identity: Arc<ClusterIdentity>,
     contacts: Arc<LeaderContacts>,
+    master_key_fingerprint: String,
 }
 
 /// What the internal service shares with the rest of the node: the cluster id it checks calls
@@ -68,6 +69,9 @@ struct InternalService {
 pub struct InternalShared {
     pub identity: Arc<ClusterIdentity>,
     pub contacts: Arc<LeaderContacts>,
+    /// The fingerprint of the master key this node loaded, reported by `NodeStatus` so that
+    /// `add-node` can refuse a node started with another key.
+    pub master_key_fingerprint: String,
 }
 
 /// The internal service with its permission check, as a [`ServiceAdder`] for the node's gRPC
@@ -87,6 +91,7 @@ pub fn internal_service(
         flows,
         identity: shared.identity,
         contacts: shared.contacts,
+        master_key_fingerprint: shared.master_key_fingerprint,
     })
     .max_decoding_message_size(rpc_bytes_max)
     .max_encoding_message_size(rpc_bytes_max);
@@ -317,17 +322,29 @@ impl pb::internal_server::Internal for InternalService {
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         self.check_cluster(&request, true)?;
-        let mut status = local_status(self.node, &self.address, &self.replication);
+        let mut status = local_status(
+            self.node,
+            &self.address,
+            &self.replication,
+            &self.master_key_fingerprint,
+        );
         status.cluster_id = self.identity.get();
         Ok(Response::new(node_status_to_proto(&status)))
     }
 }
 
 /// What this node knows about itself and each of its groups.
-pub fn local_status(node: NodeId, address: &str, replication: &Replication) -> PeerNodeStatus {
+pub fn local_status(
+    node: NodeId,
+    address: &str,
+    replication: &Replication,
+    master_key_fingerprint: &str,
+) -> PeerNodeStatus {
     PeerNodeStatus {
         node,
         cluster_id: None,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        master_key_fingerprint: Some(master_key_fingerprint.to_owned()),
         address: address.to_owned(),
         groups: replication.groups().map(Group::status).collect(),
     }
