@@ -673,12 +673,7 @@ impl AdminApi {
         }
         Ok(())
     }
-}
 
-/// Accounts read per page while rewrapping.
-const REWRAP_PAGE_SIZE: usize = 256;
-
-impl AdminApi {
     /// Refuses a rotation unless every member loaded `fingerprint` as its `--master-key-file`
     /// (a member without it could open nothing the cluster wraps from then on).
     async fn check_members_hold_key(&self, fingerprint: &str) -> Result<(), AdminError> {
@@ -772,9 +767,7 @@ impl AdminApi {
             }
         }
     }
-}
 
-impl AdminApi {
     /// The new node's own status. A node started a moment ago may not listen yet: no answer is
     /// asked again until [`NEW_NODE_CHECK_TIMEOUT`]; a refusal is final.
     async fn new_node_status(
@@ -795,6 +788,9 @@ impl AdminApi {
         }
     }
 }
+
+/// Accounts read per page while rewrapping.
+const REWRAP_PAGE_SIZE: usize = 256;
 
 /// How long between two status calls to a new node that did not answer.
 const NEW_NODE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
