@@ -400,13 +400,7 @@ impl AdminBackend for AdminApi {
     fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
         Box::pin(async move {
             let node = NodeId(self.replication.node_id());
-            // Every node any group knows of, with its address.
-            let mut members: BTreeMap<u64, String> = BTreeMap::new();
-            for group in self.replication.groups() {
-                for member in group.status().members {
-                    members.entry(member.node).or_insert(member.address);
-                }
-            }
+            let mut members = self.members();
             members
                 .entry(node.0)
                 .or_insert_with(|| self.grpc_address.clone());
@@ -674,16 +668,21 @@ impl AdminApi {
         Ok(())
     }
 
-    /// Refuses a rotation unless every member loaded `fingerprint` as its `--master-key-file`
-    /// (a member without it could open nothing the cluster wraps from then on).
-    async fn check_members_hold_key(&self, fingerprint: &str) -> Result<(), AdminError> {
-        let mut members: BTreeMap<u64, String> = BTreeMap::new();
+    /// Every node any group knows of, with its address.
+    fn members(&self) -> BTreeMap<u64, String> {
+        let mut members = BTreeMap::new();
         for group in self.replication.groups() {
             for member in group.status().members {
                 members.entry(member.node).or_insert(member.address);
             }
         }
-        for (node, address) in members {
+        members
+    }
+
+    /// Refuses a rotation unless every member loaded `fingerprint` as its `--master-key-file`
+    /// (a member without it could open nothing the cluster wraps from then on).
+    async fn check_members_hold_key(&self, fingerprint: &str) -> Result<(), AdminError> {
+        for (node, address) in self.members() {
             if node == self.node_id.0 {
                 continue;
             }
