@@ -64,7 +64,20 @@ const DEFAULT_HTTP: &str = "0.0.0.0:9090";
 const DEFAULT_DOMAIN: &str = "localhost";
 const DEFAULT_NODE_ID: u64 = 1;
 const DEFAULT_DIGEST_ALGORITHMS: &str = "sha256,md5";
-const DEFAULT_LOG: &str = "info";
+/// openraft's internals (state dumps of ~1.5 KB per line) only from `warn` unless asked for.
+const DEFAULT_LOG: &str = "info,openraft=warn";
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, the event's fields, the current span
+    /// and the spans it is in.
+    Json,
+}
 
 /// A digest algorithm the registrar offers, in the order of [`Config::digest_algorithms`]
 /// (most preferred first); accounts may have their own list (`pmsctl user set-digest`).
@@ -204,6 +217,7 @@ pub struct Config {
     pub sender_recipient_interval_ms: u64,
     /// A `tracing_subscriber::EnvFilter` directive string.
     pub log: String,
+    pub log_format: LogFormat,
 }
 
 /// The command line. Every value is optional so that unset ones can come from the file.
@@ -338,9 +352,12 @@ struct Args {
     /// [default: 20].
     #[arg(long, env = "PMS_SENDER_RECIPIENT_INTERVAL_MS", value_name = "MS")]
     sender_recipient_interval_ms: Option<u64>,
-    /// Log filter, `RUST_LOG` syntax (e.g. "info,pms_edge=debug") [default: info].
+    /// Log filter, `RUST_LOG` syntax (e.g. "info,pms_edge=debug") [default: info,openraft=warn].
     #[arg(long, env = "PMS_LOG", value_name = "FILTER")]
     log: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, env = "PMS_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 /// A list given either as one comma-separated string or as a TOML array of strings.
@@ -398,6 +415,7 @@ struct FileConfig {
     sender_recipient_burst: Option<u32>,
     sender_recipient_interval_ms: Option<u64>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// Reads the process's command line and environment. Usage errors and `--help` print and exit
@@ -547,6 +565,7 @@ fn resolve(args: Args) -> anyhow::Result<Config> {
             .log
             .or(file.log)
             .unwrap_or_else(|| DEFAULT_LOG.to_owned()),
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         data_dir,
         certs_dir,
         certs_dir_given,

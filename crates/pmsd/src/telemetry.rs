@@ -1,5 +1,6 @@
 // Lead: register with `mod telemetry;` in crates/pmsd/src/main.rs (or `pub mod telemetry;` in a lib.rs).
-//! Tracing setup for `pmsd`: human-readable logs on stderr, and — only when
+//! Tracing setup for `pmsd`: logs on stderr (human-readable, or one JSON object per line with
+//! `--log-format json`), and — only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set — spans exported over OTLP/gRPC (tonic) with the
 //! resource `service.name = "pmsd"`.
 //!
@@ -21,7 +22,10 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
+
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -88,11 +92,11 @@ impl Drop for TelemetryGuard {
 /// Installs the global tracing subscriber: fmt to stderr filtered by `log_filter`
 /// (`RUST_LOG` syntax), plus OTLP span export when [`OTLP_ENDPOINT_ENV`] is set and non-empty.
 /// Call once, inside the tokio runtime; keep the guard until exit.
-pub fn init(log_filter: &str) -> anyhow::Result<TelemetryGuard> {
+pub fn init(log_filter: &str, format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
         .ok()
         .filter(|value| !value.trim().is_empty());
-    let (subscriber, guard) = build_subscriber(log_filter, endpoint.as_deref())?;
+    let (subscriber, guard) = build_subscriber(log_filter, format, endpoint.as_deref())?;
     subscriber
         .try_init()
         .context("installing the global tracing subscriber")?;
@@ -105,6 +109,7 @@ pub fn init(log_filter: &str) -> anyhow::Result<TelemetryGuard> {
 /// Builds the subscriber without installing it (tests install it per thread).
 fn build_subscriber(
     log_filter: &str,
+    format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<(impl Subscriber + Send + Sync + 'static, TelemetryGuard)> {
     let filter = EnvFilter::try_new(log_filter)
@@ -113,14 +118,22 @@ fn build_subscriber(
     let otel_layer = tracer_provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME)));
+    let fmt_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt_layer = match format {
+        LogFormat::Text => fmt_layer
+            // Colour codes only on a terminal, never in a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => fmt_layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    };
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colour codes only on a terminal, never in a log file.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(fmt_layer)
         .with(otel_layer);
     Ok((subscriber, TelemetryGuard { tracer_provider }))
 }
@@ -152,7 +165,8 @@ mod tests {
 
     #[test]
     fn without_endpoint_nothing_is_exported_and_no_runtime_is_needed() {
-        let (subscriber, mut guard) = build_subscriber("info", None).expect("builds");
+        let (subscriber, mut guard) =
+            build_subscriber("info", LogFormat::Text, None).expect("builds");
         assert!(!guard.is_exporting());
         tracing::subscriber::with_default(subscriber, || {
             tracing::info_span!("unexported").in_scope(|| tracing::info!("logged to stderr"));
@@ -169,9 +183,10 @@ mod tests {
             println!("note: {OTLP_ENDPOINT_ENV} is set; skipping the global init test");
             return;
         }
-        let guard = init("warn").expect("first init succeeds");
+        let guard = init("warn", LogFormat::Text).expect("first init succeeds");
         assert!(!guard.is_exporting());
-        let error = init("warn").expect_err("a second global subscriber is refused");
+        let error =
+            init("warn", LogFormat::Text).expect_err("a second global subscriber is refused");
         assert!(
             format!("{error:#}").contains("global tracing subscriber"),
             "{error:#}"
@@ -180,14 +195,14 @@ mod tests {
 
     #[test]
     fn bad_filter_and_missing_runtime_are_errors() {
-        let error = build_subscriber("info,=[[[", None)
+        let error = build_subscriber("info,=[[[", LogFormat::Text, None)
             .err()
             .expect("invalid filter refused");
         assert!(
             format!("{error:#}").contains("invalid log filter"),
             "{error:#}"
         );
-        let error = build_subscriber("info", Some("http://127.0.0.1:4317"))
+        let error = build_subscriber("info", LogFormat::Text, Some("http://127.0.0.1:4317"))
             .err()
             .expect("no runtime refused");
         assert!(
@@ -296,7 +311,8 @@ mod tests {
         let endpoint = format!("http://{}", listener.local_addr().expect("local addr"));
         let collector = tokio::spawn(collect_one_export(listener));
 
-        let (subscriber, mut guard) = build_subscriber("info", Some(&endpoint)).expect("builds");
+        let (subscriber, mut guard) =
+            build_subscriber("info", LogFormat::Text, Some(&endpoint)).expect("builds");
         assert!(guard.is_exporting());
         tracing::subscriber::with_default(subscriber, || {
             tracing::info_span!("pms-test-span", user = "alice").in_scope(|| {
