@@ -3,7 +3,9 @@
 //!
 //! Invariants: arguments are validated before connecting (a typo never needs a server);
 //! machine-readable output is JSON (one object per line for lists) and goes to `out`, never
-//! mixed with diagnostics; timestamps are printed as RFC 3339 UTC with milliseconds.
+//! mixed with diagnostics; with `json` every command prints JSON objects only, one per line,
+//! each action naming itself in `"command"`; timestamps are printed as RFC 3339 UTC with
+//! milliseconds.
 
 pub use pms_types::time::rfc3339_millis;
 use std::io::Write;
@@ -74,7 +76,7 @@ pub enum AdminCommandError {
     Admin(#[from] AdminError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
-    /// `cluster status` printed a cluster that is not whole (exit status 1, after the output).
+    /// `cluster status` printed a cluster that is not whole (exit status 3, after the output).
     #[error("cluster degraded: {0}")]
     Degraded(String),
 }
@@ -171,12 +173,30 @@ fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
     })
 }
 
+/// Prints an action's result: the sentence for people, or `value` as one JSON line.
+fn report(
+    out: &mut dyn Write,
+    json: bool,
+    value: &serde_json::Value,
+    text: std::fmt::Arguments<'_>,
+) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, value)?;
+        writeln!(out)
+    } else {
+        writeln!(out, "{text}")
+    }
+}
+
 /// Validates `command`, connects to the admin API at `admin_address` with the admin certificate
-/// from `certs_dir`, runs the command and prints its result to `out`.
+/// from `certs_dir`, runs the command and prints its result to `out`: sentences and tables, or
+/// JSON lines when `json` is set (the `json` flags of `UserList` and `ClusterStatus` also
+/// select JSON for those two).
 pub async fn run(
     admin_address: &str,
     certs_dir: &Path,
     command: AdminCommand,
+    json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<(), AdminCommandError> {
     let command = validate(command)?;
@@ -184,38 +204,67 @@ pub async fn run(
     match command {
         Validated::UserAdd(new_user) => {
             let (user, enabled) = (new_user.user.clone(), new_user.messaging_enabled);
+            let algorithms = policy_names(&new_user.digest_algorithms);
             client.add_user(new_user).await?;
-            writeln!(
+            report(
                 out,
-                "added user {user} (messaging {})",
-                if enabled { "enabled" } else { "disabled" }
+                json,
+                &serde_json::json!({"command": "user add", "user": user.as_str(),
+                    "messaging_enabled": enabled, "digest_algorithms": algorithms}),
+                format_args!(
+                    "added user {user} (messaging {})",
+                    if enabled { "enabled" } else { "disabled" }
+                ),
             )?;
         }
         Validated::UserRemove(user) => {
             client.remove_user(&user).await?;
-            writeln!(out, "removed user {user}")?;
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": "user remove", "user": user.as_str()}),
+                format_args!("removed user {user}"),
+            )?;
         }
         Validated::UserSetMessagingEnabled(user, enabled) => {
             client.set_messaging_enabled(&user, enabled).await?;
             let verb = if enabled { "enabled" } else { "disabled" };
-            writeln!(out, "{verb} messaging for user {user}")?;
+            let command = if enabled {
+                "user enable"
+            } else {
+                "user disable"
+            };
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": command, "user": user.as_str(),
+                    "messaging_enabled": enabled}),
+                format_args!("{verb} messaging for user {user}"),
+            )?;
         }
         Validated::UserSetDigestAlgorithms(user, algorithms, password) => {
             client
                 .set_digest_algorithms(&user, &algorithms, password.as_deref())
                 .await?;
-            writeln!(
+            report(
                 out,
-                "digest algorithms of user {user}: {}",
-                policy_text(&algorithms)
+                json,
+                &serde_json::json!({"command": "user set-digest", "user": user.as_str(),
+                    "digest_algorithms": policy_names(&algorithms)}),
+                format_args!(
+                    "digest algorithms of user {user}: {}",
+                    policy_text(&algorithms)
+                ),
             )?;
         }
-        Validated::UserList { json } => list_users(&client, json, out).await?,
+        Validated::UserList { json: list_json } => {
+            list_users(&client, json || list_json, out).await?;
+        }
         Validated::MessageStatus(message_id) => {
             let report = client.message_status(&message_id).await?;
             write_message_status(&report, out)?;
         }
-        Validated::ClusterStatus { json } => {
+        Validated::ClusterStatus { json: status_json } => {
             // A group between two leaders (a leadership transfer, an election) is no leader
             // for a moment: only a view that stays leaderless counts as degraded.
             let mut status = client.cluster_status().await?;
@@ -228,7 +277,7 @@ pub async fn run(
                 tokio::time::sleep(LEADERLESS_RECHECK_INTERVAL).await;
                 status = client.cluster_status().await?;
             }
-            write_cluster_status(&status, json, out)?;
+            write_cluster_status(&status, json || status_json, out)?;
             out.flush()?;
             let problems = degradation(&status);
             if !problems.is_empty() {
@@ -237,18 +286,35 @@ pub async fn run(
         }
         Validated::ClusterAddNode(node, address) => {
             client.add_node(node, &address).await?;
-            writeln!(out, "added node {node} at {address} (voter in every group)")?;
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": "cluster add-node", "node": node.0,
+                    "address": address}),
+                format_args!("added node {node} at {address} (voter in every group)"),
+            )?;
         }
         Validated::ClusterRemoveNode(node) => {
             client.remove_node(node).await?;
-            writeln!(out, "removed node {node} from every group")?;
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": "cluster remove-node", "node": node.0}),
+                format_args!("removed node {node} from every group"),
+            )?;
         }
         Validated::RotateMasterKey => {
             let rotation = client.rotate_master_key().await?;
-            writeln!(
+            report(
                 out,
-                "master key rotated: {} -> {}; {} accounts rewrapped. Every node now shreds the old wrapped keys (pms_shred_pending 0 when done); then restart each node without --previous-master-key-file and destroy the old key file",
-                rotation.from, rotation.to, rotation.accounts_rewrapped
+                json,
+                &serde_json::json!({"command": "cluster rotate-master-key",
+                    "from": rotation.from.to_string(), "to": rotation.to.to_string(),
+                    "accounts_rewrapped": rotation.accounts_rewrapped}),
+                format_args!(
+                    "master key rotated: {} -> {}; {} accounts rewrapped. Every node now shreds the old wrapped keys (pms_shred_pending 0 when done); then restart each node without --previous-master-key-file and destroy the old key file",
+                    rotation.from, rotation.to, rotation.accounts_rewrapped
+                ),
             )?;
         }
     }
@@ -289,6 +355,14 @@ struct UserLine<'a> {
     messaging_enabled: bool,
     /// Empty when the account follows the node's policy.
     digest_algorithms: Vec<&'static str>,
+}
+
+/// An account's digest policy for JSON: the algorithm names, empty for the node's policy.
+fn policy_names(algorithms: &[DigestAlgorithm]) -> Vec<&'static str> {
+    algorithms
+        .iter()
+        .map(|algorithm| algorithm.name())
+        .collect()
 }
 
 /// An account's digest policy as people read it: `md5,sha256`, or `default`.
@@ -373,6 +447,8 @@ pub fn write_message_status(
 struct ClusterJson<'a> {
     reporting_node: u64,
     nodes: Vec<NodeJson<'a>>,
+    /// What keeps the cluster from being whole ([`degradation`]); empty when it is whole.
+    degraded: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -459,6 +535,7 @@ pub fn write_cluster_status(
                     unreachable: node.unreachable.as_deref(),
                 })
                 .collect(),
+            degraded: degradation(status),
         };
         serde_json::to_writer(&mut *out, &document)?;
         return writeln!(out);
@@ -683,7 +760,7 @@ mod tests {
         let bad_user = AdminCommand::UserRemove {
             user: "no spaces".into(),
         };
-        let result = run("127.0.0.1:1", nowhere, bad_user, &mut Vec::new()).await;
+        let result = run("127.0.0.1:1", nowhere, bad_user, false, &mut Vec::new()).await;
         assert!(
             matches!(result, Err(AdminCommandError::InvalidArgument(_))),
             "{result:?}"
@@ -691,7 +768,7 @@ mod tests {
         let bad_id = AdminCommand::MessageStatus {
             message_id: String::new(),
         };
-        let result = run("127.0.0.1:1", nowhere, bad_id, &mut Vec::new()).await;
+        let result = run("127.0.0.1:1", nowhere, bad_id, false, &mut Vec::new()).await;
         assert!(
             matches!(result, Err(AdminCommandError::InvalidArgument(_))),
             "{result:?}"

@@ -22,11 +22,12 @@ use pms_transport::AdminClient;
 pub const MANIFEST_FILE: &str = "backup.json";
 
 /// Streams a backup of the node at `admin_address` into `dir` (created; must be absent or
-/// empty).
+/// empty), and says what it wrote: a sentence, or one JSON line when `json` is set.
 pub async fn backup(
     admin_address: &str,
     certs_dir: &Path,
     dir: &Path,
+    json: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     ensure_empty(dir)?;
@@ -34,6 +35,14 @@ pub async fn backup(
     let client = AdminClient::connect(admin_address, certs_dir).await?;
     let (files, bytes) = client.backup(dir).await?;
     let manifest = read_manifest(dir)?;
+    if json {
+        let line = serde_json::json!({"command": "backup", "node": manifest["node"],
+            "dir": dir.display().to_string(), "files": files, "bytes": bytes,
+            "master_key_fingerprint": manifest["master_key_fingerprint"]});
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+        return Ok(());
+    }
     writeln!(
         out,
         "backup of node {} written to {}: {files} files, {bytes} bytes (master key fingerprint {})",
@@ -44,8 +53,14 @@ pub async fn backup(
     Ok(())
 }
 
-/// Copies the backup in `backup` into the new data dir `data_dir` (absent or empty).
-pub fn restore(backup: &Path, data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Copies the backup in `backup` into the new data dir `data_dir` (absent or empty), and says
+/// what to do next: a sentence, or one JSON line when `json` is set.
+pub fn restore(
+    backup: &Path,
+    data_dir: &Path,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let manifest = read_manifest(backup)?;
     ensure!(
         backup.join("db").join("CURRENT").exists(),
@@ -60,6 +75,14 @@ pub fn restore(backup: &Path, data_dir: &Path, out: &mut dyn Write) -> anyhow::R
     )
     .context("copying mailbox-groups")?;
     set_private(data_dir)?;
+    if json {
+        let line = serde_json::json!({"command": "restore", "node": manifest["node"],
+            "data_dir": data_dir.display().to_string(),
+            "master_key_fingerprint": manifest["master_key_fingerprint"]});
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+        return Ok(());
+    }
     writeln!(
         out,
         "restored the backup of node {} into {}. Start it as a one-node cluster with the cluster's master key (fingerprint {}): pmsd --data-dir {} --force-new-cluster --node-id N --master-key-file FILE ...; then add the other nodes with `pmsctl cluster add-node`.",

@@ -146,17 +146,45 @@ fn lifetime(days: Option<u32>) -> Result<Lifetime, CertError> {
     Ok(lifetime)
 }
 
+/// Prints what a create command made: the sentence for people, or `value` as one JSON line.
+fn report(
+    out: &mut dyn Write,
+    json: bool,
+    value: &serde_json::Value,
+    text: std::fmt::Arguments<'_>,
+) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, value)?;
+        writeln!(out)
+    } else {
+        writeln!(out, "{text}")
+    }
+}
+
 /// Runs one cert command against `certs_dir` (created if missing, except by `list`) and
-/// reports to `out`.
-pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Result<(), CertError> {
+/// reports to `out`: sentences and tables, or one JSON object per line when `json` is set
+/// (`List { json: true }` also selects JSON).
+pub fn run(
+    certs_dir: &Path,
+    command: &CertCommand,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CertError> {
+    let dir = certs_dir.display().to_string();
     match command {
         CertCommand::CreateMasterKey { path } => {
             pms_crypto::MasterKey::write_new(path)?;
-            writeln!(out, "created master key {}", path.display())?;
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": "cert create-master-key",
+                    "path": path.display().to_string()}),
+                format_args!("created master key {}", path.display()),
+            )?;
             return Ok(());
         }
-        CertCommand::List { json } => {
-            return list(certs_dir, *json, pms_crypto::now_unix(), out);
+        CertCommand::List { json: list_json } => {
+            return list(certs_dir, json || *list_json, pms_crypto::now_unix(), out);
         }
         CertCommand::CreateCa { lifetime_days } => {
             lifetime(*lifetime_days)?;
@@ -187,18 +215,24 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
     match command {
         CertCommand::CreateCa { lifetime_days } => {
             pms_crypto::create_ca_with(certs_dir, lifetime(*lifetime_days)?)?;
-            writeln!(out, "created CA in {}", certs_dir.display())?;
+            report(
+                out,
+                json,
+                &serde_json::json!({"command": "cert create-ca", "certs_dir": dir}),
+                format_args!("created CA in {dir}"),
+            )?;
         }
         CertCommand::CreateNode {
             hosts,
             lifetime_days,
         } => {
             pms_crypto::create_node_with(certs_dir, hosts, lifetime(*lifetime_days)?)?;
-            writeln!(
+            report(
                 out,
-                "created node certificate for {} in {}",
-                hosts.join(", "),
-                certs_dir.display()
+                json,
+                &serde_json::json!({"command": "cert create-node", "certs_dir": dir,
+                    "hosts": hosts}),
+                format_args!("created node certificate for {} in {dir}", hosts.join(", ")),
             )?;
         }
         CertCommand::CreateSip {
@@ -206,11 +240,15 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
             lifetime_days,
         } => {
             pms_crypto::create_sip_with(certs_dir, hosts, lifetime(*lifetime_days)?)?;
-            writeln!(
+            report(
                 out,
-                "created SIP certificate for {} in {} (signed by the cluster CA: for development; in production use a certificate from a public CA as sip.crt/sip.key)",
-                hosts.join(", "),
-                certs_dir.display()
+                json,
+                &serde_json::json!({"command": "cert create-sip", "certs_dir": dir,
+                    "hosts": hosts}),
+                format_args!(
+                    "created SIP certificate for {} in {dir} (signed by the cluster CA: for development; in production use a certificate from a public CA as sip.crt/sip.key)",
+                    hosts.join(", ")
+                ),
             )?;
         }
         CertCommand::CreateClient {
@@ -218,10 +256,12 @@ pub fn run(certs_dir: &Path, command: &CertCommand, out: &mut dyn Write) -> Resu
             lifetime_days,
         } => {
             pms_crypto::create_client_with(certs_dir, name, lifetime(*lifetime_days)?)?;
-            writeln!(
+            report(
                 out,
-                "created client certificate {name:?} in {}",
-                certs_dir.display()
+                json,
+                &serde_json::json!({"command": "cert create-client", "certs_dir": dir,
+                    "name": name}),
+                format_args!("created client certificate {name:?} in {dir}"),
             )?;
         }
         CertCommand::CreateMasterKey { .. } | CertCommand::List { .. } => {}
@@ -470,7 +510,7 @@ mod tests {
     }
 
     fn make(certs_dir: &Path, command: CertCommand) {
-        run(certs_dir, &command, &mut Vec::new()).unwrap();
+        run(certs_dir, &command, false, &mut Vec::new()).unwrap();
     }
 
     #[test]
@@ -482,6 +522,7 @@ mod tests {
             &CertCommand::CreateCa {
                 lifetime_days: Some(0),
             },
+            false,
             &mut Vec::new(),
         )
         .unwrap_err()
@@ -493,6 +534,7 @@ mod tests {
             &CertCommand::CreateCa {
                 lifetime_days: Some(40_000),
             },
+            false,
             &mut Vec::new(),
         )
         .unwrap_err()
@@ -621,7 +663,7 @@ mod tests {
             name: "../x".into(),
             lifetime_days: None,
         };
-        assert!(run(&certs_dir, &command, &mut Vec::new()).is_err());
+        assert!(run(&certs_dir, &command, false, &mut Vec::new()).is_err());
         assert!(!certs_dir.exists());
     }
 }

@@ -179,7 +179,16 @@ async fn pmsctl(
 }
 
 fn assert_one_line_error(output: &Output, needle: &str) {
-    assert_eq!(output.code, 1, "stderr: {}", output.stderr);
+    assert_one_line_error_exiting(output, 1, needle);
+}
+
+/// A usage error: one line on stderr, exit status 2.
+fn assert_usage_error(output: &Output, needle: &str) {
+    assert_one_line_error_exiting(output, 2, needle);
+}
+
+fn assert_one_line_error_exiting(output: &Output, code: i32, needle: &str) {
+    assert_eq!(output.code, code, "stderr: {}", output.stderr);
     assert_eq!(
         output.stderr.lines().count(),
         1,
@@ -217,7 +226,7 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
         assert!(certs.join(file).is_file(), "{file} missing");
     }
     let refused = pmsctl(&certs, nowhere, &["cert", "create-client", "../x"], None).await;
-    assert_one_line_error(&refused, "invalid client name");
+    assert_usage_error(&refused, "invalid client name");
 
     let backend = Arc::new(FakeBackend::default());
     let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), &certs, backend.clone())
@@ -262,7 +271,7 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
     .await;
     assert_one_line_error(&again, "already exists");
     let no_password = pmsctl(&certs, &admin, &["user", "add", "carol"], None).await;
-    assert_one_line_error(&no_password, "--password");
+    assert_usage_error(&no_password, "--password");
 
     let listed = pmsctl(&certs, &admin, &["user", "list", "--json"], None).await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
@@ -342,10 +351,10 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
 }
 
 #[tokio::test]
-async fn usage_errors_are_one_line_and_exit_1() {
+async fn usage_errors_are_one_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let output = pmsctl(dir.path(), "127.0.0.1:1", &["user", "frobnicate"], None).await;
-    assert_one_line_error(&output, "frobnicate");
+    assert_usage_error(&output, "frobnicate");
     let output = pmsctl(
         dir.path(),
         "127.0.0.1:1",
@@ -365,5 +374,5 @@ async fn usage_errors_are_one_line_and_exit_1() {
         None,
     )
     .await;
-    assert_one_line_error(&output, "--insecure");
+    assert_usage_error(&output, "--insecure");
 }

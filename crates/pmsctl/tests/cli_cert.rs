@@ -110,7 +110,7 @@ fn a_lifetime_of_zero_or_past_the_ca_is_refused_with_one_line() {
         &certs,
         &["cert", "create-client", "ops", "--lifetime-days", "0"],
     );
-    assert_eq!(zero.code, 1, "{}", zero.stderr);
+    assert_eq!(zero.code, 2, "{}", zero.stderr);
     assert_eq!(zero.stderr.lines().count(), 1, "{:?}", zero.stderr);
     assert!(zero.stderr.contains("at least 1 day"), "{:?}", zero.stderr);
     assert!(!certs.join("client.ops.key").exists());
@@ -119,7 +119,7 @@ fn a_lifetime_of_zero_or_past_the_ca_is_refused_with_one_line() {
         &certs,
         &["cert", "create-node", "--lifetime-days", "31", "localhost"],
     );
-    assert_eq!(outliving.code, 1, "{}", outliving.stderr);
+    assert_eq!(outliving.code, 2, "{}", outliving.stderr);
     assert_eq!(
         outliving.stderr.lines().count(),
         1,
@@ -135,7 +135,7 @@ fn a_lifetime_of_zero_or_past_the_ca_is_refused_with_one_line() {
     assert!(!certs.join("node.key").exists());
 
     let negative = pmsctl(&certs, &["cert", "create-ca", "--lifetime-days", "-5"]);
-    assert_eq!(negative.code, 1, "{}", negative.stderr);
+    assert_eq!(negative.code, 2, "{}", negative.stderr);
 
     // The CA made with 30 days is itself flagged.
     let table = succeeds(&certs, &["cert", "list"]).stdout;

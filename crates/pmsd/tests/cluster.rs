@@ -131,7 +131,7 @@ fn killing_the_leader_loses_no_acknowledged_message_and_it_rejoins() {
     assert_eq!(code, 0, "{lines:?}");
     // ... and `cluster status` says the cluster is degraded, in its exit status too.
     let status = survivor.run_pmsctl(&["cluster", "status"]);
-    assert_eq!(status.status.code(), Some(1), "{status:?}");
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
     let said = String::from_utf8_lossy(&status.stderr);
     assert!(
         said.contains(&format!(

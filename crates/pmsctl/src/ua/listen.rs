@@ -7,7 +7,7 @@
 //! - Invariant: bodies are printed losslessly (see `output`); nothing is decoded with
 //!   replacement characters.
 //! - Invariant: exit codes: 0 `count` messages printed, 1 error (registration refused,
-//!   connection lost, stdout closed), 2 `timeout_secs` passed first.
+//!   connection lost, stdout closed), 4 `timeout_secs` passed first.
 
 use std::io::Write;
 use std::time::Duration;

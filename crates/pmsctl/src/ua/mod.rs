@@ -8,7 +8,8 @@
 //! Invariants:
 //! - Invariant: stdout carries JSON lines only, one object per line, flushed as written;
 //!   human notes go to stderr.
-//! - Invariant: exit codes are 0 (awaited status reached), 1 (error), 2 (timeout).
+//! - Invariant: exit codes are 0 (awaited status reached), 1 (error), 4 (timeout); 2 and 3
+//!   are pmsctl's usage error and degraded cluster, never a user agent's.
 
 use std::path::PathBuf;
 
@@ -28,7 +29,7 @@ pub const EXIT_OK: i32 = 0;
 /// Exit code: an error response, a negative report, or a connection failure.
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code: `timeout_secs` passed first.
-pub const EXIT_TIMEOUT: i32 = 2;
+pub const EXIT_TIMEOUT: i32 = 4;
 
 /// A note for the human at the terminal (stderr). Never panics, even when stderr is gone.
 fn note(text: &str) {
@@ -92,13 +93,13 @@ pub struct ListenOptions {
 }
 
 /// Sends one MESSAGE and prints one JSON line per status change to `out`.
-/// Returns the process exit code: 0 awaited status reached, 1 error, 2 timeout.
+/// Returns the process exit code: 0 awaited status reached, 1 error, 4 timeout.
 pub async fn send(options: SendOptions, out: &mut (dyn std::io::Write + Send)) -> i32 {
     send::run(options, out).await
 }
 
 /// Registers and prints one JSON line per received MESSAGE to `out`.
-/// Returns the process exit code: 0 done (count reached), 1 error, 2 timeout.
+/// Returns the process exit code: 0 done (count reached), 1 error, 4 timeout.
 pub async fn listen(options: ListenOptions, out: &mut (dyn std::io::Write + Send)) -> i32 {
     listen::run(options, out).await
 }

@@ -9,7 +9,7 @@
 //!   and `imdn.Message-ID`, and raises CSeq by one, so the server stores it once.
 //! - Invariant: exactly one terminal line (`delivered`, `error` or `timeout`, or `enqueued`
 //!   when that is what we wait for) is printed, and the exit code matches it: 0 awaited
-//!   status, 1 error, 2 timeout.
+//!   status, 1 error, 4 timeout.
 
 use std::io::Write;
 use std::time::Duration;

@@ -605,7 +605,7 @@ impl Cluster {
             .expect("a running node");
         let output = node.run_pmsctl(&["cluster", "status", "--json"]);
         // A degraded cluster (a member down, a group without leader) prints its status and
-        // exits 1 saying so; any other failure is the test's.
+        // exits 3 saying so; any other failure is the test's.
         assert!(
             output.status.success()
                 || String::from_utf8_lossy(&output.stderr).contains("cluster degraded:"),
