@@ -1,0 +1,301 @@
+//! The monitoring kit in `deploy/monitoring/` (issue 10), checked against Prometheus's own tool
+//! and against what a running `pmsd` exports: `promtool check rules` accepts the alert rules,
+//! `promtool test rules` passes their unit tests (each alert fires on one series and stays quiet
+//! on another), every query of the Grafana dashboard parses as PromQL, the dashboard has a
+//! titled row for each concern the on-call engineer looks at and a title on every panel, and
+//! every `pms_…` metric the dashboard, the rules or their tests name is one a node really
+//! serves on `/metrics`, so a renamed metric cannot leave a silent panel or a dead alert.
+//!
+//! A missing `promtool` fails the tests here: the README's test command
+//! (`scripts/install-packages test`) installs the `prometheus` package, which holds it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The dashboard's rows, one per concern, in order (deploy/monitoring/README.md explains each).
+const DASHBOARD_ROWS: &[&str] = &[
+    "SIP traffic and errors",
+    "Store and delivery",
+    "Queue depth",
+    "Raft",
+    "Storage",
+    "Connections",
+    "Certificates",
+];
+
+/// The alerts the issue asks for, each by the name the rule file gives it.
+const ALERTS: &[&str] = &[
+    "PmsNodeDown",
+    "PmsQuorumLost",
+    "PmsNoLeader",
+    "PmsCommitLatencyHigh",
+    "PmsQueueGrowing",
+    "PmsDeliveriesFailing",
+    "PmsCertificateExpiringSoon",
+    "PmsCertificateExpiring",
+    "PmsDiskFilling",
+    "PmsDiskAlmostFull",
+];
+
+/// Grafana's variables in the dashboard's queries, and what stands for them when promtool
+/// parses the queries.
+const GRAFANA_VARIABLES: &[(&str, &str)] = &[
+    ("$__rate_interval", "5m"),
+    ("$job", "pms"),
+    ("$instance", ".*"),
+];
+
+fn repository_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+fn read(relative: &str) -> String {
+    let path = repository_file(relative);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+/// Runs `promtool` with `args` in `dir`; a missing promtool fails the test with what to install.
+fn promtool(dir: &Path, args: &[&str]) -> Output {
+    Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run promtool ({error}): install it with `scripts/install-packages test` (Debian package prometheus)"
+            )
+        })
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+}
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&read("deploy/monitoring/pms-dashboard.json"))
+        .expect("deploy/monitoring/pms-dashboard.json is not JSON")
+}
+
+fn panels(dashboard: &serde_json::Value) -> &Vec<serde_json::Value> {
+    dashboard["panels"]
+        .as_array()
+        .expect("the dashboard has a panels list")
+}
+
+/// Every PromQL query of the dashboard's panels, with the title of its panel.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    panels(dashboard)
+        .iter()
+        .filter(|panel| panel["type"] != "row")
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |target| {
+                    target["expr"]
+                        .as_str()
+                        .map(|expr| (title.clone(), expr.to_owned()))
+                })
+        })
+        .collect()
+}
+
+/// Every `pms_[a-z_]+` word in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let mut names = BTreeSet::new();
+    let mut start = 0;
+    while let Some(found) = text[start..].find("pms_") {
+        let begin = start + found;
+        let preceded_by_word =
+            begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_');
+        let mut end = begin + "pms_".len();
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if !preceded_by_word && end > begin + "pms_".len() {
+            names.insert(text[begin..end].to_owned());
+        }
+        start = end;
+    }
+    names
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules_and_their_unit_tests_pass() {
+    let dir = repository_file("deploy/monitoring");
+    assert_success(
+        &promtool(&dir, &["check", "rules", "pms-alerts.yml"]),
+        "promtool check rules deploy/monitoring/pms-alerts.yml",
+    );
+    assert_success(
+        &promtool(&dir, &["test", "rules", "pms-alerts.test.yml"]),
+        "promtool test rules deploy/monitoring/pms-alerts.test.yml",
+    );
+    let rules = read("deploy/monitoring/pms-alerts.yml");
+    let tests = read("deploy/monitoring/pms-alerts.test.yml");
+    for alert in ALERTS {
+        assert!(
+            rules.contains(&format!("- alert: {alert}\n")),
+            "deploy/monitoring/pms-alerts.yml has no alert {alert}"
+        );
+        // promtool passes a test file that never evaluates an alert: each alert must be
+        // expected to fire somewhere and expected quiet somewhere.
+        let expected = |fires: bool| {
+            tests.split("- eval_time:").any(|eval| {
+                eval.contains(&format!("alertname: {alert}\n"))
+                    && eval.contains("exp_alerts: []") != fires
+            })
+        };
+        assert!(expected(true), "no unit test fires {alert}");
+        assert!(expected(false), "no unit test keeps {alert} quiet");
+    }
+    assert_eq!(
+        rules.matches("- alert: ").count(),
+        ALERTS.len(),
+        "an alert in deploy/monitoring/pms-alerts.yml is not listed in ALERTS here"
+    );
+    assert_eq!(
+        rules.matches("severity: ").count(),
+        ALERTS.len(),
+        "every alert needs a severity label"
+    );
+    assert_eq!(
+        rules.matches("runbook: \"docs/operations.md#").count(),
+        ALERTS.len(),
+        "every alert needs a runbook annotation naming a docs/operations.md section"
+    );
+}
+
+#[test]
+fn dashboard_has_a_row_per_concern_and_every_query_parses() {
+    let dashboard = dashboard();
+    assert!(
+        dashboard["templating"]["list"]
+            .as_array()
+            .is_some_and(|variables| variables
+                .iter()
+                .any(|v| v["name"] == "datasource" && v["query"] == "prometheus")),
+        "the dashboard needs a Prometheus `datasource` variable"
+    );
+    let rows: Vec<&str> = panels(&dashboard)
+        .iter()
+        .filter(|panel| panel["type"] == "row")
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    assert_eq!(rows, DASHBOARD_ROWS, "the dashboard's rows");
+    let mut row_sizes = vec![0_usize; DASHBOARD_ROWS.len()];
+    let mut row = None;
+    for panel in panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(!title.trim().is_empty(), "a panel has no title: {panel}");
+        if panel["type"] == "row" {
+            row = Some(row.map_or(0, |index| index + 1));
+            continue;
+        }
+        let index = row.unwrap_or_else(|| panic!("panel {title:?} is above the first row"));
+        row_sizes[index] += 1;
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title:?} must use the datasource variable"
+        );
+        assert!(
+            panel["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "panel {title:?} has no query"
+        );
+    }
+    for (name, size) in DASHBOARD_ROWS.iter().zip(row_sizes) {
+        assert!(size > 0, "row {name:?} has no panels");
+    }
+
+    // promtool parses every query, wrapped as a recording rule.
+    let queries = dashboard_queries(&dashboard);
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, (_, expr)) in queries.iter().enumerate() {
+        let mut expr = expr.clone();
+        for (variable, value) in GRAFANA_VARIABLES {
+            expr = expr.replace(variable, value);
+        }
+        let quoted = serde_json::to_string(&expr).expect("a string serialises");
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{index}\n        expr: {quoted}\n"
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("dashboard-queries.yml"), &rules).expect("write rules");
+    assert_success(
+        &promtool(dir.path(), &["check", "rules", "dashboard-queries.yml"]),
+        &format!("promtool parsing the dashboard's queries:\n{rules}"),
+    );
+}
+
+#[test]
+fn every_metric_the_kit_names_is_one_pmsd_exports() {
+    let dashboard = dashboard();
+    let mut named: Vec<(String, &str)> = Vec::new();
+    for (title, expr) in dashboard_queries(&dashboard) {
+        named.extend(
+            metric_names(&expr)
+                .into_iter()
+                .map(|name| (name, "dashboard")),
+        );
+        assert!(
+            expr.contains("pms_") || expr.contains("up{") || expr.contains("node_filesystem"),
+            "dashboard panel {title:?} queries neither a PMS metric, up nor node_exporter: {expr}"
+        );
+    }
+    let rules = read("deploy/monitoring/pms-alerts.yml");
+    let tests = read("deploy/monitoring/pms-alerts.test.yml");
+    named.extend(
+        metric_names(&rules)
+            .into_iter()
+            .map(|name| (name, "pms-alerts.yml")),
+    );
+    named.extend(
+        metric_names(&tests)
+            .into_iter()
+            .map(|name| (name, "pms-alerts.test.yml")),
+    );
+    assert!(named.len() > 10, "too few metric names found: {named:?}");
+
+    let node = common::Node::start();
+    let (status, body) = common::http_get(node.ports.http, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    // Names from `# TYPE` lines (histogram bases) and from samples (their _bucket/_sum/_count).
+    let mut exported = BTreeSet::new();
+    for line in body.lines() {
+        let name = match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        };
+        exported.extend(name.filter(|name| !name.is_empty()).map(str::to_owned));
+    }
+    assert!(
+        exported.contains("pms_messages_accepted_total"),
+        "/metrics does not look like pmsd's: {body}"
+    );
+    let missing: Vec<String> = named
+        .iter()
+        .filter(|(name, _)| !exported.contains(name))
+        .map(|(name, file)| format!("{name} (in {file})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/monitoring names metrics pmsd does not export: {missing:?}; exported: {exported:?}"
+    );
+}
