@@ -181,6 +181,40 @@ fn promtool_accepts_the_alert_rules_and_their_unit_tests_pass() {
     );
 }
 
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_runbook_is_a_section_of_the_operations_guide() {
+    let rules = read("deploy/monitoring/pms-alerts.yml");
+    let operations = read("docs/operations.md");
+    let anchors: BTreeSet<String> = operations
+        .lines()
+        .filter_map(|line| line.strip_prefix("## ").or(line.strip_prefix("### ")))
+        .map(heading_anchor)
+        .collect();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("runbook: \"docs/operations.md#"))
+        .map(|rest| rest.trim_end_matches('"'))
+        .collect();
+    assert_eq!(runbooks.len(), ALERTS.len(), "one runbook per alert");
+    for runbook in runbooks {
+        assert!(
+            anchors.contains(runbook),
+            "runbook docs/operations.md#{runbook} is no section of docs/operations.md; sections: {anchors:?}"
+        );
+    }
+}
+
 #[test]
 fn dashboard_has_a_row_per_concern_and_every_query_parses() {
     let dashboard = dashboard();
