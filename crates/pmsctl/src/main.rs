@@ -618,3 +618,49 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every (sub)command, as `command path: argument`, that `--help` shows
+    /// without a description.
+    fn arguments_without_help(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for argument in command.get_arguments() {
+            let builtin = matches!(argument.get_id().as_str(), "help" | "version");
+            if !builtin && argument.get_help().is_none() && argument.get_long_help().is_none() {
+                found.push(format!("{path}: {}", argument.get_id()));
+            }
+        }
+        for subcommand in command.get_subcommands() {
+            if subcommand.get_name() == "help" {
+                continue;
+            }
+            if subcommand.get_about().is_none() {
+                found.push(format!("{path} {}: (no about)", subcommand.get_name()));
+            }
+            let path = format!("{path} {}", subcommand.get_name());
+            arguments_without_help(subcommand, &path, found);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help_text() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut found = Vec::new();
+        arguments_without_help(&command, "pmsctl", &mut found);
+        assert!(found.is_empty(), "no help text: {found:#?}");
+    }
+
+    #[test]
+    fn a_cause_already_in_the_line_is_not_printed_again() {
+        let error = anyhow::Error::from(std::io::Error::other("tcp connect error"))
+            .context("transport error: tcp connect error")
+            .context("admin API at 127.0.0.1:1");
+        assert_eq!(
+            error_text(&error),
+            "admin API at 127.0.0.1:1: transport error: tcp connect error"
+        );
+    }
+}
