@@ -881,7 +881,8 @@ mod tests {
             config.sip_body_bytes_max,
             limits::SIP_BODY_BYTES_MAX_DEFAULT
         );
-        assert_eq!(config.log, "info");
+        assert_eq!(config.log, "info,openraft=warn");
+        assert_eq!(config.log_format, LogFormat::Text);
     }
 
     #[test]
