@@ -9,6 +9,8 @@
 
 pub use pms_types::time::rfc3339_millis;
 use std::io::Write;
+
+use crate::output::report;
 use std::path::Path;
 
 use pms_transport::{
@@ -171,21 +173,6 @@ fn validate(command: AdminCommand) -> Result<Validated, AdminCommandError> {
         AdminCommand::ClusterRemoveNode { node } => Validated::ClusterRemoveNode(parse_node(node)?),
         AdminCommand::RotateMasterKey => Validated::RotateMasterKey,
     })
-}
-
-/// Prints an action's result: the sentence for people, or `value` as one JSON line.
-fn report(
-    out: &mut dyn Write,
-    json: bool,
-    value: &serde_json::Value,
-    text: std::fmt::Arguments<'_>,
-) -> std::io::Result<()> {
-    if json {
-        serde_json::to_writer(&mut *out, value)?;
-        writeln!(out)
-    } else {
-        writeln!(out, "{text}")
-    }
 }
 
 /// Validates `command`, connects to the admin API at `admin_address` with the admin certificate

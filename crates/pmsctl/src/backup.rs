@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail, ensure};
 use pms_transport::AdminClient;
 
+use crate::output::report;
+
 /// The manifest a backup carries.
 pub const MANIFEST_FILE: &str = "backup.json";
 
@@ -35,20 +37,18 @@ pub async fn backup(
     let client = AdminClient::connect(admin_address, certs_dir).await?;
     let (files, bytes) = client.backup(dir).await?;
     let manifest = read_manifest(dir)?;
-    if json {
-        let line = serde_json::json!({"command": "backup", "node": manifest["node"],
-            "dir": dir.display().to_string(), "files": files, "bytes": bytes,
-            "master_key_fingerprint": manifest["master_key_fingerprint"]});
-        serde_json::to_writer(&mut *out, &line)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(
+    report(
         out,
-        "backup of node {} written to {}: {files} files, {bytes} bytes (master key fingerprint {})",
-        manifest["node"],
-        dir.display(),
-        manifest["master_key_fingerprint"].as_str().unwrap_or("?"),
+        json,
+        &serde_json::json!({"command": "backup", "node": manifest["node"],
+            "dir": dir.display().to_string(), "files": files, "bytes": bytes,
+            "master_key_fingerprint": manifest["master_key_fingerprint"]}),
+        format_args!(
+            "backup of node {} written to {}: {files} files, {bytes} bytes (master key fingerprint {})",
+            manifest["node"],
+            dir.display(),
+            manifest["master_key_fingerprint"].as_str().unwrap_or("?"),
+        ),
     )?;
     Ok(())
 }
@@ -75,21 +75,19 @@ pub fn restore(
     )
     .context("copying mailbox-groups")?;
     set_private(data_dir)?;
-    if json {
-        let line = serde_json::json!({"command": "restore", "node": manifest["node"],
-            "data_dir": data_dir.display().to_string(),
-            "master_key_fingerprint": manifest["master_key_fingerprint"]});
-        serde_json::to_writer(&mut *out, &line)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(
+    report(
         out,
-        "restored the backup of node {} into {}. Start it as a one-node cluster with the cluster's master key (fingerprint {}): pmsd --data-dir {} --force-new-cluster --node-id N --master-key-file FILE ...; then add the other nodes with `pmsctl cluster add-node`.",
-        manifest["node"],
-        data_dir.display(),
-        manifest["master_key_fingerprint"].as_str().unwrap_or("?"),
-        data_dir.display(),
+        json,
+        &serde_json::json!({"command": "restore", "node": manifest["node"],
+            "data_dir": data_dir.display().to_string(),
+            "master_key_fingerprint": manifest["master_key_fingerprint"]}),
+        format_args!(
+            "restored the backup of node {} into {}. Start it as a one-node cluster with the cluster's master key (fingerprint {}): pmsd --data-dir {} --force-new-cluster --node-id N --master-key-file FILE ...; then add the other nodes with `pmsctl cluster add-node`.",
+            manifest["node"],
+            data_dir.display(),
+            manifest["master_key_fingerprint"].as_str().unwrap_or("?"),
+            data_dir.display(),
+        ),
     )?;
     Ok(())
 }

@@ -13,6 +13,8 @@
 //! [`pms_crypto::EXPIRY_WARNING_DAYS`] days or already expired.
 
 use std::io::Write;
+
+use crate::output::report;
 use std::path::{Path, PathBuf};
 
 use pms_crypto::{CertificateInfo, Lifetime, rfc3339};
@@ -144,21 +146,6 @@ fn lifetime(days: Option<u32>) -> Result<Lifetime, CertError> {
     let lifetime = days.map_or(Lifetime::Default, Lifetime::Days);
     lifetime.validate()?;
     Ok(lifetime)
-}
-
-/// Prints what a create command made: the sentence for people, or `value` as one JSON line.
-fn report(
-    out: &mut dyn Write,
-    json: bool,
-    value: &serde_json::Value,
-    text: std::fmt::Arguments<'_>,
-) -> std::io::Result<()> {
-    if json {
-        serde_json::to_writer(&mut *out, value)?;
-        writeln!(out)
-    } else {
-        writeln!(out, "{text}")
-    }
 }
 
 /// Runs one cert command against `certs_dir` (created if missing, except by `list`) and

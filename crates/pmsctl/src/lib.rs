@@ -7,4 +7,5 @@
 pub mod admin;
 pub mod backup;
 pub mod cert;
+pub mod output;
 pub mod ua;
