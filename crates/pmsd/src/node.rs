@@ -57,6 +57,10 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often startup retries its first command while the cluster settles.
 const STARTUP_PROPOSE_TRIES_MAX: u32 = 30;
 
+/// What the log says when a stop requested during start-up was carried out.
+const STOPPED_BEFORE_SERVING: &str =
+    "stopped cleanly before serving: a stop was requested during start-up";
+
 /// Runs the node until `stop` is requested (SIGTERM or SIGINT), reloading its certificates at
 /// every `reload` (SIGHUP). Must run inside the actix System.
 pub async fn run(
@@ -136,7 +140,7 @@ pub async fn run(
     if stop.is_requested() {
         // Nothing but the store is open yet.
         store.persist_memory().context("flushing RocksDB")?;
-        info!("stopped cleanly before serving: a stop was requested during start-up");
+        info!("{STOPPED_BEFORE_SERVING}");
         return Ok(());
     }
     if config.force_new_cluster {
@@ -178,7 +182,7 @@ pub async fn run(
     if stop.is_requested() {
         replication.shutdown().await;
         store.persist_memory().context("flushing RocksDB")?;
-        info!("stopped cleanly before serving: a stop was requested during start-up");
+        info!("{STOPPED_BEFORE_SERVING}");
         return Ok(());
     }
     let router = Arc::new(ClusterRouter::new(replication.clone(), peers.clone()));
@@ -275,10 +279,11 @@ pub async fn run(
         wait_for(shutdown.clone()),
     ));
 
-    // Stops what started (gRPC, HTTP, the groups), flushes RocksDB and returns `error`: the
-    // way out of a start-up step that fails after the servers run.
-    macro_rules! stop_and_fail {
-        ($error:expr) => {{
+    // The ways out of start-up once the servers run: stop what started (gRPC, HTTP, the
+    // groups), flush RocksDB, then return `error` (a step failed) or `Ok` (a stop was
+    // requested).
+    macro_rules! stop_and_return {
+        ($result:expr $(, $then:expr)?) => {{
             stop_before_serving(
                 &shutdown_sender,
                 grpc_task,
@@ -287,24 +292,19 @@ pub async fn run(
                 &*store,
             )
             .await?;
-            return Err($error);
+            $($then;)?
+            return $result;
         }};
     }
-    // Stops what started, flushes RocksDB and returns `Ok`: the way out when a stop is
-    // requested before the node serves.
+    macro_rules! stop_and_fail {
+        ($error:expr) => {
+            stop_and_return!(Err($error))
+        };
+    }
     macro_rules! stop_cleanly {
-        () => {{
-            stop_before_serving(
-                &shutdown_sender,
-                grpc_task,
-                http_task,
-                &replication,
-                &*store,
-            )
-            .await?;
-            info!("stopped cleanly before serving: a stop was requested during start-up");
-            return Ok(());
-        }};
+        () => {
+            stop_and_return!(Ok(()), info!("{STOPPED_BEFORE_SERVING}"))
+        };
     }
 
     info!(node = %config.node_id, members = members.len(), groups = groups.len(), "waiting for a Raft leader of every group");
