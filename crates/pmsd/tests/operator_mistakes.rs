@@ -396,19 +396,7 @@ fn add_node_checks_the_new_node_first_and_says_why_it_refuses() {
     // A node whose certificates another CA made (it generated its own): refused before it
     // becomes a member, with how to make its certificate.
     let other_certs = shared.join("other-certs");
-    for args in [
-        vec!["cert", "create-ca"],
-        vec!["cert", "create-node", "127.0.0.1", "localhost"],
-        vec!["cert", "create-sip", "127.0.0.1", "localhost"],
-    ] {
-        let output = std::process::Command::new(common::pmsctl_path())
-            .arg("--certs-dir")
-            .arg(&other_certs)
-            .args(&args)
-            .output()
-            .expect("pmsctl cert");
-        assert!(output.status.success(), "pmsctl {args:?}");
-    }
+    common::loopback_certs(&other_certs);
     let mut foreign_ca = joining(&other_certs, &shared.join("master.key"));
     let said = add_node_refused(&cluster, "4", &foreign_ca.grpc_address());
     assert!(

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cluster, Node, free_port, http_get, metric_value, wait_until};
+use common::{Cluster, Node, free_port, http_get, metric_value, pmsctl_cert, wait_until};
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
@@ -103,21 +103,6 @@ fn ca_host(certs_dir: &Path) -> tempfile::TempDir {
         std::fs::copy(certs_dir.join(file), dir.path().join(file)).expect("copy CA");
     }
     dir
-}
-
-fn pmsctl_cert(certs_dir: &Path, args: &[&str]) {
-    let output = Command::new(common::pmsctl_path())
-        .arg("--certs-dir")
-        .arg(certs_dir)
-        .arg("cert")
-        .args(args)
-        .output()
-        .expect("pmsctl cert");
-    assert!(
-        output.status.success(),
-        "pmsctl cert {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Copies `name` from `from` into `to` as an operator would: a temporary name, then a rename,
@@ -320,13 +305,7 @@ fn sigterm_right_after_start_stops_cleanly_with_status_0() {
 fn lone_member_of_three() -> (tempfile::TempDir, Node) {
     let shared = tempfile::tempdir().unwrap();
     let certs = shared.path().join("certs");
-    for args in [
-        &["create-ca"][..],
-        &["create-node", "127.0.0.1", "localhost"][..],
-        &["create-sip", "127.0.0.1", "localhost"][..],
-    ] {
-        pmsctl_cert(&certs, args);
-    }
+    common::loopback_certs(&certs);
     let master_key = shared.path().join("master.key");
     pms_crypto::MasterKey::write_new(&master_key).unwrap();
     let mut node = Node::prepared(Vec::new(), certs.clone());

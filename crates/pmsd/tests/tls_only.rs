@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Node, PASSWORD};
+use common::{Node, PASSWORD, pmsctl_cert};
 use pms_sip::digest::{authorization, select_challenge};
 use pms_sip::message::{Request, Response, SipMessage, parse, response_to};
 use tokio_rustls::rustls;
@@ -360,22 +360,6 @@ fn the_sip_port_shows_sip_crt_and_the_cluster_refuses_it_as_a_node() {
     assert!(
         refused.is_err(),
         "the internal service accepted a client authenticating with sip.crt"
-    );
-}
-
-/// `pmsctl cert …` into `certs_dir`.
-fn pmsctl_cert(certs_dir: &Path, args: &[&str]) {
-    let output = std::process::Command::new(common::pmsctl_path())
-        .arg("--certs-dir")
-        .arg(certs_dir)
-        .arg("cert")
-        .args(args)
-        .output()
-        .expect("pmsctl cert");
-    assert!(
-        output.status.success(),
-        "pmsctl cert {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
     );
 }
 

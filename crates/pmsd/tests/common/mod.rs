@@ -542,24 +542,8 @@ impl Cluster {
     pub fn start(size: usize, extra_args: &[&str]) -> Cluster {
         let shared = tempfile::tempdir().expect("tempdir");
         let certs = shared.path().join("certs");
-        for args in [
-            vec!["cert", "create-ca"],
-            vec!["cert", "create-node", "127.0.0.1", "localhost"],
-            vec!["cert", "create-sip", "127.0.0.1", "localhost"],
-            vec!["cert", "create-client", "admin"],
-        ] {
-            let output = Command::new(pmsctl_path())
-                .arg("--certs-dir")
-                .arg(&certs)
-                .args(&args)
-                .output()
-                .expect("pmsctl cert");
-            assert!(
-                output.status.success(),
-                "pmsctl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        loopback_certs(&certs);
+        pmsctl_cert(&certs, &["create-client", "admin"]);
         let master_key = shared.path().join("master.key");
         pms_crypto::MasterKey::write_new(&master_key).expect("master key");
         let mut nodes: Vec<Node> = (0..size)
@@ -705,6 +689,29 @@ fn member_args(shared: &Path, node_id: usize, membership: &[&str]) -> Vec<String
     ];
     args.extend(membership.iter().map(|arg| (*arg).to_owned()));
     args
+}
+
+/// `pmsctl cert …` into `certs_dir`.
+pub fn pmsctl_cert(certs_dir: &Path, args: &[&str]) {
+    let output = Command::new(pmsctl_path())
+        .arg("--certs-dir")
+        .arg(certs_dir)
+        .arg("cert")
+        .args(args)
+        .output()
+        .expect("pmsctl cert");
+    assert!(
+        output.status.success(),
+        "pmsctl cert {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A new CA in `certs_dir`, with node and SIP certificates for the loopback names.
+pub fn loopback_certs(certs_dir: &Path) {
+    pmsctl_cert(certs_dir, &["create-ca"]);
+    pmsctl_cert(certs_dir, &["create-node", "127.0.0.1", "localhost"]);
+    pmsctl_cert(certs_dir, &["create-sip", "127.0.0.1", "localhost"]);
 }
 
 /// Lines of each node's log shown when a cluster test fails.
