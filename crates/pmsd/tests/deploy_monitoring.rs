@@ -3,8 +3,11 @@
 //! `promtool test rules` passes their unit tests (each alert fires on one series and stays quiet
 //! on another), every query of the Grafana dashboard parses as PromQL, the dashboard has a
 //! titled row for each concern the on-call engineer looks at and a title on every panel, and
-//! every `pms_…` metric the dashboard, the rules or their tests name is one a node really
-//! serves on `/metrics`, so a renamed metric cannot leave a silent panel or a dead alert.
+//! every `pms_…` and `process_…` metric the dashboard, the rules or their tests name is one a
+//! three-node cluster really serves on `/metrics`, so a renamed metric cannot leave a silent
+//! panel or a dead alert. Three nodes, not one: follower lag exists only on a group's leader
+//! that has followers, and the per-group Raft metrics the kit reads must carry a `group` label
+//! in real samples.
 //!
 //! A missing `promtool` fails the tests here: the README's test command
 //! (`scripts/install-packages test`) installs the `prometheus` package, which holds it.
@@ -14,6 +17,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The dashboard's rows, one per concern, in order (deploy/monitoring/README.md explains each).
 const DASHBOARD_ROWS: &[&str] = &[
@@ -24,6 +28,7 @@ const DASHBOARD_ROWS: &[&str] = &[
     "Storage",
     "Connections",
     "Certificates",
+    "Process and build",
 ];
 
 /// The alerts the issue asks for, each by the name the rule file gives it.
@@ -38,7 +43,29 @@ const ALERTS: &[&str] = &[
     "PmsCertificateExpiring",
     "PmsDiskFilling",
     "PmsDiskAlmostFull",
+    "PmsLeaderChangesFrequent",
+    "PmsFollowerLagging",
 ];
+
+/// Per-group gauges a running cluster sets for every group (`group` label, "0" the directory):
+/// the exported-names check also wants a real sample of each one the kit names, with its
+/// `group` label. `pms_raft_follower_lag_entries` has one only on a group's leader with
+/// followers (crates/pmsd/src/node_metrics.rs, `report_group`), hence the three-node cluster.
+/// Not here: `pms_raft_leader_changes_total` (a series appears at the first change a node
+/// sees, which a quiet start may not have).
+const PER_GROUP_GAUGES: &[&str] = &[
+    "pms_queue_depth",
+    "pms_raft_term",
+    "pms_raft_leader",
+    "pms_raft_is_leader",
+    "pms_raft_last_log_index",
+    "pms_raft_applied_index",
+    "pms_raft_follower_lag_entries",
+];
+
+/// How long the cluster may take to report every per-group series (queue depth is refreshed
+/// every 5 s; follower lag appears once a leader has seen its followers).
+const PER_GROUP_SERIES_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Grafana's variables in the dashboard's queries, and what stands for them when promtool
 /// parses the queries.
@@ -114,25 +141,61 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every `pms_[a-z_]+` word in `text`.
+/// Prefixes of the metric names the kit must find on `/metrics`: PMS's own and the standard
+/// `process_*` ones pmsd serves.
+const CHECKED_PREFIXES: &[&str] = &["pms_", "process_"];
+
+/// Every `pms_[a-z_]+` and `process_[a-z_]+` word in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let bytes = text.as_bytes();
     let mut names = BTreeSet::new();
-    let mut start = 0;
-    while let Some(found) = text[start..].find("pms_") {
-        let begin = start + found;
-        let preceded_by_word =
-            begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_');
-        let mut end = begin + "pms_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
-            end += 1;
+    for prefix in CHECKED_PREFIXES {
+        let mut start = 0;
+        while let Some(found) = text[start..].find(prefix) {
+            let begin = start + found;
+            let preceded_by_word =
+                begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_');
+            let mut end = begin + prefix.len();
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            if !preceded_by_word && end > begin + prefix.len() {
+                names.insert(text[begin..end].to_owned());
+            }
+            start = end;
         }
-        if !preceded_by_word && end > begin + "pms_".len() {
-            names.insert(text[begin..end].to_owned());
-        }
-        start = end;
     }
     names
+}
+
+/// What one `/metrics` exposition (Prometheus text 0.0.4) shows: the names from `# TYPE` lines
+/// (histogram bases, families without series yet) and from samples (their _bucket/_sum/_count),
+/// and the names of samples that carry a `group` label.
+fn exposition_names(body: &str, exported: &mut BTreeSet<String>, grouped: &mut BTreeSet<String>) {
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            exported.extend(rest.split(' ').next().map(str::to_owned));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(name) = line
+            .split(['{', ' '])
+            .next()
+            .filter(|name| !name.is_empty())
+        else {
+            continue;
+        };
+        exported.insert(name.to_owned());
+        let labels = line[name.len()..]
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'))
+            .map_or("", |(labels, _)| labels);
+        if labels.starts_with("group=\"") || labels.contains(",group=\"") {
+            grouped.insert(name.to_owned());
+        }
+    }
 }
 
 #[test]
@@ -288,8 +351,8 @@ fn every_metric_the_kit_names_is_one_pmsd_exports() {
                 .map(|name| (name, "dashboard")),
         );
         assert!(
-            expr.contains("pms_") || expr.contains("up{") || expr.contains("node_filesystem"),
-            "dashboard panel {title:?} queries neither a PMS metric, up nor node_exporter: {expr}"
+            CHECKED_PREFIXES.iter().any(|prefix| expr.contains(prefix)) || expr.contains("up{"),
+            "dashboard panel {title:?} queries neither a PMS or process metric nor up: {expr}"
         );
     }
     let rules = read("deploy/monitoring/pms-alerts.yml");
@@ -306,23 +369,32 @@ fn every_metric_the_kit_names_is_one_pmsd_exports() {
     );
     assert!(named.len() > 10, "too few metric names found: {named:?}");
 
-    let node = common::Node::start();
-    let (status, body) = common::http_get(node.ports.http, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    // Names from `# TYPE` lines (histogram bases) and from samples (their _bucket/_sum/_count).
-    let mut exported = BTreeSet::new();
-    for line in body.lines() {
-        let name = match line.strip_prefix("# TYPE ") {
-            Some(rest) => rest.split(' ').next(),
-            None if line.starts_with('#') => None,
-            None => line.split(['{', ' ']).next(),
-        };
-        exported.extend(name.filter(|name| !name.is_empty()).map(str::to_owned));
-    }
-    assert!(
-        exported.contains("pms_messages_accepted_total"),
-        "/metrics does not look like pmsd's: {body}"
-    );
+    let cluster = common::Cluster::start(3, &[]);
+    let wanted_grouped: Vec<&str> = PER_GROUP_GAUGES
+        .iter()
+        .copied()
+        .filter(|gauge| named.iter().any(|(name, _)| name == gauge))
+        .collect();
+    // Poll every node until the per-group series the kit reads exist (or the deadline passes).
+    let deadline = Instant::now() + PER_GROUP_SERIES_DEADLINE;
+    let (exported, grouped) = loop {
+        let (mut exported, mut grouped) = (BTreeSet::new(), BTreeSet::new());
+        for node in &cluster.nodes {
+            let (status, body) =
+                common::http_get(node.ports.http, "/metrics").expect("GET /metrics");
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                body.contains("\npms_messages_accepted_total "),
+                "/metrics does not look like pmsd's: {body}"
+            );
+            exposition_names(&body, &mut exported, &mut grouped);
+        }
+        let complete = wanted_grouped.iter().all(|name| grouped.contains(*name));
+        if complete || Instant::now() >= deadline {
+            break (exported, grouped);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let missing: Vec<String> = named
         .iter()
         .filter(|(name, _)| !exported.contains(name))
@@ -330,6 +402,14 @@ fn every_metric_the_kit_names_is_one_pmsd_exports() {
         .collect();
     assert!(
         missing.is_empty(),
-        "deploy/monitoring names metrics pmsd does not export: {missing:?}; exported: {exported:?}"
+        "deploy/monitoring names metrics a three-node cluster does not export: {missing:?}; exported: {exported:?}"
+    );
+    let ungrouped: Vec<&&str> = wanted_grouped
+        .iter()
+        .filter(|name| !grouped.contains(**name))
+        .collect();
+    assert!(
+        ungrouped.is_empty(),
+        "no node of a three-node cluster served a sample with a group label, within {PER_GROUP_SERIES_DEADLINE:?}, of {ungrouped:?}; samples with a group label: {grouped:?}"
     );
 }
