@@ -44,7 +44,7 @@ use crate::service::SipService;
 use crate::session::{
     Close, FlowAuthentication, FlowInfo, Inbound, Outbound, SessionActor, StreamClosed, Transport,
 };
-use crate::status::response_from_raw_head;
+use crate::status::answer_raw_head;
 
 /// How long a TLS handshake may take before the connection is dropped (the unauthenticated
 /// deadline, counted from accept, may end it sooner).
@@ -360,6 +360,7 @@ async fn accept_loop(
         );
         let (service, arbiter, tls) = (service.clone(), arbiter.clone(), tls.clone());
         tokio::spawn(async move {
+            let metrics = service.metrics_handle();
             let mut closer = std::pin::pin!(closer);
             let connection = Connection {
                 peer,
@@ -379,6 +380,12 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    let result = match &handshake {
+                        Ok(Ok(_)) => "ok",
+                        Ok(Err(_)) => "failed",
+                        Err(_) => "timeout",
+                    };
+                    metrics.tls_handshakes_total.with(["sip", result]).inc();
                     match handshake {
                         Ok(Ok(stream)) => {
                             run_stream(stream, Transport::Tls, connection, closer).await;
@@ -456,6 +463,7 @@ async fn run_stream<S>(
         authentication,
     };
     let config = service.config().clone();
+    let metrics = service.metrics_handle();
     let Some(session) =
         start_session(info, Outbound::Stream(outbound.clone()), service, &arbiter).await
     else {
@@ -499,7 +507,7 @@ async fn run_stream<S>(
                     };
                     if let Some(response) = error
                         .head()
-                        .and_then(|head| response_from_raw_head(head, 400, reason))
+                        .and_then(|head| answer_raw_head(&metrics, head, 400, reason))
                     {
                         let _ = outbound.try_send(response);
                     }
@@ -731,9 +739,8 @@ async fn udp_loop(
                     _ => (error.head(), "Invalid Content-Length"),
                 };
                 if let Some(response) =
-                    head.and_then(|head| response_from_raw_head(head, 400, reason))
+                    head.and_then(|head| answer_raw_head(service.metrics(), head, 400, reason))
                 {
-                    service.metrics().sip_requests_total.inc("400");
                     let _ = socket.try_send_to(&response, peer);
                 }
                 continue;

@@ -394,9 +394,7 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             service.waiters().delivered(&message.message_id);
             if response == CommandResponse::Done {
                 service.metrics().messages_delivered_total.inc();
-                service.metrics().queue_depth.dec();
                 if let Some(sender) = notify {
-                    service.metrics().queue_depth.inc();
                     service.wake(&sender);
                 }
             }
@@ -436,9 +434,7 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             .await?;
             if response == CommandResponse::Done {
                 service.metrics().messages_failed_total.inc();
-                service.metrics().queue_depth.dec();
                 if let Some(sender) = notify {
-                    service.metrics().queue_depth.inc();
                     service.wake(&sender);
                 }
             }
@@ -577,10 +573,7 @@ async fn forward_outbox(service: &SipService, group: GroupId) {
             sender: None,
         };
         match commit_outcome(service, target, command).await {
-            Ok(CommandResponse::Enqueued { duplicate, .. }) => {
-                if !duplicate {
-                    service.metrics().queue_depth.inc();
-                }
+            Ok(CommandResponse::Enqueued { .. }) => {
                 service.wake(&recipient);
             }
             // The sender is gone or its mailbox is full: the report cannot be queued.
@@ -642,9 +635,7 @@ async fn sweep(service: &SipService, group: GroupId) {
         match commit_outcome(service, group, command).await {
             Ok(CommandResponse::Done) => {
                 service.metrics().messages_expired_total.inc();
-                service.metrics().queue_depth.dec();
                 if let Some(sender) = notify {
-                    service.metrics().queue_depth.inc();
                     service.wake(&sender);
                 }
             }

@@ -37,7 +37,7 @@ use crate::keyring::Keyring;
 use crate::mailbox::{DeliveryWaiters, MailboxSupervisorActor, Wake};
 use crate::sender_rate::SenderRateLimiter;
 use crate::session::{Deliver, DeliveryOutcome, FlowInfo, Outbound, Transport};
-use crate::status::{ALLOW, Refusal};
+use crate::status::{ALLOW, Refusal, count_answer};
 use pms_types::time::rfc1123;
 
 /// Option tags PMS supports (`Supported` of OPTIONS and REGISTER answers; a `Require` naming
@@ -59,6 +59,13 @@ pub enum Reply {
         delivered: oneshot::Receiver<()>,
         window: Duration,
     },
+}
+
+/// Counts a final answer under its CSeq's method (every response PMS builds copies the CSeq).
+fn count_answered(metrics: &Metrics, response: &Response) {
+    let method = response.headers.cseq().map(|(_, method)| method);
+    let method = method.as_ref().map_or("", Method::as_str);
+    count_answer(metrics, method, response.status);
 }
 
 impl Reply {
@@ -91,7 +98,7 @@ impl Reply {
         match self {
             Reply::Nothing => drop(in_flight),
             Reply::Now(response) => {
-                metrics.sip_requests_total.inc(&response.status.to_string());
+                count_answered(&metrics, &response);
                 let bytes = response.to_bytes();
                 remember(&bytes);
                 let _ = outbound.send(bytes);
@@ -110,7 +117,7 @@ impl Reply {
                             Ok(Ok(())) => promoted,
                             _ => accepted,
                         };
-                        metrics.sip_requests_total.inc(&response.status.to_string());
+                        count_answered(&metrics, &response);
                         let bytes = response.to_bytes();
                         remember(&bytes);
                         let _ = outbound.send(bytes);
@@ -1054,10 +1061,8 @@ impl SipService {
             return Ok(Reply::Now(if was_delivered { promoted } else { accepted }));
         }
         self.metrics.messages_accepted_total.inc();
-        self.metrics.queue_depth.inc();
         self.wake(&recipient);
         if notify_sender {
-            self.metrics.queue_depth.inc();
             self.wake(&sender);
         }
         // No reachable device: nothing can be delivered within the window, answer 202 now. A

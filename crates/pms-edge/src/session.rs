@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info_span, warn};
 
 use crate::service::{Reply, SipService};
-use crate::status::response_from_raw_head;
+use crate::status::answer_raw_head;
 
 /// RFC 3261 T1: first UDP retransmission interval.
 const UDP_T1_MS: u64 = 500;
@@ -293,11 +293,9 @@ impl SessionActor {
                     }
                     _ => (400, error.reason()),
                 };
-                self.service
-                    .metrics()
-                    .sip_requests_total
-                    .inc(&status.to_string());
-                if let Some(response) = response_from_raw_head(bytes, status, &reason) {
+                if let Some(response) =
+                    answer_raw_head(self.service.metrics(), bytes, status, &reason)
+                {
                     self.send_bytes(response, ctx);
                 }
                 debug!(peer = %self.info.peer, %error, "unparseable message");
@@ -460,10 +458,12 @@ impl Handler<Inbound> for SessionActor {
                 declared_body_len,
             } => {
                 debug!(peer = %self.info.peer, declared_body_len, "oversized body refused");
-                self.service.metrics().sip_requests_total.inc("413");
-                if let Some(response) =
-                    response_from_raw_head(&head, 413, "Request Entity Too Large")
-                {
+                if let Some(response) = answer_raw_head(
+                    self.service.metrics(),
+                    &head,
+                    413,
+                    "Request Entity Too Large",
+                ) {
                     self.send_bytes(response, ctx);
                 }
             }

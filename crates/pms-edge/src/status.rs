@@ -107,6 +107,42 @@ impl Refusal {
     }
 }
 
+/// Counts one answered request in `pms_sip_requests_total{method, status}`. `method` is the
+/// request's (or its CSeq's); a method PMS does not know, or none, counts as "other", so a
+/// client cannot grow the metric with made-up methods.
+pub fn count_answer(metrics: &pms_types::metrics::Metrics, method: &str, status: u16) {
+    let parsed = pms_sip::Method::parse(method);
+    let method = match &parsed {
+        pms_sip::Method::Other(_) => "other",
+        known => known.as_str(),
+    };
+    metrics
+        .sip_requests_total
+        .with([method, &status.to_string()])
+        .inc();
+}
+
+/// [`response_from_raw_head`], counted in `pms_sip_requests_total` when there is a response.
+pub fn answer_raw_head(
+    metrics: &pms_types::metrics::Metrics,
+    head: &[u8],
+    status: u16,
+    reason: &str,
+) -> Option<Vec<u8>> {
+    let response = response_from_raw_head(head, status, reason)?;
+    count_answer(metrics, raw_head_method(head), status);
+    Some(response)
+}
+
+/// The method token of a request's raw head ("" when the head is not a request line).
+fn raw_head_method(head: &[u8]) -> &str {
+    let line = head
+        .split(|&byte| byte == b' ' || byte == b'\r')
+        .next()
+        .unwrap_or_default();
+    std::str::from_utf8(line).unwrap_or_default()
+}
+
 /// Builds an error response from the raw head of a request that could not be parsed or framed,
 /// copying whatever Via/From/To/Call-ID/CSeq lines it has. `None` when the head is not a request
 /// or has no Via (nothing to address a response to).

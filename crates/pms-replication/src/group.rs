@@ -12,7 +12,7 @@
 
 use crate::ReplicationError;
 use crate::log_store::LogStore;
-use crate::state_machine::{AppliedEvent, StateMachine};
+use crate::state_machine::{AppliedEvent, SharedSnapshotObserver, SnapshotObserver, StateMachine};
 use crate::types::{LogCommand, SnapshotData, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -160,6 +160,7 @@ pub struct Group {
     events: broadcast::Sender<AppliedEvent>,
     propose_timeout: Duration,
     commit_latency_observer: RwLock<Option<CommitLatencyObserver>>,
+    snapshot_observer: SharedSnapshotObserver,
     /// Yields `None` once openraft dropped every clone of the log store and state machine.
     storage_released: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
 }
@@ -191,8 +192,10 @@ impl Group {
         let (events, _) = broadcast::channel(config.applied_events_capacity);
         let (alive, storage_released) = tokio::sync::mpsc::channel(1);
         let log_store = LogStore::new(group, Arc::clone(&store)).with_liveness(alive.clone());
-        let state_machine =
-            StateMachine::new(group, Arc::clone(&store), events.clone()).with_liveness(alive);
+        let snapshot_observer = SharedSnapshotObserver::default();
+        let state_machine = StateMachine::new(group, Arc::clone(&store), events.clone())
+            .with_liveness(alive)
+            .with_snapshot_observer(Arc::clone(&snapshot_observer));
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|fatal| fatal_error(group, fatal))?;
@@ -204,6 +207,7 @@ impl Group {
             events,
             propose_timeout: Duration::from_millis(config.propose_timeout_ms),
             commit_latency_observer: RwLock::new(None),
+            snapshot_observer,
             storage_released: tokio::sync::Mutex::new(storage_released),
         })
     }
@@ -453,6 +457,15 @@ impl Group {
         *guard = Some(observer);
     }
 
+    /// Installs the function told of every snapshot this group builds or installs, with its
+    /// duration (replacing any earlier one). It runs on the state machine's task: keep it short.
+    pub fn set_snapshot_observer(&self, observer: SnapshotObserver) {
+        *self
+            .snapshot_observer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(observer);
+    }
+
     /// Whether this node currently believes it leads the group.
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
@@ -576,6 +589,19 @@ impl Group {
             group: self.group,
             timeout_ms,
         })
+    }
+
+    /// Calls `report` with this replica's status now and after every change openraft reports
+    /// (term, leader, log, applied index, replication progress); returns once the group
+    /// stopped. Changes that arrive while `report` runs are coalesced into one call.
+    pub async fn watch_status(&self, mut report: impl FnMut(GroupStatus)) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            report(self.status());
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Waits until this replica's latest snapshot is another one than `since` (built here or

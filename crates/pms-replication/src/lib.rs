@@ -32,5 +32,7 @@ pub use group::{
 pub use log_store::{LOG_READ_BATCH_MAX, LogStore};
 pub use network::{UnreachableNetwork, UnreachableNetworkFactory};
 pub use router::{MAILBOX_GROUPS_MAX, Replication, mailbox_group_for};
-pub use state_machine::{AppliedEvent, SnapshotBuilder, StateMachine};
+pub use state_machine::{
+    AppliedEvent, SnapshotBuilder, SnapshotKind, SnapshotObserver, StateMachine,
+};
 pub use types::{LogCommand, SnapshotData, TypeConfig, command_name, raft_api};

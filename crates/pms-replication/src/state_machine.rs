@@ -69,11 +69,33 @@ impl StateRead for StoreReader<'_> {
 /// the command to announce.
 type PayloadApplied = (Vec<WriteOp>, CommandResponse, Option<Arc<Command>>);
 
+/// Whether a snapshot was built from this node's state or installed from the leader's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Built,
+    Installed,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Built => "built",
+            SnapshotKind::Installed => "installed",
+        }
+    }
+}
+
+/// Receives every snapshot a group built or installed, with how long it took.
+pub type SnapshotObserver = Arc<dyn Fn(GroupId, SnapshotKind, std::time::Duration) + Send + Sync>;
+/// The observer cell a [`Group`](crate::Group) shares with its state machine.
+pub(crate) type SharedSnapshotObserver = Arc<std::sync::RwLock<Option<SnapshotObserver>>>;
+
 /// The state machine of one group.
 pub struct StateMachine {
     group: GroupId,
     store: Arc<dyn Store>,
     events: broadcast::Sender<AppliedEvent>,
+    snapshot_observer: SharedSnapshotObserver,
     /// Dropped with the state machine: lets `Group::shutdown` wait until openraft let go of it.
     _alive: Option<tokio::sync::mpsc::Sender<()>>,
 }
@@ -88,7 +110,25 @@ impl StateMachine {
             group,
             store,
             events,
+            snapshot_observer: SharedSnapshotObserver::default(),
             _alive: None,
+        }
+    }
+
+    /// Reports each snapshot built or installed to whatever `observer` holds at the time.
+    pub(crate) fn with_snapshot_observer(mut self, observer: SharedSnapshotObserver) -> Self {
+        self.snapshot_observer = observer;
+        self
+    }
+
+    fn observe_snapshot(&self, kind: SnapshotKind, started: std::time::Instant) {
+        let observer = self
+            .snapshot_observer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            observer(self.group, kind, started.elapsed());
         }
     }
 
@@ -209,9 +249,13 @@ impl StateMachine {
     }
 
     fn snapshot_builder(&self) -> SnapshotBuilder {
+        let started = std::time::Instant::now();
         let prepared = self.capture_snapshot();
-        if let Err(error) = &prepared {
-            tracing::error!(group = %self.group, %error, "capturing a snapshot failed");
+        match &prepared {
+            Ok(_) => self.observe_snapshot(SnapshotKind::Built, started),
+            Err(error) => {
+                tracing::error!(group = %self.group, %error, "capturing a snapshot failed")
+            }
         }
         SnapshotBuilder {
             prepared: Some(prepared),
@@ -290,6 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
+        let started = std::time::Instant::now();
         let data = snapshot.into_inner();
         let blob: SnapshotBlob =
             keys::decode(self.group, &data).map_err(ReplicationError::into_io)?;
@@ -318,7 +363,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 .into_io()
             })?
-            .map_err(|error| self.storage_error(error).into_io())
+            .map_err(|error| self.storage_error(error).into_io())?;
+        self.observe_snapshot(SnapshotKind::Installed, started);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

@@ -86,12 +86,13 @@ pub(crate) fn load_node_certificate(
 pub(crate) fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    metrics: Option<Arc<pms_types::metrics::Metrics>>,
 ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + Send {
     let acceptor = TlsAcceptor::from(config);
     let handshakes: JoinSet<Option<TlsStream<TcpStream>>> = JoinSet::new();
     futures::stream::unfold(
-        (listener, acceptor, handshakes),
-        |(listener, acceptor, mut handshakes)| async move {
+        (listener, acceptor, handshakes, metrics),
+        |(listener, acceptor, mut handshakes, metrics)| async move {
             loop {
                 tokio::select! {
                     accepted = listener.accept(), if handshakes.len() < GRPC_HANDSHAKES_IN_FLIGHT_MAX => {
@@ -99,18 +100,23 @@ pub(crate) fn tls_incoming(
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
                                 let acceptor = acceptor.clone();
+                                let metrics = metrics.clone();
                                 handshakes.spawn(async move {
-                                    match tokio::time::timeout(GRPC_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                        Ok(Ok(stream)) => Some(stream),
+                                    let (result, stream) = match tokio::time::timeout(GRPC_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => ("ok", Some(stream)),
                                         Ok(Err(error)) => {
                                             tracing::debug!(%peer, %error, "gRPC TLS handshake failed");
-                                            None
+                                            ("failed", None)
                                         }
                                         Err(_) => {
                                             tracing::debug!(%peer, "gRPC TLS handshake timed out");
-                                            None
+                                            ("timeout", None)
                                         }
+                                    };
+                                    if let Some(metrics) = &metrics {
+                                        metrics.tls_handshakes_total.with(["grpc", result]).inc();
                                     }
+                                    stream
                                 });
                             }
                             Err(error) => {
@@ -121,7 +127,7 @@ pub(crate) fn tls_incoming(
                     }
                     Some(done) = handshakes.join_next() => {
                         if let Ok(Some(stream)) = done {
-                            return Some((Ok(stream), (listener, acceptor, handshakes)));
+                            return Some((Ok(stream), (listener, acceptor, handshakes, metrics)));
                         }
                     }
                 }

@@ -1,314 +1,184 @@
-//! A dependency-free Prometheus metrics registry for one PMS node, built on atomics.
+//! The metrics of one PMS node: a `prometheus-client` registry behind one struct.
 //!
 //! [`Metrics`] holds every metric the node exports as a public field; code that counts holds an
-//! `Arc<Metrics>` and calls `inc`/`add`/`set`/`observe` without locks (labeled metrics take a
-//! read lock to find their series, and a write lock only the first time a label value is seen).
-//! [`Metrics::render`] writes the Prometheus text exposition format 0.0.4 (`# HELP`, `# TYPE`,
-//! samples; histograms as cumulative `_bucket{le=…}` series ending in `+Inf`, then `_sum` and
-//! `_count`), every name prefixed with [`METRIC_NAME_PREFIX`].
+//! `Arc<Metrics>` and calls `inc`/`inc_by`/`set`/`observe` without locks (labeled metrics take a
+//! read lock to find their series, and a write lock only the first time a label set is seen).
+//! [`Metrics::render`] writes the OpenMetrics text format 1.0.0 through `prometheus-client`
+//! (serve it as [`OPENMETRICS_CONTENT_TYPE`]); every PMS metric's name starts with
+//! [`METRIC_NAME_PREFIX`]. Collectors registered with [`Metrics::register_collector`] (pmsd's
+//! `process_*` metrics) are encoded on each scrape.
 //!
-//! Invariant: a labeled metric never holds more than [`LABEL_VALUES_MAX`] series; once full, new
-//! label values are counted under [`OVERFLOW_LABEL_VALUE`] (that series counts toward the max).
+//! Invariant: a labeled metric never holds more series than its bound ([`LABEL_VALUES_MAX`] for
+//! labels whose values come from the network or from files, [`GROUP_SERIES_MAX`] for the
+//! per-Raft-group ones); once full, new label sets are counted under [`OVERFLOW_LABEL_VALUE`]
+//! (that series counts toward the bound).
 //! Invariant: label values are at most [`LABEL_VALUE_BYTES_MAX`] bytes (longer ones are cut at a
-//! character boundary) and are escaped when rendered, so network input cannot break the output.
-//! Invariant: a rendered histogram's `+Inf` bucket always equals its `_count`, because `_count` is
-//! computed from the bucket counters rather than read separately.
+//! character boundary); `prometheus-client` escapes them, so network input cannot break the
+//! output.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{PoisonError, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// A monotonically increasing count.
+pub type Counter = prometheus_client::metrics::counter::Counter<u64>;
+/// A value that goes up and down.
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<i64>;
+/// Observations counted into cumulative buckets.
+pub type Histogram = prometheus_client::metrics::histogram::Histogram;
 
 /// Prefix of every metric name PMS exports.
 pub const METRIC_NAME_PREFIX: &str = "pms_";
-/// Most distinct label values (series) one labeled metric keeps.
+/// The OpenMetrics text format's content type (what [`Metrics::render`] writes).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Most series one labeled metric keeps when its label values come from outside (transports,
+/// methods, status codes, file names).
 pub const LABEL_VALUES_MAX: usize = 32;
+/// Most series of a per-group metric: groups are at most 1 + 256, followers per group a
+/// handful; a bound, not a target.
+pub const GROUP_SERIES_MAX: usize = 1024;
 /// Longest label value kept; longer values are truncated.
 pub const LABEL_VALUE_BYTES_MAX: usize = 64;
-/// The label value that counts everything beyond [`LABEL_VALUES_MAX`].
+/// The label value that counts everything beyond a labeled metric's bound.
 pub const OVERFLOW_LABEL_VALUE: &str = "other";
 /// Upper bounds (seconds) of the Raft commit latency histogram buckets; `+Inf` is implicit.
 pub const RAFT_COMMIT_LATENCY_BUCKETS_SECONDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Upper bounds (seconds) of the snapshot duration histogram buckets.
+pub const SNAPSHOT_DURATION_BUCKETS_SECONDS: [f64; 10] =
+    [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+type LabelSet = Vec<(&'static str, String)>;
 
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn set(&self, value: i64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A family of series of one metric, one per label value, bounded by [`LABEL_VALUES_MAX`].
+/// A metric family with `N` labels whose number of series is bounded.
 #[derive(Debug)]
-struct LabeledSeries<T> {
-    label_name: &'static str,
-    series: RwLock<BTreeMap<String, Arc<T>>>,
+pub struct Labeled<M, const N: usize> {
+    names: [&'static str; N],
+    max_series: usize,
+    family: Family<LabelSet, M, fn() -> M>,
+    known: RwLock<HashSet<[String; N]>>,
 }
 
-impl<T: Default> LabeledSeries<T> {
-    fn new(label_name: &'static str, preset_values: &[&str]) -> Self {
-        let series = preset_values
-            .iter()
-            .take(LABEL_VALUES_MAX)
-            .map(|value| {
-                (
-                    truncate_label_value(value).to_owned(),
-                    Arc::new(T::default()),
-                )
-            })
-            .collect();
-        LabeledSeries {
-            label_name,
-            series: RwLock::new(series),
-        }
-    }
-
-    /// The series for `value`, created if there is room, else the overflow series.
-    fn series(&self, value: &str) -> Arc<T> {
-        let value = truncate_label_value(value);
-        {
-            let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(found) = series.get(value) {
-                return Arc::clone(found);
-            }
-        }
-        let mut series = self.series.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = series.get(value) {
-            return Arc::clone(found);
-        }
-        let has_overflow = series.contains_key(OVERFLOW_LABEL_VALUE);
-        // Leave room for the overflow series so the total never exceeds the max.
-        let room_for_new = series.len() + usize::from(!has_overflow) < LABEL_VALUES_MAX;
-        let key = if room_for_new {
-            value
-        } else {
-            OVERFLOW_LABEL_VALUE
+impl<M, const N: usize> Labeled<M, N>
+where
+    M: Clone + prometheus_client::registry::Metric + prometheus_client::metrics::TypedMetric,
+{
+    fn with_constructor(
+        names: [&'static str; N],
+        max_series: usize,
+        constructor: fn() -> M,
+        presets: &[[&str; N]],
+    ) -> Self {
+        let labeled = Labeled {
+            names,
+            max_series,
+            family: Family::new_with_constructor(constructor),
+            known: RwLock::new(HashSet::new()),
         };
-        Arc::clone(series.entry(key.to_owned()).or_default())
+        for preset in presets {
+            labeled.with(*preset);
+        }
+        labeled
     }
 
-    fn read<R>(&self, value: &str, read: impl Fn(&T) -> R) -> Option<R> {
-        let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        series
-            .get(truncate_label_value(value))
-            .map(|item| read(item))
+    /// The series for `values` (created if there is room, else the overflow series).
+    pub fn with(&self, values: [&str; N]) -> M {
+        let values = values.map(|value| truncate_label_value(value).to_owned());
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        let values = if known.contains(&values) {
+            drop(known);
+            values
+        } else {
+            drop(known);
+            let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+            let overflow: [String; N] = [(); N].map(|()| OVERFLOW_LABEL_VALUE.to_owned());
+            // Leave room for the overflow series so the total never exceeds the bound.
+            let room = known.len() + usize::from(!known.contains(&overflow)) < self.max_series;
+            if known.contains(&values) || room || values == overflow {
+                known.insert(values.clone());
+                values
+            } else {
+                known.insert(overflow.clone());
+                overflow
+            }
+        };
+        self.family.get_or_create_owned(&self.label_set(values))
     }
 
-    fn snapshot<R>(&self, read: impl Fn(&T) -> R) -> Vec<(String, R)> {
-        let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        series
-            .iter()
-            .map(|(value, item)| (value.clone(), read(item)))
-            .collect()
+    /// Removes the series of `values` (e.g. a follower's lag once this node no longer leads).
+    pub fn remove(&self, values: [&str; N]) {
+        let values = values.map(|value| truncate_label_value(value).to_owned());
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        if known.remove(&values) {
+            self.family.remove(&self.label_set(values));
+        }
     }
 
-    fn len(&self) -> usize {
-        self.series
+    /// How many series exist.
+    pub fn series_count(&self) -> usize {
+        self.known
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    fn label_set(&self, values: [String; N]) -> LabelSet {
+        self.names.iter().copied().zip(values).collect()
+    }
+
+    fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.family.clone());
+    }
 }
 
-/// A counter with one label (e.g. `method`), bounded by [`LABEL_VALUES_MAX`] values.
-#[derive(Debug)]
-pub struct LabeledCounter(LabeledSeries<Counter>);
+impl<const N: usize> Labeled<Counter, N> {
+    pub fn new(names: [&'static str; N], max_series: usize, presets: &[[&str; N]]) -> Self {
+        Self::with_constructor(names, max_series, Counter::default, presets)
+    }
+}
+
+impl<const N: usize> Labeled<Gauge, N> {
+    pub fn new(names: [&'static str; N], max_series: usize, presets: &[[&str; N]]) -> Self {
+        Self::with_constructor(names, max_series, Gauge::default, presets)
+    }
+}
+
+/// A counter with one label (e.g. `transport`).
+pub type LabeledCounter = Labeled<Counter, 1>;
+/// A gauge with one label (e.g. `group`).
+pub type LabeledGauge = Labeled<Gauge, 1>;
 
 impl LabeledCounter {
-    /// `preset_values` are rendered (as 0) before they are first counted.
-    pub fn new(label_name: &'static str, preset_values: &[&str]) -> Self {
-        LabeledCounter(LabeledSeries::new(label_name, preset_values))
-    }
-
     pub fn inc(&self, label_value: &str) {
-        self.0.series(label_value).inc();
+        self.with([label_value]).inc();
     }
 
-    pub fn add(&self, label_value: &str, n: u64) {
-        self.0.series(label_value).add(n);
-    }
-
-    /// The count for `label_value` (0 if it has no series of its own).
     pub fn get(&self, label_value: &str) -> u64 {
-        self.0.read(label_value, Counter::get).unwrap_or(0)
-    }
-
-    /// How many series (label values) exist.
-    pub fn series_count(&self) -> usize {
-        self.0.len()
+        self.with([label_value]).get()
     }
 }
 
-/// A gauge with one label (e.g. `transport`), bounded by [`LABEL_VALUES_MAX`] values.
-#[derive(Debug)]
-pub struct LabeledGauge(LabeledSeries<Gauge>);
-
 impl LabeledGauge {
-    /// `preset_values` are rendered (as 0) before they are first set.
-    pub fn new(label_name: &'static str, preset_values: &[&str]) -> Self {
-        LabeledGauge(LabeledSeries::new(label_name, preset_values))
-    }
-
     pub fn inc(&self, label_value: &str) {
-        self.0.series(label_value).inc();
+        self.with([label_value]).inc();
     }
 
     pub fn dec(&self, label_value: &str) {
-        self.0.series(label_value).dec();
+        self.with([label_value]).dec();
     }
 
     pub fn set(&self, label_value: &str, value: i64) {
-        self.0.series(label_value).set(value);
+        self.with([label_value]).set(value);
     }
 
-    /// The value for `label_value` (0 if it has no series of its own).
     pub fn get(&self, label_value: &str) -> i64 {
-        self.0.read(label_value, Gauge::get).unwrap_or(0)
+        self.with([label_value]).get()
     }
-
-    /// How many series (label values) exist.
-    pub fn series_count(&self) -> usize {
-        self.0.len()
-    }
-}
-
-/// A histogram of durations with fixed bucket bounds.
-#[derive(Debug)]
-pub struct Histogram {
-    upper_bounds_seconds: &'static [f64],
-    /// Non-cumulative counts; index `upper_bounds_seconds.len()` is the `+Inf` overflow bucket.
-    bucket_counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    /// `upper_bounds_seconds` must be strictly increasing and finite.
-    pub fn new(upper_bounds_seconds: &'static [f64]) -> Self {
-        assert!(
-            upper_bounds_seconds
-                .windows(2)
-                .all(|pair| pair[0] < pair[1])
-                && upper_bounds_seconds.iter().all(|bound| bound.is_finite()),
-            "histogram bounds must be finite and strictly increasing"
-        );
-        let bucket_counts = (0..=upper_bounds_seconds.len())
-            .map(|_| AtomicU64::new(0))
-            .collect();
-        Histogram {
-            upper_bounds_seconds,
-            bucket_counts,
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, duration: Duration) {
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        self.record(duration.as_secs_f64(), nanos);
-    }
-
-    /// Negative or NaN values count as 0 s; infinite ones land in `+Inf` and saturate the sum.
-    pub fn observe_seconds(&self, seconds: f64) {
-        let seconds = if seconds.is_nan() || seconds < 0.0 {
-            0.0
-        } else {
-            seconds
-        };
-        // `as` saturates for floats out of range, which is what the sum wants.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let nanos = (seconds * 1e9) as u64;
-        self.record(seconds, nanos);
-    }
-
-    fn record(&self, seconds: f64, nanos: u64) {
-        let index = self
-            .upper_bounds_seconds
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(self.upper_bounds_seconds.len());
-        if let Some(bucket) = self.bucket_counts.get(index) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        // Saturating add: a CAS loop, since fetch_add would wrap.
-        let _ = self
-            .sum_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| {
-                Some(sum.saturating_add(nanos))
-            });
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.bucket_counts
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Sum of observations, in seconds.
-    pub fn sum_seconds(&self) -> f64 {
-        nanos_to_seconds(self.sum_nanos.load(Ordering::Relaxed))
-    }
-
-    /// `(upper bound, cumulative count)` per bucket, the last one being `+Inf`.
-    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
-        let mut cumulative = 0u64;
-        let bounds = self
-            .upper_bounds_seconds
-            .iter()
-            .copied()
-            .chain([f64::INFINITY]);
-        bounds
-            .zip(self.bucket_counts.iter())
-            .map(|(bound, count)| {
-                cumulative = cumulative.saturating_add(count.load(Ordering::Relaxed));
-                (bound, cumulative)
-            })
-            .collect()
-    }
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn nanos_to_seconds(nanos: u64) -> f64 {
-    nanos as f64 / 1e9
 }
 
 /// Every metric a PMS node exports. Share it as `Arc<Metrics>`.
@@ -324,8 +194,9 @@ pub struct Metrics {
     pub messages_failed_total: Counter,
     /// Retransmitted or retried MESSAGEs recognised as duplicates and not queued again.
     pub messages_duplicate_total: Counter,
-    /// Messages queued, all users.
-    pub queue_depth: Gauge,
+    /// Messages queued, by mailbox `group`, as this node's replica of the group holds them
+    /// (refreshed every few seconds): every replica reports the same number once caught up.
+    pub queue_depth: LabeledGauge,
     /// Active registration bindings.
     pub registrations: Gauge,
     /// Unwrapped data keys held in this node's memory (the keyring).
@@ -333,6 +204,10 @@ pub struct Metrics {
     /// Entries stored on this node, all groups, by `keyspace` (RocksDB's estimate, refreshed
     /// every few seconds): shows that state stays bounded under constant load.
     pub state_entries: LabeledGauge,
+    /// Bytes of the data dir's files (RocksDB, identity), refreshed every few seconds.
+    pub storage_bytes: Gauge,
+    /// Bytes the data dir's file system has left for the pms user, refreshed every few seconds.
+    pub storage_available_bytes: Gauge,
     /// Account removals this node's directory replica applied whose wrapped keys may still
     /// be in its data dir (0 once the shred pass finished).
     pub shred_pending: Gauge,
@@ -348,6 +223,8 @@ pub struct Metrics {
     /// unauthenticated evicted), "unauthenticated_timeout" (no authenticated request in time),
     /// "connections_max" (authenticated connections full).
     pub connections_refused_total: LabeledCounter,
+    /// TLS handshakes, by `port` ("sip", "grpc") and `result` ("ok", "failed", "timeout").
+    pub tls_handshakes_total: Labeled<Counter, 2>,
     /// RFC 5626 keep-alive pings (double CRLF) received, by `transport` ("tls", "tcp").
     pub sip_keepalives_total: LabeledCounter,
     /// Failed digest authentications, by `method` ("REGISTER", "MESSAGE").
@@ -358,17 +235,38 @@ pub struct Metrics {
     /// MESSAGEs refused to their sender alone, by `limit`: "queued" (the sender's quota in the
     /// recipient's mailbox is used up), "rate" (the sender sends to the recipient too fast).
     pub messages_sender_limited_total: LabeledCounter,
-    /// SIP traffic, by `kind`: a request method received (e.g. "MESSAGE") or a response status
-    /// class sent (e.g. "2xx").
-    pub sip_requests_total: LabeledCounter,
+    /// SIP requests answered, by `method` (the request's, "unknown" when it could not be
+    /// parsed) and `status` (the final status code sent, e.g. "202").
+    pub sip_requests_total: Labeled<Counter, 2>,
     /// Time from proposing a command to its commit, in seconds.
     pub raft_commit_latency_seconds: Histogram,
+    /// The Raft term this node's replica of each `group` is in.
+    pub raft_term: LabeledGauge,
+    /// The node id of the leader this node knows for each `group` (0: none known).
+    pub raft_leader: LabeledGauge,
+    /// 1 for each `group` this node leads, 0 for the others.
+    pub raft_is_leader: LabeledGauge,
+    /// Changes of the leader this node knows, by `group` (losing a leader counts too).
+    pub raft_leader_changes_total: LabeledCounter,
+    /// Index of the last entry in this node's log of each `group`.
+    pub raft_last_log_index: LabeledGauge,
+    /// Index of the last entry this node applied, by `group`.
+    pub raft_applied_index: LabeledGauge,
+    /// On a group's leader: entries each `follower` is behind the leader's log, by `group`.
+    pub raft_follower_lag_entries: Labeled<Gauge, 2>,
+    /// Snapshots this node built or installed, by `kind` ("built", "installed").
+    pub raft_snapshots_total: LabeledCounter,
+    /// How long building or installing a snapshot took, by `kind`.
+    pub raft_snapshot_duration_seconds: Labeled<Histogram, 1>,
     /// Attempts to deliver a message to a device (each MESSAGE sent out).
     pub delivery_attempts_total: Counter,
     /// When each certificate the node presents or trusts expires (its not-after, Unix
     /// seconds), by `file` ("ca.crt", "node.crt", "sip.crt"); set at start and on every
     /// reload, so it always shows the certificate in use.
     pub certificate_expiry_timestamp_seconds: LabeledGauge,
+    /// Always 1, labelled with the running binary's `version` and `commit`.
+    pub build_info: Labeled<Gauge, 2>,
+    registry: RwLock<Registry>,
 }
 
 impl Default for Metrics {
@@ -377,257 +275,391 @@ impl Default for Metrics {
     }
 }
 
+fn commit_latency_histogram() -> Histogram {
+    Histogram::new(RAFT_COMMIT_LATENCY_BUCKETS_SECONDS)
+}
+
+fn snapshot_duration_histogram() -> Histogram {
+    Histogram::new(SNAPSHOT_DURATION_BUCKETS_SECONDS)
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        Metrics {
+        let transports = [["tls"], ["tcp"], ["udp"]];
+        let auth_methods = [["REGISTER"], ["MESSAGE"]];
+        let keyspaces = crate::Keyspace::ALL.map(|keyspace| [keyspace.name()]);
+        let metrics = Metrics {
             messages_accepted_total: Counter::default(),
             messages_delivered_total: Counter::default(),
             messages_expired_total: Counter::default(),
             messages_failed_total: Counter::default(),
             messages_duplicate_total: Counter::default(),
-            queue_depth: Gauge::default(),
+            queue_depth: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
             registrations: Gauge::default(),
             keyring_keys: Gauge::default(),
-            state_entries: LabeledGauge::new(
-                "keyspace",
-                &crate::Keyspace::ALL.map(crate::Keyspace::name),
-            ),
+            state_entries: LabeledGauge::new(["keyspace"], LABEL_VALUES_MAX, &keyspaces),
+            storage_bytes: Gauge::default(),
+            storage_available_bytes: Gauge::default(),
             shred_pending: Gauge::default(),
             shred_passes_total: Counter::default(),
-            connections_open: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
-            connections_unauthenticated: LabeledGauge::new("transport", &["tls", "tcp", "udp"]),
+            connections_open: LabeledGauge::new(["transport"], LABEL_VALUES_MAX, &transports),
+            connections_unauthenticated: LabeledGauge::new(
+                ["transport"],
+                LABEL_VALUES_MAX,
+                &transports,
+            ),
             connections_refused_total: LabeledCounter::new(
-                "reason",
+                ["reason"],
+                LABEL_VALUES_MAX,
                 &[
-                    "per_source",
-                    "unauthenticated_max",
-                    "unauthenticated_timeout",
-                    "connections_max",
+                    ["per_source"],
+                    ["unauthenticated_max"],
+                    ["unauthenticated_timeout"],
+                    ["connections_max"],
                 ],
             ),
-            sip_keepalives_total: LabeledCounter::new("transport", &["tls", "tcp"]),
-            auth_failures_total: LabeledCounter::new("method", &["REGISTER", "MESSAGE"]),
-            auth_throttled_total: LabeledCounter::new("method", &["REGISTER", "MESSAGE"]),
-            messages_sender_limited_total: LabeledCounter::new("limit", &["queued", "rate"]),
-            sip_requests_total: LabeledCounter::new("kind", &[]),
-            raft_commit_latency_seconds: Histogram::new(&RAFT_COMMIT_LATENCY_BUCKETS_SECONDS),
+            tls_handshakes_total: Labeled::<Counter, 2>::new(
+                ["port", "result"],
+                LABEL_VALUES_MAX,
+                &[
+                    ["sip", "ok"],
+                    ["sip", "failed"],
+                    ["grpc", "ok"],
+                    ["grpc", "failed"],
+                ],
+            ),
+            sip_keepalives_total: LabeledCounter::new(
+                ["transport"],
+                LABEL_VALUES_MAX,
+                &[["tls"], ["tcp"]],
+            ),
+            auth_failures_total: LabeledCounter::new(["method"], LABEL_VALUES_MAX, &auth_methods),
+            auth_throttled_total: LabeledCounter::new(["method"], LABEL_VALUES_MAX, &auth_methods),
+            messages_sender_limited_total: LabeledCounter::new(
+                ["limit"],
+                LABEL_VALUES_MAX,
+                &[["queued"], ["rate"]],
+            ),
+            sip_requests_total: Labeled::<Counter, 2>::new(
+                ["method", "status"],
+                LABEL_VALUES_MAX * 4,
+                &[],
+            ),
+            raft_commit_latency_seconds: commit_latency_histogram(),
+            raft_term: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_leader: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_is_leader: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_leader_changes_total: LabeledCounter::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_last_log_index: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_applied_index: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
+            raft_follower_lag_entries: Labeled::<Gauge, 2>::new(
+                ["group", "follower"],
+                GROUP_SERIES_MAX,
+                &[],
+            ),
+            raft_snapshots_total: LabeledCounter::new(
+                ["kind"],
+                LABEL_VALUES_MAX,
+                &[["built"], ["installed"]],
+            ),
+            raft_snapshot_duration_seconds: Labeled::with_constructor(
+                ["kind"],
+                LABEL_VALUES_MAX,
+                snapshot_duration_histogram,
+                &[["built"], ["installed"]],
+            ),
             delivery_attempts_total: Counter::default(),
             // No preset series: a 0 would read as "expired in 1970" until the node loads them.
-            certificate_expiry_timestamp_seconds: LabeledGauge::new("file", &[]),
-        }
+            certificate_expiry_timestamp_seconds: LabeledGauge::new(
+                ["file"],
+                LABEL_VALUES_MAX,
+                &[],
+            ),
+            build_info: Labeled::<Gauge, 2>::new(["version", "commit"], 2, &[]),
+            registry: RwLock::new(Registry::default()),
+        };
+        metrics.register_all();
+        metrics
     }
 
-    /// The Prometheus text exposition format 0.0.4
-    /// (serve with `Content-Type: text/plain; version=0.0.4`).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+    fn register_all(&self) {
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let registry = &mut *registry;
+        // Counter names lose their `_total`: the encoder appends it to every counter sample.
         let counters = [
             (
-                "messages_accepted_total",
-                "MESSAGE requests accepted into a queue.",
+                "messages_accepted",
+                "MESSAGE requests accepted into a queue",
                 &self.messages_accepted_total,
             ),
             (
-                "messages_delivered_total",
-                "Messages acknowledged by a recipient device.",
+                "messages_delivered",
+                "Messages acknowledged by a recipient device",
                 &self.messages_delivered_total,
             ),
             (
-                "messages_expired_total",
-                "Messages that expired before delivery.",
+                "messages_expired",
+                "Messages that expired before delivery",
                 &self.messages_expired_total,
             ),
             (
-                "messages_failed_total",
-                "Messages refused or rejected permanently.",
+                "messages_failed",
+                "Messages refused or rejected permanently",
                 &self.messages_failed_total,
             ),
             (
-                "messages_duplicate_total",
-                "Retransmitted or retried messages recognised as duplicates.",
+                "messages_duplicate",
+                "Retransmitted or retried messages recognised as duplicates",
                 &self.messages_duplicate_total,
             ),
             (
-                "delivery_attempts_total",
-                "Attempts to deliver a message to a device.",
+                "delivery_attempts",
+                "Attempts to deliver a message to a device",
                 &self.delivery_attempts_total,
             ),
             (
-                "shred_passes_total",
-                "Shred passes finished: removed accounts' wrapped keys purged from the data dir.",
+                "shred_passes",
+                "Shred passes finished: removed accounts' wrapped keys purged from the data dir",
                 &self.shred_passes_total,
             ),
         ];
         for (name, help, counter) in counters {
-            write_header(&mut out, name, help, "counter");
-            let _ = writeln!(out, "{METRIC_NAME_PREFIX}{name} {}", counter.get());
+            registry.register(prefixed(name), help, counter.clone());
         }
         let gauges = [
             (
-                "queue_depth",
-                "Messages queued, all users.",
-                &self.queue_depth,
-            ),
-            (
                 "registrations",
-                "Active registration bindings.",
+                "Active registration bindings",
                 &self.registrations,
             ),
             (
                 "keyring_keys",
-                "Unwrapped data keys held in memory.",
+                "Unwrapped data keys held in memory",
                 &self.keyring_keys,
             ),
             (
+                "storage_bytes",
+                "Bytes of the files in this node's data dir",
+                &self.storage_bytes,
+            ),
+            (
+                "storage_available_bytes",
+                "Bytes left for pmsd on the data dir's file system",
+                &self.storage_available_bytes,
+            ),
+            (
                 "shred_pending",
-                "Applied account removals not yet shredded from this node's data dir.",
+                "Applied account removals not yet shredded from this node's data dir",
                 &self.shred_pending,
             ),
         ];
         for (name, help, gauge) in gauges {
-            write_header(&mut out, name, help, "gauge");
-            let _ = writeln!(out, "{METRIC_NAME_PREFIX}{name} {}", gauge.get());
+            registry.register(prefixed(name), help, gauge.clone());
         }
-        write_labeled(
-            &mut out,
-            "state_entries",
-            "Stored entries on this node by keyspace (estimate).",
-            "gauge",
-            self.state_entries.0.label_name,
-            self.state_entries.0.snapshot(Gauge::get),
+        let one_label_gauges = [
+            (
+                "queue_depth",
+                "Messages queued, by mailbox group, in this node's replica of the group",
+                &self.queue_depth,
+            ),
+            (
+                "state_entries",
+                "Stored entries on this node by keyspace (estimate)",
+                &self.state_entries,
+            ),
+            (
+                "connections_open",
+                "Open SIP connections by transport",
+                &self.connections_open,
+            ),
+            (
+                "connections_unauthenticated",
+                "SIP connections and UDP peers not authenticated yet, by transport",
+                &self.connections_unauthenticated,
+            ),
+            (
+                "raft_term",
+                "Raft term of this node's replica, by group",
+                &self.raft_term,
+            ),
+            (
+                "raft_leader",
+                "Node id of the leader this node knows, by group (0: none)",
+                &self.raft_leader,
+            ),
+            (
+                "raft_is_leader",
+                "1 for each group this node leads",
+                &self.raft_is_leader,
+            ),
+            (
+                "raft_last_log_index",
+                "Index of the last entry in this node's log, by group",
+                &self.raft_last_log_index,
+            ),
+            (
+                "raft_applied_index",
+                "Index of the last entry this node applied, by group",
+                &self.raft_applied_index,
+            ),
+            (
+                "certificate_expiry_timestamp_seconds",
+                "When each certificate in use expires (not-after), Unix seconds, by file",
+                &self.certificate_expiry_timestamp_seconds,
+            ),
+        ];
+        for (name, help, gauge) in one_label_gauges {
+            gauge.register(registry, &prefixed(name), help);
+        }
+        let one_label_counters = [
+            (
+                "connections_refused",
+                "SIP connections and UDP peers closed or refused by a limit, by reason",
+                &self.connections_refused_total,
+            ),
+            (
+                "sip_keepalives",
+                "RFC 5626 keep-alive pings (double CRLF) received by transport",
+                &self.sip_keepalives_total,
+            ),
+            (
+                "auth_failures",
+                "Failed digest authentications by SIP method",
+                &self.auth_failures_total,
+            ),
+            (
+                "auth_throttled",
+                "Authentications refused unchecked after too many failures, by SIP method",
+                &self.auth_throttled_total,
+            ),
+            (
+                "messages_sender_limited",
+                "MESSAGEs refused to their sender by a per-sender limit, by limit",
+                &self.messages_sender_limited_total,
+            ),
+            (
+                "raft_leader_changes",
+                "Changes of the leader this node knows, by group",
+                &self.raft_leader_changes_total,
+            ),
+            (
+                "raft_snapshots",
+                "Raft snapshots this node built or installed, by kind",
+                &self.raft_snapshots_total,
+            ),
+        ];
+        for (name, help, counter) in one_label_counters {
+            counter.register(registry, &prefixed(name), help);
+        }
+        self.tls_handshakes_total.register(
+            registry,
+            &prefixed("tls_handshakes"),
+            "TLS handshakes by port (sip, grpc) and result (ok, failed, timeout)",
         );
-        write_labeled(
-            &mut out,
-            "connections_open",
-            "Open SIP connections by transport.",
-            "gauge",
-            self.connections_open.0.label_name,
-            self.connections_open.0.snapshot(Gauge::get),
+        self.sip_requests_total.register(
+            registry,
+            &prefixed("sip_requests"),
+            "SIP requests answered, by method and final status code",
         );
-        write_labeled(
-            &mut out,
-            "connections_unauthenticated",
-            "SIP connections and UDP peers not authenticated yet, by transport.",
-            "gauge",
-            self.connections_unauthenticated.0.label_name,
-            self.connections_unauthenticated.0.snapshot(Gauge::get),
+        self.raft_follower_lag_entries.register(
+            registry,
+            &prefixed("raft_follower_lag_entries"),
+            "On the leader: entries each follower is behind, by group and follower",
         );
-        write_labeled(
-            &mut out,
-            "connections_refused_total",
-            "SIP connections and UDP peers closed or refused by a limit, by reason.",
-            "counter",
-            self.connections_refused_total.0.label_name,
-            self.connections_refused_total.0.snapshot(Counter::get),
+        registry.register(
+            prefixed("raft_commit_latency_seconds"),
+            "Time from proposing a Raft command to its commit",
+            self.raft_commit_latency_seconds.clone(),
         );
-        write_labeled(
-            &mut out,
-            "sip_keepalives_total",
-            "RFC 5626 keep-alive pings (double CRLF) received by transport.",
-            "counter",
-            self.sip_keepalives_total.0.label_name,
-            self.sip_keepalives_total.0.snapshot(Counter::get),
+        self.raft_snapshot_duration_seconds.register(
+            registry,
+            &prefixed("raft_snapshot_duration_seconds"),
+            "Time to build or install a Raft snapshot, by kind",
         );
-        write_labeled(
-            &mut out,
-            "auth_failures_total",
-            "Failed digest authentications by SIP method.",
-            "counter",
-            self.auth_failures_total.0.label_name,
-            self.auth_failures_total.0.snapshot(Counter::get),
+        self.build_info.register(
+            registry,
+            &prefixed("build_info"),
+            "Always 1: the running binary's version and commit",
         );
-        write_labeled(
-            &mut out,
-            "auth_throttled_total",
-            "Authentications refused unchecked after too many failures, by SIP method.",
-            "counter",
-            self.auth_throttled_total.0.label_name,
-            self.auth_throttled_total.0.snapshot(Counter::get),
-        );
-        write_labeled(
-            &mut out,
-            "messages_sender_limited_total",
-            "MESSAGEs refused to their sender by a per-sender limit, by limit.",
-            "counter",
-            self.messages_sender_limited_total.0.label_name,
-            self.messages_sender_limited_total.0.snapshot(Counter::get),
-        );
-        write_labeled(
-            &mut out,
-            "sip_requests_total",
-            "SIP requests received by method, and responses sent by status class.",
-            "counter",
-            self.sip_requests_total.0.label_name,
-            self.sip_requests_total.0.snapshot(Counter::get),
-        );
-        write_labeled(
-            &mut out,
-            "certificate_expiry_timestamp_seconds",
-            "When each certificate in use expires (not-after), Unix seconds, by file.",
-            "gauge",
-            self.certificate_expiry_timestamp_seconds.0.label_name,
-            self.certificate_expiry_timestamp_seconds
-                .0
-                .snapshot(Gauge::get),
-        );
-        write_histogram(
-            &mut out,
-            "raft_commit_latency_seconds",
-            "Time from proposing a Raft command to its commit.",
-            &self.raft_commit_latency_seconds,
-        );
+    }
+
+    /// Sets `pms_build_info{version, commit}` (once, at start).
+    pub fn set_build_info(&self, version: &str, commit: &str) {
+        self.build_info.with([version, commit]).set(1);
+    }
+
+    /// Adds metrics computed on each scrape (e.g. pmsd's `process_*`).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register_collector(collector);
+    }
+
+    /// The OpenMetrics text exposition (serve as [`OPENMETRICS_CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            // Writing to a String cannot fail; a collector's error ends the exposition early.
+            out.push_str("# EOF\n");
+        }
         out
     }
-}
 
-fn write_header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(
-        out,
-        "# HELP {METRIC_NAME_PREFIX}{name} {}",
-        escape_help(help)
-    );
-    let _ = writeln!(out, "# TYPE {METRIC_NAME_PREFIX}{name} {kind}");
-}
-
-fn write_labeled<V: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    kind: &str,
-    label_name: &str,
-    series: Vec<(String, V)>,
-) {
-    write_header(out, name, help, kind);
-    for (label_value, value) in series {
-        let label_value = escape_label_value(&label_value);
-        let _ = writeln!(
-            out,
-            "{METRIC_NAME_PREFIX}{name}{{{label_name}=\"{label_value}\"}} {value}"
-        );
+    /// The same samples in the Prometheus text format 0.0.4 (serve as
+    /// [`PROMETHEUS_TEXT_CONTENT_TYPE`]), for scrapers and tools that do not accept
+    /// OpenMetrics (`promtool check metrics`, curl): see [`openmetrics_to_prometheus_text`].
+    pub fn render_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.render())
     }
 }
 
-fn write_histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
-    write_header(out, name, help, "histogram");
-    let buckets = histogram.cumulative_buckets();
-    for (bound, cumulative) in &buckets {
-        let le = if bound.is_infinite() {
-            "+Inf".to_owned()
-        } else {
-            format!("{bound}")
-        };
-        let _ = writeln!(
-            out,
-            "{METRIC_NAME_PREFIX}{name}_bucket{{le=\"{le}\"}} {cumulative}"
-        );
+/// The Prometheus text format's content type (what [`Metrics::render_prometheus_text`] writes).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites an OpenMetrics exposition as Prometheus text 0.0.4. The two differ, for what
+/// `prometheus-client` writes, in three things only: a counter family's HELP and TYPE name its
+/// samples' name (with `_total`) in 0.0.4, `# UNIT` lines do not exist there, and neither does
+/// the closing `# EOF`. Samples and label escaping are the same.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|tag| Some((tag, line.strip_prefix(tag)?)));
+        match descriptor {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{tag}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
-    let count = buckets.last().map_or(0, |(_, cumulative)| *cumulative);
-    let _ = writeln!(
-        out,
-        "{METRIC_NAME_PREFIX}{name}_sum {}",
-        histogram.sum_seconds()
-    );
-    let _ = writeln!(out, "{METRIC_NAME_PREFIX}{name}_count {count}");
+    out
+}
+
+fn prefixed(name: &str) -> String {
+    format!("{METRIC_NAME_PREFIX}{name}")
 }
 
 /// Cuts a label value to at most [`LABEL_VALUE_BYTES_MAX`] bytes at a character boundary.
@@ -642,39 +674,21 @@ fn truncate_label_value(value: &str) -> &str {
     &value[..end]
 }
 
-/// Label values escape backslash, double quote and line feed.
-fn escape_label_value(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            other => escaped.push(other),
-        }
-    }
-    escaped
-}
-
-/// HELP text escapes backslash and line feed.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
     fn counters_and_gauges_count() {
         let metrics = Metrics::new();
         metrics.messages_accepted_total.inc();
-        metrics.messages_accepted_total.add(4);
+        metrics.messages_accepted_total.inc_by(4);
         assert_eq!(metrics.messages_accepted_total.get(), 5);
-        metrics.queue_depth.inc();
-        metrics.queue_depth.inc();
-        metrics.queue_depth.dec();
-        assert_eq!(metrics.queue_depth.get(), 1);
+        metrics.queue_depth.set("3", 2);
+        metrics.queue_depth.set("3", 1);
+        assert_eq!(metrics.queue_depth.get("3"), 1);
         metrics.registrations.set(-3);
         assert_eq!(metrics.registrations.get(), -3);
     }
@@ -688,7 +702,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
                         metrics.delivery_attempts_total.inc();
-                        metrics.sip_requests_total.inc("MESSAGE");
+                        metrics.sip_requests_total.with(["MESSAGE", "202"]).inc();
                     }
                 })
             })
@@ -697,12 +711,15 @@ mod tests {
             thread.join().expect("counting thread panicked");
         }
         assert_eq!(metrics.delivery_attempts_total.get(), 40_000);
-        assert_eq!(metrics.sip_requests_total.get("MESSAGE"), 40_000);
+        assert_eq!(
+            metrics.sip_requests_total.with(["MESSAGE", "202"]).get(),
+            40_000
+        );
     }
 
     #[test]
     fn labeled_metrics_are_bounded_and_overflow_into_other() {
-        let counter = LabeledCounter::new("kind", &["a"]);
+        let counter = LabeledCounter::new(["kind"], LABEL_VALUES_MAX, &[["a"]]);
         for i in 0..100 {
             counter.inc(&format!("value-{i}"));
         }
@@ -712,67 +729,63 @@ mod tests {
         assert_eq!(counter.get(OVERFLOW_LABEL_VALUE), 100 - own);
         assert_eq!(counter.get("value-0"), 1);
         assert_eq!(counter.get("a"), 0);
+        assert_eq!(counter.series_count(), LABEL_VALUES_MAX);
+
+        let two = Labeled::<Counter, 2>::new(["method", "status"], 3, &[]);
+        two.with(["MESSAGE", "202"]).inc();
+        two.with(["MESSAGE", "200"]).inc();
+        two.with(["REGISTER", "200"]).inc();
+        assert_eq!(two.with(["other", "other"]).get(), 1);
+        assert_eq!(two.series_count(), 3);
 
         let long = "x".repeat(200);
-        let gauge = LabeledGauge::new("transport", &[]);
-        gauge.inc(&long);
+        let gauge = LabeledGauge::new(["transport"], LABEL_VALUES_MAX, &[]);
+        gauge.set(&long, 1);
         assert_eq!(gauge.get(&long[..LABEL_VALUE_BYTES_MAX]), 1);
         assert_eq!(
             truncate_label_value(&"é".repeat(40)).len(),
             LABEL_VALUE_BYTES_MAX
         );
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative_and_end_in_inf() {
-        let histogram = Histogram::new(&RAFT_COMMIT_LATENCY_BUCKETS_SECONDS);
-        histogram.observe(Duration::from_micros(300)); // <= 0.0005
-        histogram.observe(Duration::from_millis(1)); // == 0.001, inclusive upper bound
-        histogram.observe_seconds(0.2); // <= 0.25
-        histogram.observe_seconds(60.0); // +Inf
-        histogram.observe_seconds(f64::NAN); // counts as 0
-        let buckets = histogram.cumulative_buckets();
-        assert_eq!(buckets.len(), RAFT_COMMIT_LATENCY_BUCKETS_SECONDS.len() + 1);
-        assert_eq!(buckets[0], (0.0005, 2));
-        assert_eq!(buckets[1], (0.001, 3));
-        let at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).map(|(_, c)| *c);
-        assert_eq!(at(0.1), Some(3));
-        assert_eq!(at(0.25), Some(4));
-        assert_eq!(at(10.0), Some(4));
-        assert_eq!(at(f64::INFINITY), Some(5));
-        assert_eq!(histogram.count(), 5);
-        assert!((histogram.sum_seconds() - 60.2013).abs() < 1e-9);
+        gauge.remove([&long]);
+        assert_eq!(gauge.series_count(), 0);
     }
 
     #[test]
     fn render_has_help_type_prefix_and_escaped_labels() {
         let metrics = Metrics::new();
-        metrics.messages_delivered_total.add(7);
-        metrics.connections_open.inc("tls");
+        metrics.messages_delivered_total.inc_by(7);
+        metrics.connections_open.with(["tls"]).inc();
         metrics.auth_failures_total.inc("REGISTER");
-        metrics.sip_requests_total.inc("2xx");
-        metrics.sip_requests_total.inc("we\"ird\\\nvalue");
+        metrics.sip_requests_total.with(["MESSAGE", "202"]).inc();
         metrics
-            .raft_commit_latency_seconds
-            .observe(Duration::from_millis(3));
+            .sip_requests_total
+            .with(["we\"ird\\\nvalue", "400"])
+            .inc();
+        metrics.raft_commit_latency_seconds.observe(0.003);
         metrics
             .certificate_expiry_timestamp_seconds
             .set("node.crt", 1_800_000_000);
+        metrics.set_build_info("1.2.3", "abc123");
         let text = metrics.render();
         let lines: Vec<&str> = text.lines().collect();
         let has = |line: &str| lines.contains(&line);
-        assert!(has(
-            "# HELP pms_messages_delivered_total Messages acknowledged by a recipient device."
-        ));
-        assert!(has("# TYPE pms_messages_delivered_total counter"));
+        assert!(
+            has("# HELP pms_messages_delivered Messages acknowledged by a recipient device."),
+            "{text}"
+        );
+        assert!(has("# TYPE pms_messages_delivered counter"));
         assert!(has("pms_messages_delivered_total 7"));
-        assert!(has("# TYPE pms_queue_depth gauge"));
+        assert!(has("# TYPE pms_registrations gauge"));
         assert!(has("pms_connections_open{transport=\"tls\"} 1"));
         assert!(has("pms_connections_open{transport=\"udp\"} 0"));
         assert!(has("pms_auth_failures_total{method=\"REGISTER\"} 1"));
         assert!(has("pms_auth_failures_total{method=\"MESSAGE\"} 0"));
-        assert!(has("pms_sip_requests_total{kind=\"2xx\"} 1"));
-        assert!(has(r#"pms_sip_requests_total{kind="we\"ird\\\nvalue"} 1"#));
+        assert!(has(
+            "pms_sip_requests_total{method=\"MESSAGE\",status=\"202\"} 1"
+        ));
+        assert!(has(
+            r#"pms_sip_requests_total{method="we\"ird\\\nvalue",status="400"} 1"#
+        ));
         assert!(has("# TYPE pms_raft_commit_latency_seconds histogram"));
         assert!(has(
             "pms_raft_commit_latency_seconds_bucket{le=\"0.0025\"} 0"
@@ -781,15 +794,14 @@ mod tests {
             "pms_raft_commit_latency_seconds_bucket{le=\"0.005\"} 1"
         ));
         assert!(has("pms_raft_commit_latency_seconds_bucket{le=\"+Inf\"} 1"));
-        assert!(has("pms_raft_commit_latency_seconds_sum 0.003"));
         assert!(has("pms_raft_commit_latency_seconds_count 1"));
-        assert!(has("# TYPE pms_certificate_expiry_timestamp_seconds gauge"));
         assert!(has(
             "pms_certificate_expiry_timestamp_seconds{file=\"node.crt\"} 1800000000"
         ));
+        assert!(has("pms_build_info{version=\"1.2.3\",commit=\"abc123\"} 1"));
         // No series for a certificate never loaded (a 0 would read as expired).
         assert!(!text.contains("file=\"sip.crt\""));
-        assert!(text.ends_with('\n'));
+        assert!(text.ends_with("# EOF\n"));
         for line in lines.iter().filter(|l| !l.starts_with('#')) {
             assert!(
                 line.starts_with(METRIC_NAME_PREFIX),
@@ -803,30 +815,40 @@ mod tests {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
 
-        let promtool = std::path::Path::new("/usr/bin/promtool");
-        if !promtool.exists() {
-            println!("note: /usr/bin/promtool not installed; skipping the promtool check");
-            return;
-        }
         let metrics = Metrics::new();
         metrics.messages_accepted_total.inc();
-        metrics.connections_open.inc("udp");
-        metrics.sip_requests_total.inc("MESSAGE");
-        metrics.sip_requests_total.inc("quote\"and\\slash\nnewline");
-        metrics.raft_commit_latency_seconds.observe_seconds(0.02);
-        metrics.raft_commit_latency_seconds.observe_seconds(11.0);
+        metrics.connections_open.with(["udp"]).inc();
+        metrics.sip_requests_total.with(["MESSAGE", "202"]).inc();
+        metrics
+            .sip_requests_total
+            .with(["quote\"and\\slash\nnewline", "400"])
+            .inc();
+        metrics.raft_commit_latency_seconds.observe(0.02);
+        metrics.raft_commit_latency_seconds.observe(11.0);
+        metrics.raft_term.set("1", 3);
+        metrics.raft_follower_lag_entries.with(["1", "2"]).set(5);
+        metrics
+            .raft_snapshot_duration_seconds
+            .with(["built"])
+            .observe(0.2);
         metrics
             .certificate_expiry_timestamp_seconds
             .set("ca.crt", 2_000_000_000);
-        let text = metrics.render();
+        metrics.set_build_info("0.1.0", "unknown");
+        let text = metrics.render_prometheus_text();
+        assert!(
+            text.contains("# TYPE pms_sip_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
 
-        let mut child = Command::new(promtool)
+        let mut child = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn promtool");
+            .expect("promtool (Debian package prometheus) runs: run scripts/install-packages test");
         child
             .stdin
             .take()

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use futures::FutureExt as _;
@@ -43,7 +43,7 @@ use pms_types::limits::{
     HTTP_HEADER_READ_TIMEOUT_MS, HTTP_LINGER_BYTES_MAX, HTTP_LINGER_TIMEOUT_MS,
     HTTP_REQUEST_HEAD_BYTES_MAX, HTTP_REQUEST_HEADERS_MAX,
 };
-use pms_types::metrics::Metrics;
+use pms_types::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -58,8 +58,6 @@ pub const HTTP_CONNECTION_DEADLINE: Duration = Duration::from_millis(HTTP_CONNEC
 const HTTP_LINGER_TIMEOUT: Duration = Duration::from_millis(HTTP_LINGER_TIMEOUT_MS);
 const HTTP_ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(HTTP_ACCEPT_ERROR_BACKOFF_MS);
 
-/// The Prometheus text format content type.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// A health probe: `true` when healthy.
@@ -301,12 +299,27 @@ async fn readyz(State(state): SharedState) -> Response {
     }
 }
 
-async fn metrics(State(state): SharedState) -> Response {
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        state.metrics.render(),
-    )
-        .into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does, in `Accept`), the Prometheus
+/// text format 0.0.4 for everyone else (curl, `promtool check metrics`), as the Go client does.
+async fn metrics(State(state): SharedState, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            state.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)],
+            state.metrics.render_prometheus_text(),
+        )
+            .into_response()
+    }
 }
 
 async fn method_not_allowed() -> Response {
@@ -426,7 +439,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_in_the_prometheus_format() {
         let server = start().await;
-        server.metrics.messages_accepted_total.add(3);
+        server.metrics.messages_accepted_total.inc_by(3);
         let (status, head, body) = get(server.address, "/metrics").await;
         assert_eq!(status, 200);
         assert!(
@@ -438,11 +451,25 @@ mod tests {
                 .any(|line| line == "pms_messages_accepted_total 3"),
             "{body}"
         );
-        assert_eq!(body, server.metrics.render());
+        assert_eq!(body, server.metrics.render_prometheus_text());
         assert!(
             head.contains(&format!("Content-Length: {}", body.len())),
             "{head}"
         );
+
+        // What Prometheus sends: OpenMetrics first.
+        let (status, head, body) = exchange(
+            server.address,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(body.contains("# TYPE pms_messages_accepted counter\n"));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ mod config;
 mod http;
 mod identity;
 mod node;
+mod node_metrics;
 mod prune;
 mod shred;
 mod signals;

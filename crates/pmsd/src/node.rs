@@ -221,6 +221,7 @@ pub async fn run(
     )
     .await
     .context("binding the gRPC port")?
+    .with_metrics(metrics.clone())
     .with_service(pms_transport::internal_service(
         config.node_id,
         grpc_address.clone(),
@@ -329,12 +330,7 @@ pub async fn run(
             "--force-new-cluster done: this node is the only member of every group; add the others with `pmsctl cluster add-node`, and start this node without the flag from now on"
         );
     }
-    for group in replication.groups() {
-        let metrics = metrics.clone();
-        group.set_commit_latency_observer(Arc::new(move |_, elapsed| {
-            metrics.raft_commit_latency_seconds.observe(elapsed)
-        }));
-    }
+    crate::node_metrics::install(&replication, &metrics);
     tokio::spawn(spread_leaders(replication.clone()));
 
     let incarnation: u64 = rand::random();
@@ -361,7 +357,6 @@ pub async fn run(
     info!(cluster = %cluster_id, node = %config.node_id, "cluster identity recorded in the data dir");
     identity_verified.store(true, Ordering::Relaxed);
     // Connections of an earlier run are gone: their bindings must not attract deliveries.
-    let mut queued: u64 = 0;
     for group in (1..=config.mailbox_groups).map(GroupId) {
         let unbound = stop
             .unless_requested(unbind_stale_flows(
@@ -376,11 +371,7 @@ pub async fn run(
             Some(Err(error)) => stop_and_fail!(error),
             None => stop_cleanly!(),
         }
-        queued += query::queue_depth(&*mailboxes.state(group), group)?;
     }
-    metrics
-        .queue_depth
-        .set(i64::try_from(queued).unwrap_or(i64::MAX));
 
     let mut edge_config = edge_config(&config, incarnation);
     // Every node of the cluster (and every restart) verifies the same nonces.
@@ -400,8 +391,11 @@ pub async fn run(
     }));
     let _ = flow_delivery.service.set(service.clone());
     let _expiry = ExpiryActor::new(service.clone()).start();
-    tokio::spawn(crate::prune::report_state_entries(
+    tokio::spawn(crate::node_metrics::report_storage(
         store.clone(),
+        mailboxes.clone(),
+        config.mailbox_groups,
+        config.data_dir.clone(),
         metrics.clone(),
     ));
     tokio::spawn(crate::prune::prune_on_schedule(

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use pms_mailbox::{Command, CommandResponse, MailboxService};
 use pms_replication::Replication;
-use pms_types::metrics::Metrics;
-use pms_types::{Clock, GroupId, Keyspace};
+use pms_types::{Clock, GroupId};
 use tracing::{debug, warn};
 
 /// What the schedule keeps and how often it runs.
@@ -22,33 +21,6 @@ pub struct PruneSchedule {
     pub interval: Duration,
     pub dedup_retention: Duration,
     pub status_retention: Duration,
-}
-
-/// How often `pms_state_entries` is refreshed.
-pub const STATE_ENTRIES_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Refreshes the `pms_state_entries` gauge from the store until the process ends.
-pub async fn report_state_entries(store: Arc<dyn pms_storage::Store>, metrics: Arc<Metrics>) {
-    let mut interval = tokio::time::interval(STATE_ENTRIES_INTERVAL);
-    loop {
-        interval.tick().await;
-        let store = store.clone();
-        let Ok(counts) = tokio::task::spawn_blocking(move || {
-            Keyspace::ALL.map(|keyspace| (keyspace, store.estimated_entries(keyspace)))
-        })
-        .await
-        else {
-            return;
-        };
-        for (keyspace, count) in counts {
-            match count {
-                Ok(count) => metrics
-                    .state_entries
-                    .set(keyspace.name(), i64::try_from(count).unwrap_or(i64::MAX)),
-                Err(error) => debug!(%error, "cannot estimate stored entries"),
-            }
-        }
-    }
 }
 
 /// Runs until the process ends.

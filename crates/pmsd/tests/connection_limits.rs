@@ -714,7 +714,13 @@ fn a_flood_of_one_datagram_udp_peers_neither_locks_out_a_new_register_nor_grows_
     let server = udp_port(&node);
 
     let mut probe = Phone::udp_from(loopback(1), &node);
-    let answered_200 = || metric(&node, "pms_sip_requests_total{kind=\"200\"}").unwrap_or(0.0);
+    let answered_200 = || {
+        metric(
+            &node,
+            "pms_sip_requests_total{method=\"OPTIONS\",status=\"200\"}",
+        )
+        .unwrap_or(0.0)
+    };
     let answered_before = answered_200();
     let mut probes = 0;
     let mut sent = 0;

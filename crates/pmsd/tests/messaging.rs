@@ -453,7 +453,7 @@ fn metrics_count_what_happened_and_pass_promtool() {
     );
     // The 202 (answered at once: Bob has no device) must be counted exactly once.
     assert!(
-        metrics.contains("pms_sip_requests_total{kind=\"202\"} 1\n"),
+        metrics.contains("pms_sip_requests_total{method=\"MESSAGE\",status=\"202\"} 1\n"),
         "{metrics}"
     );
     assert!(

@@ -75,6 +75,7 @@ pub struct AdminServer {
     tls: Arc<ServerConfig>,
     backend: Arc<dyn AdminBackend>,
     extra_services: Vec<ServiceAdder>,
+    metrics: Option<Arc<pms_types::metrics::Metrics>>,
 }
 
 /// Adds a service to the routes of a node's gRPC server.
@@ -114,6 +115,7 @@ impl AdminServer {
             tls,
             backend,
             extra_services: Vec::new(),
+            metrics: None,
         })
     }
 
@@ -122,6 +124,13 @@ impl AdminServer {
     #[must_use]
     pub fn with_service(mut self, add: ServiceAdder) -> Self {
         self.extra_services.push(add);
+        self
+    }
+
+    /// Counts the port's TLS handshakes in `pms_tls_handshakes_total{port="grpc"}`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<pms_types::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -135,7 +144,7 @@ impl AdminServer {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), TransportError> {
-        let incoming = tls_incoming(self.listener, self.tls);
+        let incoming = tls_incoming(self.listener, self.tls, self.metrics);
         let mut routes = admin_routes(self.backend);
         for add in self.extra_services {
             routes = add(routes);
