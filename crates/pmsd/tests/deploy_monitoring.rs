@@ -51,8 +51,9 @@ const ALERTS: &[&str] = &[
 /// the exported-names check also wants a real sample of each one the kit names, with its
 /// `group` label. `pms_raft_follower_lag_entries` has one only on a group's leader with
 /// followers (crates/pmsd/src/node_metrics.rs, `report_group`), hence the three-node cluster.
-/// Not here: `pms_raft_leader_changes_total` (a series appears at the first change a node
-/// sees, which a quiet start may not have).
+/// Not here: `pms_raft_leader_changes_total`, a counter whose series appears at the first change
+/// a node sees (on a fresh cluster, the first election); the test waits for its name like any
+/// other.
 const PER_GROUP_GAUGES: &[&str] = &[
     "pms_queue_depth",
     "pms_raft_term",
@@ -63,8 +64,9 @@ const PER_GROUP_GAUGES: &[&str] = &[
     "pms_raft_follower_lag_entries",
 ];
 
-/// How long the cluster may take to report every per-group series (queue depth is refreshed
-/// every 5 s; follower lag appears once a leader has seen its followers).
+/// How long the cluster may take to report every name and per-group series the kit reads
+/// (queue depth is refreshed every 5 s; follower lag appears once a leader has seen its
+/// followers; a leader-change series at the first change a node sees).
 const PER_GROUP_SERIES_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Grafana's variables in the dashboard's queries, and what stands for them when promtool
@@ -370,12 +372,20 @@ fn every_metric_the_kit_names_is_one_pmsd_exports() {
     assert!(named.len() > 10, "too few metric names found: {named:?}");
 
     let cluster = common::Cluster::start(3, &[]);
+    // Traffic, so that the metrics whose series appear with their first use (requests by
+    // method and status) have one: `prometheus-client` writes no family without a series.
+    let entry = &cluster.nodes[0];
+    entry.add_user("alice");
+    entry.add_user("bob");
+    let (code, lines) = entry.send("alice", "bob", "hello from deploy_monitoring", &[]);
+    assert_eq!(code, 0, "pmsctl send: {lines:?}");
     let wanted_grouped: Vec<&str> = PER_GROUP_GAUGES
         .iter()
         .copied()
         .filter(|gauge| named.iter().any(|(name, _)| name == gauge))
         .collect();
-    // Poll every node until the per-group series the kit reads exist (or the deadline passes).
+    // Poll every node until every name the kit reads and the per-group series exist (or the
+    // deadline passes; the assertions below then say what is missing).
     let deadline = Instant::now() + PER_GROUP_SERIES_DEADLINE;
     let (exported, grouped) = loop {
         let (mut exported, mut grouped) = (BTreeSet::new(), BTreeSet::new());
@@ -389,7 +399,8 @@ fn every_metric_the_kit_names_is_one_pmsd_exports() {
             );
             exposition_names(&body, &mut exported, &mut grouped);
         }
-        let complete = wanted_grouped.iter().all(|name| grouped.contains(*name));
+        let complete = named.iter().all(|(name, _)| exported.contains(name))
+            && wanted_grouped.iter().all(|name| grouped.contains(*name));
         if complete || Instant::now() >= deadline {
             break (exported, grouped);
         }
