@@ -171,7 +171,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 /// What one `/metrics` exposition (Prometheus text 0.0.4) shows: the names from `# TYPE` lines
-/// (histogram bases, families without series yet) and from samples (their _bucket/_sum/_count),
+/// (histogram bases) and from samples (their _bucket/_sum/_count),
 /// and the names of samples that carry a `group` label.
 fn exposition_names(body: &str, exported: &mut BTreeSet<String>, grouped: &mut BTreeSet<String>) {
     for line in body.lines() {
