@@ -235,3 +235,66 @@ mod tests {
         assert!(may_carry(&binding(false), &payload(true), &config));
     }
 }
+
+/// Most message ids whose accepting trace context a node keeps (oldest forgotten first): about
+/// 200 bytes each, so at most about 1 MB.
+pub const TRACE_CONTEXTS_MAX: usize = 4_096;
+
+/// The trace context of the proposal that queued each recent message, on the node that
+/// proposed it as leader, so that its delivery (later, from the `MailboxActor`) joins the
+/// same trace as a child. In memory only: after a leader change, a restart, or once
+/// [`TRACE_CONTEXTS_MAX`] later messages were queued, the delivery starts a trace of its own.
+#[derive(Default)]
+struct TraceContexts {
+    by_message: std::collections::HashMap<MessageId, opentelemetry::Context>,
+    order: std::collections::VecDeque<MessageId>,
+}
+
+fn trace_contexts() -> std::sync::MutexGuard<'static, TraceContexts> {
+    static CONTEXTS: std::sync::OnceLock<std::sync::Mutex<TraceContexts>> =
+        std::sync::OnceLock::new();
+    CONTEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps the current span's trace context (if it is part of a trace) for the delivery of the
+/// message `command` queues. Called by the leader just before it proposes the command.
+pub fn remember_trace(command: &pms_mailbox::Command) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let pms_mailbox::Command::Enqueue { message, .. } = command else {
+        return;
+    };
+    let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return;
+    }
+    let mut contexts = trace_contexts();
+    if contexts
+        .by_message
+        .insert(message.message_id.clone(), context)
+        .is_none()
+    {
+        contexts.order.push_back(message.message_id.clone());
+    }
+    while contexts.order.len() > TRACE_CONTEXTS_MAX {
+        if let Some(oldest) = contexts.order.pop_front() {
+            contexts.by_message.remove(&oldest);
+        }
+    }
+}
+
+/// Makes `span` (a delivery attempt of `message_id`) a child of the proposal that queued the
+/// message, with a link to it, when this node still knows that proposal's context.
+pub fn join_accepting_trace(span: &tracing::Span, message_id: &MessageId) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let Some(context) = trace_contexts().by_message.get(message_id).cloned() else {
+        return;
+    };
+    span.add_link(context.span().span_context().clone());
+    // Fails only without the OpenTelemetry layer, where there is no trace to join.
+    let _ = span.set_parent(context);
+}

@@ -348,7 +348,8 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
         }
         let request = delivery_request(binding, &message, &payload, &config.domain);
         service.metrics().delivery_attempts_total.inc();
-        let span = info_span!("delivery_attempt", message_id = %message.message_id, seq = message.seq, flow_node = %binding.flow.node);
+        let span = info_span!("delivery_attempt", otel.kind = "internal", message_id = %message.message_id, seq = message.seq, flow_node = %binding.flow.node);
+        crate::delivery::join_accepting_trace(&span, &message.message_id);
         outcome = async {
             if binding.flow.node == local_node {
                 service.deliver_local(binding.flow, request, timeout).await

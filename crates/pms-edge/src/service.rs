@@ -280,13 +280,38 @@ impl SipService {
         request: Request,
         timeout: Duration,
     ) -> DeliveryOutcome {
-        let Some(session) = self.flows.session(flow) else {
-            return DeliveryOutcome::FlowClosed;
-        };
-        match session.send(Deliver { request, timeout }).await {
-            Ok(receiver) => receiver.await.unwrap_or(DeliveryOutcome::FlowClosed),
-            Err(_) => DeliveryOutcome::FlowClosed,
+        let span = tracing::info_span!(
+            "sip_push",
+            otel.name = %format!("SIP {} push", request.method.as_str()),
+            otel.kind = "client",
+            sip.method = %request.method.as_str(),
+            network.protocol.name = "sip",
+            pms.flow = ?flow,
+            sip.status_code = tracing::field::Empty,
+            pms.outcome = tracing::field::Empty,
+        );
+        let outcome = tracing::Instrument::instrument(
+            async {
+                let Some(session) = self.flows.session(flow) else {
+                    return DeliveryOutcome::FlowClosed;
+                };
+                match session.send(Deliver { request, timeout }).await {
+                    Ok(receiver) => receiver.await.unwrap_or(DeliveryOutcome::FlowClosed),
+                    Err(_) => DeliveryOutcome::FlowClosed,
+                }
+            },
+            span.clone(),
+        )
+        .await;
+        match &outcome {
+            DeliveryOutcome::Final { status, .. } => {
+                span.record("sip.status_code", i64::from(*status));
+            }
+            other => {
+                span.record("pms.outcome", tracing::field::debug(other));
+            }
         }
+        outcome
     }
 
     /// Connects the mailbox supervisor (started after the service, inside the actix System).
@@ -968,6 +993,7 @@ impl SipService {
             received_over_tls: flow.transport == Transport::Tls,
         };
         let message_id = MessageId::from_random_bytes(rand::random());
+        tracing::Span::current().record("messaging.message.id", message_id.as_str());
         let sealed = self.seal_for(&recipient, &recipient_record, &message_id, &payload)?;
         let (cseq, _) = request
             .cseq()

@@ -53,6 +53,14 @@ impl Transport {
         }
     }
 
+    /// OpenTelemetry's `network.transport` (TLS runs over TCP).
+    pub fn network_transport(self) -> &'static str {
+        match self {
+            Transport::Tls | Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+
     /// The label used in metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -373,7 +381,10 @@ impl Actor for SessionActor {
                     None => {}
                 }
                 let in_flight = service.begin();
-                let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default());
+                let span = info_span!("sip_transaction", method = %request.method.as_str(), peer = %info.peer, call_id = request.call_id().unwrap_or_default(),
+                    otel.name = %format!("SIP {}", request.method.as_str()), otel.kind = "server", sip.method = %request.method.as_str(),
+                    network.peer.address = %info.peer.ip(), network.peer.port = i64::from(info.peer.port()), network.transport = info.transport.network_transport(),
+                    network.protocol.name = "sip", messaging.message.id = tracing::field::Empty);
                 let mut reply =
                     tracing::Instrument::instrument(service.handle(request, &info), span.clone())
                         .await;

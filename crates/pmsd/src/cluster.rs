@@ -22,7 +22,7 @@ use pms_replication::{Replication, ReplicationError};
 use pms_sip::message::Request;
 use pms_transport::{DeliveryReport, FlowDelivery, ForwardError, PeerClients, PeerFuture};
 use pms_types::{FlowId, GroupId};
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
 /// How long the router keeps trying to get a command committed (following leader changes,
 /// retrying lost answers) before it reports an unknown outcome.
@@ -53,7 +53,27 @@ impl ClusterRouter {
 
     /// Replicates `command` in `group` through its leader, wherever it is; returns after the
     /// command committed and this node applied it (or [`LOCAL_APPLY_WAIT`] passed).
+    /// Inside a trace (a SIP transaction's), the routing is a span of that trace; outside one
+    /// (the prune schedule, the expiry sweep) it starts none, so idle nodes export nothing.
     pub async fn propose(
+        &self,
+        group_id: GroupId,
+        command: Command,
+    ) -> Result<CommandResponse, ReplicationError> {
+        let span = if in_trace() {
+            tracing::info_span!(
+                "cluster_propose",
+                otel.kind = "internal",
+                pms.group = group_id.0,
+                pms.command = pms_replication::command_name(&command),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        self.route(group_id, command).instrument(span).await
+    }
+
+    async fn route(
         &self,
         group_id: GroupId,
         command: Command,
@@ -83,7 +103,19 @@ impl ClusterRouter {
                 }
             };
             if leader == self.replication.node_id() {
-                match group.propose(command.clone()).await {
+                let commit = if in_trace() {
+                    tracing::info_span!(
+                        "raft_commit",
+                        otel.kind = "internal",
+                        pms.group = group_id.0,
+                        pms.command = pms_replication::command_name(&command),
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                // Before the proposal, so that this leader's delivery of the message finds it.
+                commit.in_scope(|| pms_edge::delivery::remember_trace(&command));
+                match group.propose(command.clone()).instrument(commit).await {
                     Ok(response) => return Ok(response),
                     Err(error) if error.is_retryable() => {
                         debug!(group = %group_id, %error, "propose will be retried");
@@ -215,6 +247,18 @@ impl ClusterRouter {
     }
 }
 
+/// Whether the current span belongs to an OpenTelemetry trace (exported, or carrying the ids
+/// of `--log-format json`).
+fn in_trace() -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .is_valid()
+}
+
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -272,6 +316,10 @@ pub struct EdgeFlowDelivery {
 }
 
 impl FlowDelivery for EdgeFlowDelivery {
+    fn proposing(&self, command: &Command) {
+        pms_edge::delivery::remember_trace(command);
+    }
+
     fn deliver(
         &self,
         flow: FlowId,

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let result = system.block_on(async move {
         // First thing: from here on SIGTERM, SIGINT and SIGHUP never kill the process abruptly.
         let (stop, reload) = signals::install()?;
-        let mut telemetry = telemetry::init(&config.log, config.log_format)?;
+        let mut telemetry = telemetry::init(&config.log, config.log_format, config.node_id.0)?;
         tracing::info!(otlp_export = telemetry.is_exporting(), "telemetry ready");
         let result = node::run(config, stop, reload).await;
         if let Err(error) = &result {

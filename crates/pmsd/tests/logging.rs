@@ -73,3 +73,45 @@ fn json_logs_are_one_object_per_line_and_openraft_is_quiet_by_default() {
         .collect();
     assert!(chatty.is_empty(), "{chatty:?}");
 }
+
+/// With `--log-format json` an event inside a traced span (here a SIP transaction) carries the
+/// span's OpenTelemetry ids, even with no exporter configured; one outside any span carries none.
+#[test]
+fn json_lines_inside_a_span_carry_trace_and_span_ids() {
+    let node = common::Node::start_with(vec!["--log-format".into(), "json".into()]);
+    node.add_user("alice");
+    let mut source = common::SipSource::connect([127, 0, 0, 1], node.sip_tcp_addr());
+    let answer = source.register("alice", "not the password");
+    assert!(
+        matches!(answer.status, 401 | 403),
+        "a wrong password is refused: {}",
+        answer.status
+    );
+    let is_hex = |value: &serde_json::Value, digits: usize| {
+        value.as_str().is_some_and(|text| {
+            text.len() == digits
+                && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+                && text.bytes().any(|byte| byte != b'0')
+        })
+    };
+    let mut inside = None;
+    wait_until("the digest failure logged", Duration::from_secs(30), || {
+        inside = node.log().lines().find_map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).ok()?;
+            (line["message"] == "digest verification failed").then_some(line)
+        });
+        inside.is_some()
+    });
+    let inside = inside.expect("found");
+    assert_eq!(inside["span"]["name"], "sip_transaction", "{inside}");
+    assert!(is_hex(&inside["trace_id"], 32), "{inside}");
+    assert!(is_hex(&inside["span_id"], 16), "{inside}");
+    let log = node.log();
+    let ready: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "pmsd ready")
+        .expect("ready line");
+    assert!(ready.get("trace_id").is_none(), "{ready}");
+    assert!(ready.get("span_id").is_none(), "{ready}");
+}

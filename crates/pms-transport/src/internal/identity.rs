@@ -157,7 +157,8 @@ impl ClusterIdentity {
     }
 }
 
-/// Adds this node's cluster id (when known) to every outgoing internal call.
+/// Adds this node's cluster id (when known) and the caller's trace context (when its span is
+/// part of a trace) to every outgoing internal call.
 #[derive(Clone, Debug)]
 pub struct ClusterTag(pub(crate) std::sync::Arc<ClusterIdentity>);
 
@@ -168,6 +169,8 @@ impl tonic::service::Interceptor for ClusterTag {
         {
             request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
         }
+        // W3C trace context of the span the call is made under, if it is part of a trace.
+        super::trace::inject_current(request.metadata_mut());
         Ok(request)
     }
 }

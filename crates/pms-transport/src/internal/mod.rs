@@ -15,6 +15,7 @@ pub mod identity;
 pub mod network;
 pub mod peers;
 pub mod server;
+pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -63,6 +64,13 @@ pub trait FlowDelivery: Send + Sync + 'static {
         request: Vec<u8>,
         timeout: Duration,
     ) -> PeerFuture<'_, DeliveryReport>;
+
+    /// Called on this node, inside the span of a forwarded proposal, just before it proposes
+    /// `command` to a group it leads: the node keeps the span's trace context for the delivery
+    /// of the message the command queues (see `pms_edge::delivery::remember_trace`).
+    fn proposing(&self, command: &pms_mailbox::Command) {
+        let _ = command;
+    }
 }
 
 /// A node's view of itself.

@@ -19,6 +19,7 @@ use pms_replication::{GroupMember, GroupRole, GroupStatus, wire};
 use pms_types::{FlowId, GroupId, NodeId};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 use super::identity::{ClusterIdentity, ClusterTag, LeaderContacts};
 use super::{DeliveryReport, PeerNodeStatus};
@@ -242,6 +243,7 @@ impl PeerClients {
         let response = self
             .stub(address)?
             .propose(request)
+            .instrument(super::trace::client_span("Propose", address))
             .await
             .map_err(|status| {
                 self.note_refusal(address, &status);
@@ -281,6 +283,7 @@ impl PeerClients {
         let response = self
             .stub(address)?
             .change_membership(request)
+            .instrument(super::trace::client_span("ChangeMembership", address))
             .await
             .map_err(|status| {
                 self.note_refusal(address, &status);
@@ -314,7 +317,10 @@ impl PeerClients {
         });
         // The device's own timeout runs on the far node; allow for the network on top.
         call.set_timeout(timeout + PEER_CONNECT_TIMEOUT);
-        match stub.deliver(call).await {
+        let call = stub
+            .deliver(call)
+            .instrument(super::trace::client_span("Deliver", address));
+        match call.await {
             Ok(response) => report_from_proto(&response.into_inner()),
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
                 DeliveryReport::TimedOut

@@ -21,6 +21,7 @@ use pms_replication::{Group, Replication, ReplicationError, wire};
 use pms_types::{FlowId, GroupId, NodeId};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::identity::{ClusterIdentity, LeaderContacts};
 use super::peers::{node_status_to_proto, report_to_proto};
@@ -245,11 +246,26 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let span = super::trace::server_span("Propose", request.metadata(), request.remote_addr());
         self.check_cluster(&request, false)?;
         let request = request.into_inner();
         let group = self.group(request.group)?;
         let command: Command = wire::decode("command", &request.command).map_err(invalid)?;
-        let outcome = match group.propose_indexed(command).await {
+        let commit = tracing::info_span!(
+            parent: &span,
+            "raft_commit",
+            otel.kind = "internal",
+            pms.group = request.group,
+            pms.command = pms_replication::command_name(&command),
+        );
+        // Before the proposal, so that the leader's delivery of what it applies finds it.
+        commit.in_scope(|| self.flows.proposing(&command));
+        let outcome = match group
+            .propose_indexed(command)
+            .instrument(commit)
+            .instrument(span)
+            .await
+        {
             Ok((response, log_index)) => pb::propose_response::Outcome::Committed(pb::Committed {
                 response: wire::encode("command response", &response)
                     .map_err(|error| Status::internal(error.to_string()))?,
@@ -269,6 +285,11 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        let span = super::trace::server_span(
+            "ChangeMembership",
+            request.metadata(),
+            request.remote_addr(),
+        );
         self.check_cluster(&request, false)?;
         let request = request.into_inner();
         let group = self.group(request.group)?;
@@ -276,9 +297,12 @@ impl pb::internal_server::Internal for InternalService {
             return Err(invalid("adding a node needs its address"));
         }
         let result = if request.remove {
-            group.remove_node(request.node).await
+            group.remove_node(request.node).instrument(span).await
         } else {
-            group.add_voter(request.node, request.address).await
+            group
+                .add_voter(request.node, request.address)
+                .instrument(span)
+                .await
         };
         match result {
             Ok(()) => Ok(Response::new(pb::ChangeMembershipResponse {
@@ -300,6 +324,7 @@ impl pb::internal_server::Internal for InternalService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let span = super::trace::server_span("Deliver", request.metadata(), request.remote_addr());
         self.check_cluster(&request, false)?;
         let request = request.into_inner();
         if request.request.len() > DELIVER_REQUEST_BYTES_MAX {
@@ -313,7 +338,11 @@ impl pb::internal_server::Internal for InternalService {
             connection: request.flow_connection,
         };
         let timeout = Duration::from_millis(u64::from(request.timeout_ms)).min(DELIVER_TIMEOUT_MAX);
-        let report = self.flows.deliver(flow, request.request, timeout).await;
+        let report = self
+            .flows
+            .deliver(flow, request.request, timeout)
+            .instrument(span)
+            .await;
         Ok(Response::new(report_to_proto(report)))
     }
 

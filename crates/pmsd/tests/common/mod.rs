@@ -84,6 +84,8 @@ pub struct Node {
     pub log_path: PathBuf,
     /// A certs dir shared with other nodes (a cluster), instead of `<data>/certs`.
     pub shared_certs_dir: Option<PathBuf>,
+    /// Environment variables set for the process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -101,6 +103,7 @@ impl Node {
             child: None,
             log_path,
             shared_certs_dir: None,
+            env: Vec::new(),
         };
         node.spawn();
         node
@@ -117,6 +120,7 @@ impl Node {
             child: None,
             log_path,
             shared_certs_dir: Some(shared_certs_dir),
+            env: Vec::new(),
         }
     }
 
@@ -171,6 +175,7 @@ impl Node {
             .args(["--log", "info,pms_edge=debug,pmsd=debug,openraft=warn"])
             .args(&self.extra_args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -540,6 +545,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes with ids 1..=size and waits until every one is ready.
     pub fn start(size: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_with_env(size, extra_args, &[])
+    }
+
+    /// [`Cluster::start`], with environment variables `env` set for every node.
+    pub fn start_with_env(size: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let shared = tempfile::tempdir().expect("tempdir");
         let certs = shared.path().join("certs");
         loopback_certs(&certs);
@@ -559,6 +569,10 @@ impl Cluster {
             node.extra_args = member_args(shared.path(), index + 1, &["--peers", &peers]);
             node.extra_args
                 .extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+            node.env = env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect();
             node.spawn_process();
         }
         for node in &mut nodes {
