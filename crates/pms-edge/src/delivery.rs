@@ -262,22 +262,27 @@ fn trace_contexts() -> std::sync::MutexGuard<'static, TraceContexts> {
 /// Keeps the current span's trace context (if it is part of a trace) for the delivery of the
 /// message `command` queues. Called by the leader just before it proposes the command.
 pub fn remember_trace(command: &pms_mailbox::Command) {
-    use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let pms_mailbox::Command::Enqueue { message, .. } = command else {
         return;
     };
-    let context = tracing::Span::current().context();
+    remember_context(&message.message_id, tracing::Span::current().context());
+}
+
+/// Keeps `context` for `message_id` when it belongs to a trace, forgetting the oldest beyond
+/// [`TRACE_CONTEXTS_MAX`].
+fn remember_context(message_id: &MessageId, context: opentelemetry::Context) {
+    use opentelemetry::trace::TraceContextExt as _;
     if !context.span().span_context().is_valid() {
         return;
     }
     let mut contexts = trace_contexts();
     if contexts
         .by_message
-        .insert(message.message_id.clone(), context)
+        .insert(message_id.clone(), context)
         .is_none()
     {
-        contexts.order.push_back(message.message_id.clone());
+        contexts.order.push_back(message_id.clone());
     }
     while contexts.order.len() > TRACE_CONTEXTS_MAX {
         if let Some(oldest) = contexts.order.pop_front() {
@@ -297,4 +302,45 @@ pub fn join_accepting_trace(span: &tracing::Span, message_id: &MessageId) {
     span.add_link(context.span().span_context().clone());
     // Fails only without the OpenTelemetry layer, where there is no trace to join.
     let _ = span.set_parent(context);
+}
+
+#[cfg(test)]
+mod trace_context_tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+
+    fn context(n: u64) -> opentelemetry::Context {
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(u128::from(n) + 1),
+            SpanId::from(n + 1),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    fn known(id: &MessageId) -> bool {
+        trace_contexts().by_message.contains_key(id)
+    }
+
+    #[test]
+    fn contexts_are_bounded_oldest_first_and_only_for_traces() {
+        let id = |n: usize| {
+            MessageId::from_random_bytes({
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&(n as u64 | 1 << 63).to_be_bytes());
+                bytes
+            })
+        };
+        remember_context(&id(0), opentelemetry::Context::new());
+        assert!(!known(&id(0)), "no trace, nothing kept");
+        for n in 1..=TRACE_CONTEXTS_MAX + 1 {
+            remember_context(&id(n), context(n as u64));
+        }
+        assert!(trace_contexts().by_message.len() <= TRACE_CONTEXTS_MAX);
+        assert!(!known(&id(1)), "the oldest is forgotten");
+        assert!(known(&id(TRACE_CONTEXTS_MAX + 1)), "the newest is kept");
+    }
 }
