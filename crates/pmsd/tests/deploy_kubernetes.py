@@ -5,8 +5,10 @@ environment (scripts/install-packages test makes it): helm-python-sdk renders an
 chart with Helm's own Go SDK, PyYAML parses what it and `kubectl kustomize` produce.
 
     deploy_kubernetes.py lint CHART
-    deploy_kubernetes.py render CHART OUTDIR       renders every values set into OUTDIR/<set>.yaml
-                                                   and checks each against what it must contain
+    deploy_kubernetes.py render CHART OUTDIR       renders every values set into OUTDIR/<set>.yaml,
+                                                   checks each against what it must contain, and
+                                                   writes OUTDIR/<set>.commands.json: the pmsd
+                                                   command line of each pod
     deploy_kubernetes.py compare HELM.yaml KUSTOMIZE.yaml
     deploy_kubernetes.py strip-skips IN OUT        a copy without checkov.io/skip annotations
 
@@ -104,9 +106,12 @@ def render(chart, outdir):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
         try:
-            check(load_docs(path), **expected)
+            commands = check(load_docs(path), **expected)
         except Failed as failure:
             raise Failed(f"values set {name!r} ({path}): {failure}") from failure
+        # What each pod runs, for the Rust test to give the built pmsd.
+        with open(os.path.join(outdir, f"{name}.commands.json"), "w", encoding="utf-8") as handle:
+            json.dump(commands, handle, indent=1)
         print(f"{name}: {path} checked")
     # The schema refuses what the templates cannot honour.
     for bad in ({"replicas": 0}, {"podAntiAffinity": "sometimes"}, {"cluster": {"listenHost": "127.0.0.1"}}):
@@ -214,6 +219,7 @@ def check(docs, replicas, initial, service_monitor, plaintext):
     script = container["command"][2]
     expect(container["command"][:2] == ["/bin/sh", "-c"], f"command {container['command'][:2]}")
     expect(script.count("/usr/local/bin/pmsd") == 1, "the script must exec /usr/local/bin/pmsd once")
+    commands = {}
     with tempfile.TemporaryDirectory() as scratch:
         stub = os.path.join(scratch, "pmsd")
         with open(stub, "w", encoding="utf-8") as handle:
@@ -236,6 +242,7 @@ def check(docs, replicas, initial, service_monitor, plaintext):
             membership = ["--peers", peers_text] if ordinal < initial else ["--join"]
             want = ["--node-id", str(ordinal + 1), *membership, *args]
             expect(got == want, f"{pod_name} would run pmsd {got}, expected {want}")
+            commands[pod_name] = got
         bad = subprocess.run(
             ["/bin/sh", "-c", script.replace("/usr/local/bin/pmsd", stub), "pmsd"],
             env={"PATH": "/usr/bin:/bin", "POD_NAME": "pms-x", "CLUSTER_INITIAL_MEMBERS": "3", "CLUSTER_PEERS": ""},
@@ -342,6 +349,7 @@ def check(docs, replicas, initial, service_monitor, plaintext):
         expect(not matches(selector, client["metadata"]["labels"]), "the ServiceMonitor must not select the SIP Service")
         (endpoint,) = monitor["spec"]["endpoints"]
         expect(endpoint["port"] == "http" and endpoint["path"] == "/metrics", f"ServiceMonitor endpoint {endpoint}")
+    return commands
 
 
 def without_helm_labels(doc):
