@@ -3,7 +3,10 @@
 //! crate but this one sees a protobuf type.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not when it is compiled: the compiled script is reused by
+    // checkouts at other paths that share a target dir.
+    let proto_dir =
+        std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos = [
         proto_dir.join("pms_admin.proto"),
         proto_dir.join("pms_internal.proto"),

@@ -116,7 +116,7 @@ pub async fn run(
     } else if pms_crypto::permissions_too_open(&config.master_key_file) {
         let path = config.master_key_file.display();
         anyhow::bail!(
-            "master key file {path} is readable by group or others: make it private with `chmod 600 {path}` (on Kubernetes, mount its secret with defaultMode 0400), then start again"
+            "master key file {path} is readable by group or others: make it private with `chmod 600 {path}` (on Kubernetes, copy it from its Secret into a file only the pms user can read, as deploy/helm/pms does in an init container: a mounted Secret is group-readable once fsGroup is set), then start again"
         );
     }
     let previous_master_key = load_previous_master_key(&config)?;

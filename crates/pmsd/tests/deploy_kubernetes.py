@@ -349,6 +349,13 @@ def check(docs, replicas, initial, service_monitor, plaintext):
         expect(not matches(selector, client["metadata"]["labels"]), "the ServiceMonitor must not select the SIP Service")
         (endpoint,) = monitor["spec"]["endpoints"]
         expect(endpoint["port"] == "http" and endpoint["path"] == "/metrics", f"ServiceMonitor endpoint {endpoint}")
+        # deploy/monitoring's rules and dashboard select job="pms": the job label must come
+        # from the headless Service's name label, whose value is "pms".
+        job_label = monitor["spec"].get("jobLabel")
+        expect(
+            job_label is not None and headless["metadata"]["labels"].get(job_label) == "pms",
+            f"ServiceMonitor jobLabel {job_label!r} must name a Service label whose value is pms",
+        )
     return commands
 
 
