@@ -1,4 +1,3 @@
-// Lead: register with `mod config;` in crates/pmsd/src/main.rs (or `pub mod config;` in a lib.rs).
 //! The node's configuration: command-line flags, `PMS_*` environment variables, a TOML file and
 //! built-in defaults, merged into one validated [`Config`].
 //!

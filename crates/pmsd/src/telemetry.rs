@@ -1,4 +1,3 @@
-// Lead: register with `mod telemetry;` in crates/pmsd/src/main.rs (or `pub mod telemetry;` in a lib.rs).
 //! Tracing setup for `pmsd`: logs on stderr (human-readable, or one JSON object per line with
 //! `--log-format json`, carrying `trace_id` and `span_id` inside a traced span), and — only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set — spans exported over OTLP/gRPC (tonic) with the
