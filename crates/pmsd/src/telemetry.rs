@@ -326,22 +326,23 @@ mod tests {
 
     #[test]
     fn bad_filter_and_missing_runtime_are_errors() {
-        let error = build_dispatch("info,=[[[", LogFormat::Text, None, 1, std::io::stderr)
-            .err()
-            .expect("invalid filter refused");
+        let Err(error) = build_dispatch("info,=[[[", LogFormat::Text, None, 1, std::io::stderr)
+        else {
+            panic!("invalid filter accepted");
+        };
         assert!(
             format!("{error:#}").contains("invalid log filter"),
             "{error:#}"
         );
-        let error = build_dispatch(
+        let Err(error) = build_dispatch(
             "info",
             LogFormat::Text,
             Some("http://127.0.0.1:4317"),
             1,
             std::io::stderr,
-        )
-        .err()
-        .expect("no runtime refused");
+        ) else {
+            panic!("a dispatch exporting without a runtime was built");
+        };
         assert!(
             format!("{error:#}").contains("inside the tokio runtime"),
             "{error:#}"
