@@ -26,9 +26,11 @@
 //! The tools live in a virtual environment that `scripts/install-packages test` makes
 //! (`/opt/pms-k8s-tools`, or `PMS_K8S_TOOLS`); a missing tool fails the test and says so.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The checks checkov may skip, each justified in the chart's StatefulSet annotations.
 const CHECKOV_SKIPS: &[&str] = &["CKV_K8S_15", "CKV_K8S_43"];
@@ -361,7 +363,7 @@ fn pmsd_accepts_every_pods_command_line() {
                         .replace("/etc/pms/certs", &certs_dir.display().to_string())
                 })
                 .collect();
-            let output = run_pmsd(&arguments);
+            let output = common::run_pmsd_until_exit(&arguments, REFUSAL_TIMEOUT);
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert_eq!(
                 output.status.code(),
@@ -374,35 +376,4 @@ fn pmsd_accepts_every_pods_command_line() {
             );
         }
     }
-}
-
-/// Runs the built `pmsd` with `arguments` and no `PMS_*` environment, killing it if it has not
-/// exited within [`REFUSAL_TIMEOUT`].
-fn run_pmsd(arguments: &[String]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pmsd"));
-    command
-        .args(arguments)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PMS_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().expect("start pmsd");
-    let deadline = Instant::now() + REFUSAL_TIMEOUT;
-    while child.try_wait().expect("poll pmsd").is_none() {
-        if Instant::now() >= deadline {
-            // Never leave a node running behind a failed test.
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("collect pmsd's output");
-            panic!(
-                "pmsd {arguments:?} still ran after {REFUSAL_TIMEOUT:?}:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("collect pmsd's output")
 }

@@ -14,9 +14,11 @@
 //! A missing `systemd-analyze` or `systemd-sysusers` fails every test here: the README's test
 //! command (`scripts/install-packages test`) installs the `systemd` package.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pms_types::limits;
 
@@ -297,7 +299,7 @@ fn the_units_command_line_runs_pmsd_with_the_production_example() {
     // The production config and the unit's flags are accepted; the node then stops at its
     // first check of what the operator installed (the certs dir), with status 1, which
     // Restart=on-failure retries (a secret mount may come late).
-    let output = run_pmsd(&arguments);
+    let output = common::run_pmsd_until_exit(&arguments, REFUSAL_TIMEOUT);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),
@@ -315,44 +317,13 @@ fn the_units_command_line_runs_pmsd_with_the_production_example() {
         .expect("RestartPreventExitStatus= is one number");
     let mut misspelt = arguments.clone();
     misspelt.push("--data-dirr=/nowhere".to_owned());
-    let output = run_pmsd(&misspelt);
+    let output = common::run_pmsd_until_exit(&misspelt, REFUSAL_TIMEOUT);
     assert_eq!(
         output.status.code(),
         Some(no_restart),
         "a misspelt flag should exit {no_restart} (RestartPreventExitStatus=): {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Runs the built `pmsd` with `arguments` and no `PMS_*` environment, killing it if it has not
-/// exited within [`REFUSAL_TIMEOUT`].
-fn run_pmsd(arguments: &[String]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pmsd"));
-    command
-        .args(arguments)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PMS_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().expect("start pmsd");
-    let deadline = Instant::now() + REFUSAL_TIMEOUT;
-    while child.try_wait().expect("poll pmsd").is_none() {
-        if Instant::now() >= deadline {
-            // Never leave a node running behind a failed test.
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("collect pmsd's output");
-            panic!(
-                "pmsd {arguments:?} still ran after {REFUSAL_TIMEOUT:?}:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("collect pmsd's output")
 }
 
 #[test]

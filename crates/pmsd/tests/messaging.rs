@@ -464,27 +464,7 @@ fn metrics_count_what_happened_and_pass_promtool() {
         http_get(node.ports.http, "/livez").map(|(status, _)| status),
         Some(200)
     );
-    // A missing promtool fails the test: the README's test command installs it.
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; scripts/test installs it)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("write");
-    let output = promtool.wait_with_output().expect("promtool");
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::promtool_check_metrics(&metrics);
 }
 
 /// `pmsctl send` from `route.0` to `route.1` ends in an error with `code` and a reason that

@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Cluster, http_get, wait_until};
@@ -164,7 +162,7 @@ fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
             .filter(|leading| **leading == 1.0)
             .count();
         assert_eq!(lag.len(), led * 2, "follower lag series: {lag:?}");
-        promtool_accepts(&text);
+        common::promtool_check_metrics(&text);
     }
     // Every node's gRPC port saw mutual-TLS handshakes from its peers.
     let handshakes = samples(
@@ -176,28 +174,5 @@ fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
             .get("port=\"grpc\",result=\"ok\"")
             .is_some_and(|count| *count >= 1.0),
         "{handshakes:?}"
-    );
-}
-
-fn promtool_accepts(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus): run scripts/install-packages test");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let output = child.wait_with_output().expect("promtool");
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     );
 }

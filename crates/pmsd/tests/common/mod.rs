@@ -982,3 +982,59 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs the built `pmsd` with `arguments` and no `PMS_*` environment, killing it if it has not
+/// exited within `timeout`.
+pub fn run_pmsd_until_exit(arguments: &[String], timeout: Duration) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pmsd"));
+    command
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PMS_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.spawn().expect("start pmsd");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("poll pmsd").is_none() {
+        if Instant::now() >= deadline {
+            // Never leave a node running behind a failed test.
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect pmsd's output");
+            panic!(
+                "pmsd {arguments:?} still ran after {timeout:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect pmsd's output")
+}
+
+/// `promtool check metrics` accepts `text` (a missing promtool fails: the README's test command
+/// installs it).
+pub fn promtool_check_metrics(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus): run scripts/install-packages test");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let output = promtool.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
