@@ -672,13 +672,14 @@ fn a_three_container_cluster_loses_nothing_acknowledged() {
     let [one, two, three] = [0, 1, 2];
     let member = |index: usize| &cluster.members[index];
 
-    // Not root, and the root file system is read-only.
+    // Not root, and the root file system is read-only (/tmp, writable by everyone on a
+    // writable root, is not even there to write).
     let uid = cluster.docker.run(&["exec", &member(one).name, "id", "-u"]);
     assert_eq!(uid.trim(), PMS_UID.to_string());
     let write = cluster
         .docker
         .command()
-        .args(["exec", &member(one).name, "touch", "/usr/local/bin/pmsd"])
+        .args(["exec", &member(one).name, "touch", "/tmp/written"])
         .output()
         .expect("docker exec");
     assert!(
@@ -737,6 +738,7 @@ fn a_three_container_cluster_loses_nothing_acknowledged() {
     ]);
     let body = "node 2 cut off, node 3 down, via node 1".to_owned();
     let (ok, lines) = send(&cluster.admin, member(one), &body, 10);
+    eprintln!("{body}: acknowledged {ok}: {lines:?}");
     assert!(!ok, "a minority acknowledged a message: {lines:?}");
     sent.push(Sent {
         body,
@@ -778,6 +780,7 @@ fn a_three_container_cluster_loses_nothing_acknowledged() {
     });
     drop(listener);
     let bodies = bodies.into_inner();
+    eprintln!("bob received, in order: {bodies:?}");
 
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for body in &bodies {
@@ -818,6 +821,24 @@ fn a_three_container_cluster_loses_nothing_acknowledged() {
         .filter(|body| acknowledged.contains(body))
         .collect();
     assert_eq!(delivered, acknowledged, "delivery order");
+
+    // `docker stop` reaches pmsd (PID 1, exec form) with SIGTERM: a clean stop, exit 0,
+    // before Docker's SIGKILL.
+    let stopping = Instant::now();
+    cluster
+        .docker
+        .run(&["stop", "--time", "30", &member(one).name]);
+    let exit = cluster.docker.run(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}} {{.State.OOMKilled}}",
+        &member(one).name,
+    ]);
+    assert_eq!(exit.trim(), "0 false", "docker stop: {exit}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "SIGKILLed after 30 s"
+    );
 
     eprintln!(
         "image built in {build_time:.0?}; cluster ready {:.0?} after the start; whole test {:.0?}; {} sent, {} acknowledged",
