@@ -53,21 +53,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Runs `command`, failing the test with its output unless it exits 0.
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    output
-}
-
 // ---- the Dockerfile -----------------------------------------------------------------------
 
 /// `hadolint` from the virtual environment scripts/install-packages makes (`PMS_DOCKER_TOOLS`,
@@ -95,7 +80,7 @@ fn hadolint() -> PathBuf {
 #[test]
 fn hadolint_finds_nothing_in_the_dockerfile() {
     let hadolint = hadolint();
-    let version = run(Command::new(&hadolint).arg("--version"));
+    let version = common::run_ok(Command::new(&hadolint).arg("--version"));
     assert!(
         text(&version.stdout).contains(HADOLINT_VERSION),
         "hadolint {HADOLINT_VERSION} expected (scripts/install-packages test), found {}",
@@ -225,7 +210,7 @@ impl Docker {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        text(&run(self.command().args(args)).stdout)
+        text(&common::run_ok(self.command().args(args)).stdout)
     }
 
     /// Builds the base images if missing, then the image; returns how long the build took.

@@ -23,7 +23,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,20 +109,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
     }
 }
 
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
@@ -177,7 +163,7 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        run(Command::new(&ip).args(["netns", "add", &name]));
+        common::run_ok(Command::new(&ip).args(["netns", "add", &name]));
         let etc_dir = Path::new("/etc/netns").join(&name);
         let netns = Netns { name, etc_dir, ip };
         // `ip netns exec` bind-mounts these over /etc/hosts and /etc/resolv.conf.
@@ -203,9 +189,11 @@ impl Netns {
                 "pmsv0",
             ],
         ] {
-            run(Command::new(&netns.ip)
-                .args(["-n", &netns.name])
-                .args(&args));
+            common::run_ok(
+                Command::new(&netns.ip)
+                    .args(["-n", &netns.name])
+                    .args(&args),
+            );
         }
         netns
     }

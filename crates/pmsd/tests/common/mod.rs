@@ -1038,3 +1038,18 @@ pub fn promtool_check_metrics(text: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Runs `command`, failing the test with its output unless it exits 0.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
