@@ -240,6 +240,19 @@ impl Docker {
                 .arg("--secret")
                 .arg(format!("id=ca-certificates,src={}", bundle.display()));
         }
+        // pms_build_info{commit}: the context has no .git, so the commit comes as an argument.
+        let commit = Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(repo_root())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| text(&output.stdout).trim().to_owned());
+        if let Some(commit) = commit {
+            build
+                .arg("--build-arg")
+                .arg(format!("PMSD_GIT_COMMIT={commit}"));
+        }
         let output = build
             .arg(repo_root())
             .output()
