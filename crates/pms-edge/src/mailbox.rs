@@ -395,6 +395,11 @@ async fn try_attempt(service: &SipService, user: &UserId) -> Result<Step, crate:
             service.waiters().delivered(&message.message_id);
             if response == CommandResponse::Done {
                 service.metrics().messages_delivered_total.inc();
+                let waited_ms = now.0.saturating_sub(message.enqueued_at.0);
+                service
+                    .metrics()
+                    .delivery_latency_seconds
+                    .observe(Duration::from_millis(waited_ms).as_secs_f64());
                 if let Some(sender) = notify {
                     service.wake(&sender);
                 }

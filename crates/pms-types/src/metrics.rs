@@ -49,6 +49,12 @@ pub const OVERFLOW_LABEL_VALUE: &str = "other";
 pub const RAFT_COMMIT_LATENCY_BUCKETS_SECONDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Upper bounds (seconds) of the delivery latency histogram buckets: from a device online at
+/// once (tens of milliseconds) to one that comes back a day later.
+pub const DELIVERY_LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
+    86400.0,
+];
 /// Upper bounds (seconds) of the snapshot duration histogram buckets.
 pub const SNAPSHOT_DURATION_BUCKETS_SECONDS: [f64; 10] =
     [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -260,6 +266,9 @@ pub struct Metrics {
     pub raft_snapshot_duration_seconds: Labeled<Histogram, 1>,
     /// Attempts to deliver a message to a device (each MESSAGE sent out).
     pub delivery_attempts_total: Counter,
+    /// Time from a message's acceptance to its delivery being committed (the device's 2xx),
+    /// in seconds, observed by the leader of the recipient's group.
+    pub delivery_latency_seconds: Histogram,
     /// When each certificate the node presents or trusts expires (its not-after, Unix
     /// seconds), by `file` ("ca.crt", "node.crt", "sip.crt"); set at start and on every
     /// reload, so it always shows the certificate in use.
@@ -369,6 +378,7 @@ impl Metrics {
                 &[["built"], ["installed"]],
             ),
             delivery_attempts_total: Counter::default(),
+            delivery_latency_seconds: Histogram::new(DELIVERY_LATENCY_BUCKETS_SECONDS),
             // No preset series: a 0 would read as "expired in 1970" until the node loads them.
             certificate_expiry_timestamp_seconds: LabeledGauge::new(
                 ["file"],
@@ -568,6 +578,11 @@ impl Metrics {
             registry,
             &prefixed("raft_follower_lag_entries"),
             "On the leader: entries each follower is behind, by group and follower",
+        );
+        registry.register(
+            prefixed("delivery_latency_seconds"),
+            "Time from a message's acceptance to its committed delivery",
+            self.delivery_latency_seconds.clone(),
         );
         registry.register(
             prefixed("raft_commit_latency_seconds"),

@@ -1,8 +1,8 @@
 //! What an on-call engineer reads off `/metrics` of a three-node cluster: the queue depth of a
 //! group is the same on every node (it was a per-node counter that read 2 / 1 / -1 after every
 //! mailbox drained), each group has one leader that every node names, the build is
-//! identified, the `process_*` metrics are there, and `promtool check metrics` accepts each
-//! node's exposition.
+//! identified, every committed delivery's latency is observed once, the `process_*` metrics
+//! are there, and `promtool check metrics` accepts each node's exposition.
 
 mod common;
 
@@ -93,6 +93,23 @@ fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
     let (code, reports) = alice.receive("alice", 3, 30);
     assert_eq!(code, 0, "alice's listen: {reports:?}");
     assert_eq!(reports.len(), 3, "{reports:?}");
+    // Six deliveries committed (bob's three messages, alice's three reports), each observed
+    // once, by the leader that committed it.
+    wait_until("six delivery latencies observed", METRICS_TIMEOUT, || {
+        let observed: f64 = cluster
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                samples(
+                    &scrape(node.ports.http),
+                    "pms_delivery_latency_seconds_count",
+                )
+                .get("")
+                .copied()
+            })
+            .sum();
+        observed == 6.0
+    });
     wait_until("every node counts an empty queue", METRICS_TIMEOUT, || {
         queue_depths(&cluster)
             .iter()
