@@ -45,6 +45,19 @@ fn queue_depths(cluster: &Cluster) -> Vec<BTreeMap<String, f64>> {
         .collect()
 }
 
+/// Waits until every node counts `queued` messages in `user`'s group (of 4) and none in the
+/// others.
+fn wait_for_queued(cluster: &Cluster, user: &str, queued: f64) {
+    let user_id = pms_types::UserId::parse(user).expect("user");
+    let group = format!("group=\"{}\"", pms_types::mailbox_group_for(&user_id, 4).0);
+    let what = format!("every node counts {queued} queued in {user}'s group, none elsewhere");
+    wait_until(&what, METRICS_TIMEOUT, || {
+        queue_depths(cluster).iter().all(|depths| {
+            depths.get(&group) == Some(&queued) && depths.values().sum::<f64>() == queued
+        })
+    });
+}
+
 #[test]
 fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
     let cluster = Cluster::start(3, &["--mailbox-groups", "4"]);
@@ -53,43 +66,19 @@ fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
     alice.add_user("bob");
     cluster.wait_caught_up(METRICS_TIMEOUT);
 
-    // Three messages for bob, who is offline: his group holds 3 (alice's holds nothing; no
-    // report is requested), whichever node is asked.
+    // Three messages for bob, who is offline: his group holds 3, whichever node is asked
+    // (alice's holds nothing yet: her delivery reports come once bob has the messages).
     for text in ["one", "two", "three"] {
         let (code, lines) = alice.send("alice", "bob", text, &[]);
         assert_eq!(code, 0, "send {text}: {lines:?}");
     }
-    let bob_group = format!(
-        "group=\"{}\"",
-        pms_types::mailbox_group_for(&pms_types::UserId::parse("bob").expect("user"), 4).0
-    );
-    wait_until(
-        "every node counts bob's 3 queued messages",
-        METRICS_TIMEOUT,
-        || {
-            queue_depths(&cluster).iter().all(|depths| {
-                depths.get(&bob_group) == Some(&3.0) && depths.values().sum::<f64>() == 3.0
-            })
-        },
-    );
+    wait_for_queued(&cluster, "bob", 3.0);
 
     let (code, received) = bob.receive("bob", 3, 30);
     assert_eq!(code, 0, "bob's listen: {received:?}");
     assert_eq!(received.len(), 3, "{received:?}");
     // pmsctl send asks for positive-delivery reports: three now wait for alice, in her group.
-    let alice_group = format!(
-        "group=\"{}\"",
-        pms_types::mailbox_group_for(&pms_types::UserId::parse("alice").expect("user"), 4).0
-    );
-    wait_until(
-        "every node counts alice's 3 reports",
-        METRICS_TIMEOUT,
-        || {
-            queue_depths(&cluster).iter().all(|depths| {
-                depths.get(&alice_group) == Some(&3.0) && depths.values().sum::<f64>() == 3.0
-            })
-        },
-    );
+    wait_for_queued(&cluster, "alice", 3.0);
     let (code, reports) = alice.receive("alice", 3, 30);
     assert_eq!(code, 0, "alice's listen: {reports:?}");
     assert_eq!(reports.len(), 3, "{reports:?}");
