@@ -2,156 +2,14 @@
 //! 127.0.0.1 by `pms_transport::AdminServer` with an in-memory backend. Certificates are made by
 //! `pmsctl cert …` itself. Checks exit codes, stdout formats and one-line stderr errors.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use pms_transport::{
-    AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, DigestAlgorithm,
-    GroupMemberStatus, GroupRole, MessageState, MessageStatusReport, NewUser, NodeStatus, Password,
-    UserSummary,
-};
-use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
-
-#[derive(Default)]
-struct FakeBackend {
-    users: Mutex<BTreeMap<UserId, bool>>,
-}
-
-const KNOWN_MESSAGE_ID: &str = "00112233445566778899aabbccddeeff";
-
-fn not_found(what: impl std::fmt::Display) -> AdminError {
-    AdminError::NotFound {
-        what: what.to_string(),
-    }
-}
-
-impl AdminBackend for FakeBackend {
-    fn add_user(&self, user: NewUser) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            let mut users = self.users.lock().unwrap();
-            if users.contains_key(&user.user) {
-                return Err(AdminError::AlreadyExists {
-                    what: format!("user {}", user.user),
-                });
-            }
-            users.insert(user.user, user.messaging_enabled);
-            Ok(())
-        })
-    }
-
-    fn remove_user(&self, user: UserId) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            let removed = self.users.lock().unwrap().remove(&user);
-            removed
-                .map(|_| ())
-                .ok_or_else(|| not_found(format!("user {user}")))
-        })
-    }
-
-    fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            let mut users = self.users.lock().unwrap();
-            let flag = users
-                .get_mut(&user)
-                .ok_or_else(|| not_found(format!("user {user}")))?;
-            *flag = enabled;
-            Ok(())
-        })
-    }
-
-    fn set_digest_algorithms(
-        &self,
-        user: UserId,
-        _algorithms: Vec<DigestAlgorithm>,
-        _password: Option<Password>,
-    ) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            if self.users.lock().unwrap().contains_key(&user) {
-                Ok(())
-            } else {
-                Err(AdminError::NotFound {
-                    what: format!("user {user}"),
-                })
-            }
-        })
-    }
-
-    fn list_users(
-        &self,
-        after: Option<UserId>,
-        limit: usize,
-    ) -> BackendFuture<'_, Vec<UserSummary>> {
-        Box::pin(async move {
-            let users = self.users.lock().unwrap();
-            Ok(users
-                .iter()
-                .filter(|(user, _)| after.as_ref().is_none_or(|after| *user > after))
-                .take(limit)
-                .map(|(user, enabled)| UserSummary {
-                    user: user.clone(),
-                    messaging_enabled: *enabled,
-                    digest_algorithms: Vec::new(),
-                })
-                .collect())
-        })
-    }
-
-    fn message_status(&self, message_id: MessageId) -> BackendFuture<'_, MessageStatusReport> {
-        Box::pin(async move {
-            if message_id.as_str() != KNOWN_MESSAGE_ID {
-                return Err(not_found(format!("message {message_id}")));
-            }
-            Ok(MessageStatusReport {
-                message_id,
-                state: MessageState::Delivered,
-                recipient: UserId::parse("bob").unwrap(),
-                enqueued_at: UnixMillis(1_700_000_000_000),
-                updated_at: UnixMillis(1_700_000_000_250),
-            })
-        })
-    }
-
-    fn add_node(&self, _node: NodeId, _address: String) -> BackendFuture<'_, ()> {
-        Box::pin(async move { Ok(()) })
-    }
-
-    fn remove_node(&self, node: NodeId) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            Err(AdminError::FailedPrecondition {
-                reason: format!("removing node {node} would leave no quorum"),
-            })
-        })
-    }
-
-    fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
-        Box::pin(async move {
-            Ok(ClusterStatus {
-                reporting_node: NodeId(1),
-                nodes: vec![NodeStatus {
-                    node: NodeId(1),
-                    address: "127.0.0.1:50051".into(),
-                    groups: vec![GroupMemberStatus {
-                        group: GroupId(0),
-                        role: GroupRole::Leader,
-                        last_applied_index: Some(12),
-                        leader: Some(NodeId(1)),
-                        lag: Some(0),
-                        term: Some(1),
-                    }],
-                    unreachable: None,
-                    version: Some("0.1.0".into()),
-                }],
-            })
-        })
-    }
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{FakeBackend, KNOWN_MESSAGE_ID, Output, Served, serve};
+use pms_types::UserId;
 
 async fn pmsctl(
     certs_dir: &Path,
@@ -229,14 +87,11 @@ async fn pmsctl_makes_certificates_and_administers_users_over_mtls() {
     assert_usage_error(&refused, "invalid client name");
 
     let backend = Arc::new(FakeBackend::default());
-    let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), &certs, backend.clone())
-        .await
-        .unwrap();
-    let admin = server.local_addr().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let Served {
+        admin,
+        stop,
+        serving,
+    } = serve(&certs, backend.clone()).await;
 
     let added = pmsctl(
         &certs,

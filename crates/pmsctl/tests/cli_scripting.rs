@@ -4,165 +4,14 @@
 //! repeat themselves. The admin API is a real `pms_transport::AdminServer` over mutual TLS on
 //! 127.0.0.1 with an in-memory backend; certificates are made by `pmsctl cert …`.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use pms_transport::{
-    AdminBackend, AdminError, AdminServer, BackendFuture, ClusterStatus, DigestAlgorithm,
-    GroupMemberStatus, GroupRole, MasterKeyRotation, MessageState, MessageStatusReport, NewUser,
-    NodeStatus, Password, UserSummary,
-};
-use pms_types::{GroupId, MessageId, NodeId, UnixMillis, UserId};
-
-const KNOWN_MESSAGE_ID: &str = "00112233445566778899aabbccddeeff";
-
-/// Accounts in memory, and a cluster of two nodes whose second one can be made unreachable.
-#[derive(Default)]
-struct FakeBackend {
-    users: Mutex<BTreeMap<UserId, bool>>,
-    node_2_down: AtomicBool,
-}
-
-fn not_found(what: impl std::fmt::Display) -> AdminError {
-    AdminError::NotFound {
-        what: what.to_string(),
-    }
-}
-
-impl AdminBackend for FakeBackend {
-    fn add_user(&self, user: NewUser) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            self.users
-                .lock()
-                .unwrap()
-                .insert(user.user, user.messaging_enabled);
-            Ok(())
-        })
-    }
-
-    fn remove_user(&self, user: UserId) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            let removed = self.users.lock().unwrap().remove(&user);
-            removed
-                .map(|_| ())
-                .ok_or_else(|| not_found(format!("user {user}")))
-        })
-    }
-
-    fn set_messaging_enabled(&self, user: UserId, enabled: bool) -> BackendFuture<'_, ()> {
-        Box::pin(async move {
-            let mut users = self.users.lock().unwrap();
-            let flag = users
-                .get_mut(&user)
-                .ok_or_else(|| not_found(format!("user {user}")))?;
-            *flag = enabled;
-            Ok(())
-        })
-    }
-
-    fn set_digest_algorithms(
-        &self,
-        _user: UserId,
-        _algorithms: Vec<DigestAlgorithm>,
-        _password: Option<Password>,
-    ) -> BackendFuture<'_, ()> {
-        Box::pin(async move { Ok(()) })
-    }
-
-    fn list_users(
-        &self,
-        after: Option<UserId>,
-        limit: usize,
-    ) -> BackendFuture<'_, Vec<UserSummary>> {
-        Box::pin(async move {
-            let users = self.users.lock().unwrap();
-            Ok(users
-                .iter()
-                .filter(|(user, _)| after.as_ref().is_none_or(|after| *user > after))
-                .take(limit)
-                .map(|(user, enabled)| UserSummary {
-                    user: user.clone(),
-                    messaging_enabled: *enabled,
-                    digest_algorithms: Vec::new(),
-                })
-                .collect())
-        })
-    }
-
-    fn message_status(&self, message_id: MessageId) -> BackendFuture<'_, MessageStatusReport> {
-        Box::pin(async move {
-            if message_id.as_str() != KNOWN_MESSAGE_ID {
-                return Err(not_found(format!("message {message_id}")));
-            }
-            Ok(MessageStatusReport {
-                message_id,
-                state: MessageState::Delivered,
-                recipient: UserId::parse("bob").unwrap(),
-                enqueued_at: UnixMillis(1_700_000_000_000),
-                updated_at: UnixMillis(1_700_000_000_250),
-            })
-        })
-    }
-
-    fn add_node(&self, _node: NodeId, _address: String) -> BackendFuture<'_, ()> {
-        Box::pin(async move { Ok(()) })
-    }
-
-    fn remove_node(&self, _node: NodeId) -> BackendFuture<'_, ()> {
-        Box::pin(async move { Ok(()) })
-    }
-
-    fn rotate_master_key(&self) -> BackendFuture<'_, MasterKeyRotation> {
-        Box::pin(async move {
-            Ok(MasterKeyRotation {
-                from: "aaaa".into(),
-                to: "bbbb".into(),
-                accounts_rewrapped: 2,
-            })
-        })
-    }
-
-    fn cluster_status(&self) -> BackendFuture<'_, ClusterStatus> {
-        Box::pin(async move {
-            let member = |node: u64| NodeStatus {
-                node: NodeId(node),
-                address: format!("127.0.0.{node}:50051"),
-                groups: vec![GroupMemberStatus {
-                    group: GroupId(0),
-                    role: if node == 1 {
-                        GroupRole::Leader
-                    } else {
-                        GroupRole::Follower
-                    },
-                    last_applied_index: Some(12),
-                    leader: Some(NodeId(1)),
-                    lag: Some(0),
-                    term: Some(1),
-                }],
-                unreachable: None,
-                version: Some("0.1.0".into()),
-            };
-            let mut second = member(2);
-            if self.node_2_down.load(Ordering::SeqCst) {
-                second.groups.clear();
-                second.version = None;
-                second.unreachable = Some("connection refused".into());
-            }
-            Ok(ClusterStatus {
-                reporting_node: NodeId(1),
-                nodes: vec![member(1), second],
-            })
-        })
-    }
-}
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{FakeBackend, KNOWN_MESSAGE_ID, Output, serve};
+use pms_types::UserId;
 
 /// Runs pmsctl with `args` and exactly the `PMS_*` variables in `env` (none inherited).
 async fn pmsctl(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -205,22 +54,6 @@ async fn make_certs(certs: &Path) {
         let output = pmsctl(&[&["--certs-dir", certs], args].concat(), &[]).await;
         assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
     }
-}
-
-/// Serves the fake backend's admin API on 127.0.0.1; returns its address and a stop handle.
-async fn serve(
-    certs: &Path,
-    backend: Arc<FakeBackend>,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), certs, backend)
-        .await
-        .unwrap();
-    let admin = server.local_addr().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    (admin, stop)
 }
 
 #[tokio::test]
@@ -280,7 +113,9 @@ async fn a_degraded_cluster_status_exits_3_after_printing_the_status() {
     make_certs(dir.path()).await;
     let certs = dir.path().to_str().unwrap();
     let backend = Arc::new(FakeBackend::default());
-    let (admin, _stop) = serve(dir.path(), backend.clone()).await;
+    let common::Served {
+        admin, stop: _stop, ..
+    } = serve(dir.path(), backend.clone()).await;
     let base = ["--certs-dir", certs, "--admin", &admin];
 
     let whole = pmsctl(&[&base[..], &["cluster", "status", "--json"]].concat(), &[]).await;
@@ -353,7 +188,9 @@ async fn json_prints_one_object_per_line_for_every_command() {
     assert_eq!(json_lines(&listed.stdout).len(), 4, "{}", listed.stdout);
 
     let backend = Arc::new(FakeBackend::default());
-    let (admin, _stop) = serve(&certs_path, backend).await;
+    let common::Served {
+        admin, stop: _stop, ..
+    } = serve(&certs_path, backend).await;
     let base = ["--certs-dir", certs, "--admin", &admin, "--json"];
     let expected = [
         (
@@ -457,7 +294,9 @@ async fn pms_admin_and_pms_certs_dir_stand_in_for_the_flags_and_are_named_in_err
     make_certs(dir.path()).await;
     let certs = dir.path().to_str().unwrap();
     let backend = Arc::new(FakeBackend::default());
-    let (admin, _stop) = serve(dir.path(), backend.clone()).await;
+    let common::Served {
+        admin, stop: _stop, ..
+    } = serve(dir.path(), backend.clone()).await;
 
     let env = [("PMS_ADMIN", admin.as_str()), ("PMS_CERTS_DIR", certs)];
     let added = pmsctl(&["user", "add", "carol", "--password", "pw"], &env).await;
