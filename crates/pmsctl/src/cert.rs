@@ -504,30 +504,16 @@ mod tests {
     fn a_lifetime_of_zero_days_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let certs_dir = dir.path().join("certs");
-        let error = run(
-            &certs_dir,
-            &CertCommand::CreateCa {
-                lifetime_days: Some(0),
-            },
-            false,
-            &mut Vec::new(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(error.contains("at least 1 day"), "{error}");
-        assert!(!certs_dir.exists());
-        let error = run(
-            &certs_dir,
-            &CertCommand::CreateCa {
-                lifetime_days: Some(40_000),
-            },
-            false,
-            &mut Vec::new(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(error.contains("more than 36500 days"), "{error}");
-        assert!(!certs_dir.exists());
+        for (days, reason) in [(0, "at least 1 day"), (40_000, "more than 36500 days")] {
+            let command = CertCommand::CreateCa {
+                lifetime_days: Some(days),
+            };
+            let error = run(&certs_dir, &command, false, &mut Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(reason), "{days}: {error}");
+            assert!(!certs_dir.exists());
+        }
     }
 
     #[test]
