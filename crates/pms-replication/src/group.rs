@@ -22,6 +22,7 @@ use pms_mailbox::{Command, CommandResponse, GroupCommand};
 use pms_storage::Store;
 use pms_types::{GroupId, StateRead};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -161,6 +162,8 @@ pub struct Group {
     propose_timeout: Duration,
     commit_latency_observer: RwLock<Option<CommitLatencyObserver>>,
     snapshot_observer: SharedSnapshotObserver,
+    /// Messages queued in this replica, kept by the state machine.
+    queued: Arc<AtomicU64>,
     /// Yields `None` once openraft dropped every clone of the log store and state machine.
     storage_released: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
 }
@@ -193,9 +196,11 @@ impl Group {
         let (alive, storage_released) = tokio::sync::mpsc::channel(1);
         let log_store = LogStore::new(group, Arc::clone(&store)).with_liveness(alive.clone());
         let snapshot_observer = SharedSnapshotObserver::default();
+        let queued = Arc::new(AtomicU64::new(0));
         let state_machine = StateMachine::new(group, Arc::clone(&store), events.clone())
             .with_liveness(alive)
-            .with_snapshot_observer(Arc::clone(&snapshot_observer));
+            .with_snapshot_observer(Arc::clone(&snapshot_observer))
+            .with_queue_count(Arc::clone(&queued))?;
         let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|fatal| fatal_error(group, fatal))?;
@@ -208,6 +213,7 @@ impl Group {
             propose_timeout: Duration::from_millis(config.propose_timeout_ms),
             commit_latency_observer: RwLock::new(None),
             snapshot_observer,
+            queued,
             storage_released: tokio::sync::Mutex::new(storage_released),
         })
     }
@@ -589,6 +595,11 @@ impl Group {
             group: self.group,
             timeout_ms,
         })
+    }
+
+    /// Messages queued in this replica of the group (as of its last applied entry).
+    pub fn queued_messages(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Calls `report` with this replica's status now and after every change openraft reports

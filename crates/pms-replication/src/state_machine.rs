@@ -29,6 +29,7 @@ use pms_storage::{Store, WriteOp};
 use pms_types::{GroupId, Keyspace, Mutation, StateRead, StorageFault};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::broadcast;
 
 type LogId = LogIdOf<TypeConfig>;
@@ -69,6 +70,21 @@ impl StateRead for StoreReader<'_> {
 /// the command to announce.
 type PayloadApplied = (Vec<WriteOp>, CommandResponse, Option<Arc<Command>>);
 
+/// Messages an entry's writes queued and removed: puts and deletes of [`Keyspace::Messages`].
+fn queued_changes(ops: &[WriteOp]) -> (u64, u64) {
+    ops.iter().fold((0, 0), |(added, removed), op| match op {
+        WriteOp::Put {
+            keyspace: Keyspace::Messages,
+            ..
+        } => (added + 1, removed),
+        WriteOp::Delete {
+            keyspace: Keyspace::Messages,
+            ..
+        } => (added, removed + 1),
+        _ => (added, removed),
+    })
+}
+
 /// Whether a snapshot was built from this node's state or installed from the leader's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotKind {
@@ -96,6 +112,11 @@ pub struct StateMachine {
     store: Arc<dyn Store>,
     events: broadcast::Sender<AppliedEvent>,
     snapshot_observer: SharedSnapshotObserver,
+    /// Messages queued in this replica of the group: counted once when the state machine is
+    /// made, then moved by each applied entry's puts and deletes of queued messages (a put is
+    /// always a new message, a delete always one that was there), recounted after a snapshot
+    /// is installed.
+    queued: Arc<AtomicU64>,
     /// Dropped with the state machine: lets `Group::shutdown` wait until openraft let go of it.
     _alive: Option<tokio::sync::mpsc::Sender<()>>,
 }
@@ -111,8 +132,26 @@ impl StateMachine {
             store,
             events,
             snapshot_observer: SharedSnapshotObserver::default(),
+            queued: Arc::new(AtomicU64::new(0)),
             _alive: None,
         }
+    }
+
+    /// Counts the messages this replica holds and keeps `queued` up to date from then on.
+    pub(crate) fn with_queue_count(
+        mut self,
+        queued: Arc<AtomicU64>,
+    ) -> Result<Self, ReplicationError> {
+        self.queued = queued;
+        self.recount_queue()?;
+        Ok(self)
+    }
+
+    fn recount_queue(&self) -> Result<(), ReplicationError> {
+        let queued = pms_mailbox::query::queue_depth(&StoreReader(self.store.as_ref()), self.group)
+            .map_err(|error| self.storage_error(error))?;
+        self.queued.store(queued, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reports each snapshot built or installed to whatever `observer` holds at the time.
@@ -304,6 +343,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.store
                 .write_ops(&ops, false)
                 .map_err(|error| self.storage_error(error).into_io())?;
+            let (added, removed) = queued_changes(&ops);
+            self.queued.fetch_add(added, Ordering::Relaxed);
+            self.queued.fetch_sub(removed, Ordering::Relaxed);
 
             if let Some(command) = command {
                 // No receiver is fine: events are a notification, not a queue.
@@ -364,6 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .into_io()
             })?
             .map_err(|error| self.storage_error(error).into_io())?;
+        self.recount_queue().map_err(ReplicationError::into_io)?;
         self.observe_snapshot(SnapshotKind::Installed, started);
         Ok(())
     }

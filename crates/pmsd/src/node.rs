@@ -393,8 +393,7 @@ pub async fn run(
     let _expiry = ExpiryActor::new(service.clone()).start();
     tokio::spawn(crate::node_metrics::report_storage(
         store.clone(),
-        mailboxes.clone(),
-        config.mailbox_groups,
+        replication.clone(),
         config.data_dir.clone(),
         metrics.clone(),
     ));

@@ -1,8 +1,8 @@
 //! The metrics a node computes rather than counts where things happen: each group's Raft state
 //! (watched: every change openraft reports), snapshot counts and durations (observed by the
-//! state machine), queue depth per group and storage size (refreshed every
-//! [`STORAGE_REPORT_INTERVAL`] from this node's replica and data dir), the `process_*` metrics
-//! (read from `/proc/self` on each scrape) and `pms_build_info`.
+//! state machine), queue depth per group (counted by each group's state machine as it applies
+//! entries) and storage size (both refreshed every [`STORAGE_REPORT_INTERVAL`]), the
+//! `process_*` metrics (read from `/proc/self` on each scrape) and `pms_build_info`.
 //!
 //! Invariant: the queue depth of a group is what this node's replica of the group holds, so
 //! every caught-up replica reports the same number; the cluster's queue is
@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pms_mailbox::MailboxService;
-use pms_mailbox::query;
 use pms_replication::{GroupRole, GroupStatus, Replication};
 use pms_types::metrics::Metrics;
 use pms_types::{GroupId, Keyspace};
@@ -127,26 +125,27 @@ fn report_group(
     *lagging = followers;
 }
 
-/// Refreshes queue depth per group, stored entries, storage size and free space until the
-/// process ends.
+/// Refreshes queue depth per group (read from each state machine's count), stored entries,
+/// storage size and free space until the process ends.
 pub async fn report_storage(
     store: Arc<dyn pms_storage::Store>,
-    mailboxes: Arc<dyn MailboxService>,
-    mailbox_groups: u32,
+    replication: Arc<Replication>,
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
 ) {
     let mut interval = tokio::time::interval(STORAGE_REPORT_INTERVAL);
     loop {
         interval.tick().await;
-        let (store, mailboxes, data_dir, metrics) = (
-            store.clone(),
-            mailboxes.clone(),
-            data_dir.clone(),
-            metrics.clone(),
-        );
+        for group in replication
+            .groups()
+            .filter(|group| group.id() != GroupId(0))
+        {
+            let queued = i64::try_from(group.queued_messages()).unwrap_or(i64::MAX);
+            metrics.queue_depth.set(&group.id().0.to_string(), queued);
+        }
+        let (store, data_dir, metrics) = (store.clone(), data_dir.clone(), metrics.clone());
         let done = tokio::task::spawn_blocking(move || {
-            refresh_storage(&*store, &*mailboxes, mailbox_groups, &data_dir, &metrics);
+            refresh_storage(&*store, &data_dir, &metrics);
         })
         .await;
         if done.is_err() {
@@ -155,20 +154,8 @@ pub async fn report_storage(
     }
 }
 
-fn refresh_storage(
-    store: &dyn pms_storage::Store,
-    mailboxes: &dyn MailboxService,
-    mailbox_groups: u32,
-    data_dir: &Path,
-    metrics: &Metrics,
-) {
+fn refresh_storage(store: &dyn pms_storage::Store, data_dir: &Path, metrics: &Metrics) {
     let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    for group in (1..=mailbox_groups).map(GroupId) {
-        match query::queue_depth(&*mailboxes.state(group), group) {
-            Ok(depth) => metrics.queue_depth.set(&group.0.to_string(), gauge(depth)),
-            Err(error) => debug!(%group, %error, "cannot count the queue"),
-        }
-    }
     for keyspace in Keyspace::ALL {
         match store.estimated_entries(keyspace) {
             Ok(count) => metrics.state_entries.set(keyspace.name(), gauge(count)),

@@ -60,8 +60,8 @@ fn wait_for_queued(cluster: &Cluster, user: &str, queued: f64) {
 
 #[test]
 fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
-    let cluster = Cluster::start(3, &["--mailbox-groups", "4"]);
-    let (alice, bob) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut cluster = Cluster::start(3, &["--mailbox-groups", "4"]);
+    let alice = &cluster.nodes[0];
     alice.add_user("alice");
     alice.add_user("bob");
     cluster.wait_caught_up(METRICS_TIMEOUT);
@@ -73,7 +73,13 @@ fn queue_depth_leaders_and_build_are_reported_the_same_by_every_node() {
         assert_eq!(code, 0, "send {text}: {lines:?}");
     }
     wait_for_queued(&cluster, "bob", 3.0);
+    // A restarted node counts its replica's queue afresh when its groups open.
+    let status = cluster.nodes[2].terminate();
+    assert!(status.success(), "node 3 stopped with {status}");
+    cluster.nodes[2].spawn();
+    wait_for_queued(&cluster, "bob", 3.0);
 
+    let (alice, bob) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (code, received) = bob.receive("bob", 3, 30);
     assert_eq!(code, 0, "bob's listen: {received:?}");
     assert_eq!(received.len(), 3, "{received:?}");
