@@ -123,7 +123,8 @@ pub enum Limitation {
     /// no `:`, `[`, `?`, non-ASCII or other non-token characters, no whitespace around `;` or
     /// `=` (RFC 3261 SEMI and EQUAL allow it). rsip stops at the first such character: the rest
     /// of a Via is ignored (its branch may be cut short or missing), the rest of a name-addr or
-    /// Request-URI makes it unreadable.
+    /// Request-URI makes it unreadable. A Via line is split at `;` as a whole, so a first Via
+    /// ending in its branch reads the comma and the next Via as part of the branch's value.
     ParamsTokenOnly,
     /// A Content-Type is read loosely: whitespace around `/` and `=` (RFC 3261 SLASH and EQUAL
     /// allow it) and before `;` stays in the type and parameters, a parameter without `=` is
@@ -716,13 +717,25 @@ fn explains(
         (Limitation::ParamsTokenOnly, Field::ToTag) => {
             header_params(headers.get("To")).is_some_and(beyond_rsip_params)
         }
-        (Limitation::ParamsTokenOnly, Field::TopViaBranch) => headers
-            .get_list("Via")
-            .first()
-            .and_then(|via| via.split_once(';'))
-            .is_some_and(|(sent_by, params)| {
-                sent_by.ends_with([' ', '\t']) || beyond_rsip_params(params)
-            }),
+        (Limitation::ParamsTokenOnly, Field::TopViaBranch) => {
+            headers
+                .get_list("Via")
+                .first()
+                .and_then(|via| via.split_once(';'))
+                .is_some_and(|(sent_by, params)| {
+                    sent_by.ends_with([' ', '\t']) || beyond_rsip_params(params)
+                })
+                // rsip splits the whole header line at `;`: when the first Via ends with its
+                // branch, that parameter runs on past the comma into the next Via.
+                || headers.get("Via").is_some_and(|via| {
+                    via.split(';')
+                        .skip(1)
+                        .find(|param| param.contains(','))
+                        .is_some_and(|param| {
+                            param.trim_start().starts_with("branch=") && beyond_rsip_params(param)
+                        })
+                })
+        }
         (Limitation::ValuelessTagOrBranchUnknown, Field::FromTag) => {
             header_params(headers.get("From")).is_some_and(|params| has_flag_param(params, "tag"))
         }
