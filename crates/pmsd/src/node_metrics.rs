@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pms_replication::{GroupRole, GroupStatus, Replication};
-use pms_types::metrics::Metrics;
+use pms_types::metrics::{Counter, Gauge, Metrics};
 use pms_types::{GroupId, Keyspace};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
@@ -61,68 +61,89 @@ async fn watch_group(replication: Arc<Replication>, group: GroupId, metrics: Arc
     let Some(watched) = replication.group(group) else {
         return;
     };
-    let mut last_leader = None;
-    let mut lagging = BTreeSet::new();
+    let mut report = GroupReport::new(&metrics, group);
     watched
-        .watch_status(|status| {
-            report_group(&metrics, &status, &mut last_leader, &mut lagging);
-        })
+        .watch_status(|status| report.report(&metrics, &status))
         .await;
 }
 
-/// Sets the per-group Raft gauges from `status`; counts a leader change when the leader this
-/// node knows differs from `last_leader`; keeps follower-lag series only while leading.
-fn report_group(
-    metrics: &Metrics,
-    status: &GroupStatus,
-    last_leader: &mut Option<Option<u64>>,
-    lagging: &mut BTreeSet<u64>,
-) {
-    let group = status.group.0.to_string();
-    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    metrics.raft_term.set(&group, gauge(status.term));
-    metrics
-        .raft_leader
-        .set(&group, gauge(status.leader.unwrap_or(0)));
-    let leading = status.role == GroupRole::Leader;
-    metrics.raft_is_leader.set(&group, i64::from(leading));
-    let last_log = status.last_log_index.unwrap_or(0);
-    metrics.raft_last_log_index.set(&group, gauge(last_log));
-    metrics
-        .raft_applied_index
-        .set(&group, gauge(status.last_applied_index.unwrap_or(0)));
-    if last_leader.is_some_and(|known| known != status.leader) {
-        metrics.raft_leader_changes_total.inc(&group);
-    }
-    *last_leader = Some(status.leader);
+/// One group's Raft series, looked up once (a report runs on every change openraft reports,
+/// i.e. on every applied entry), and what the previous report saw.
+struct GroupReport {
+    group: String,
+    term: Gauge,
+    leader: Gauge,
+    is_leader: Gauge,
+    last_log_index: Gauge,
+    applied_index: Gauge,
+    leader_changes: Counter,
+    /// The leader the previous report named (`None` before the first report).
+    last_leader: Option<Option<u64>>,
+    /// Followers whose lag series exist (this node led the group at the previous report).
+    lagging: BTreeSet<u64>,
+}
 
-    let followers: BTreeSet<u64> = if leading {
-        status
+impl GroupReport {
+    fn new(metrics: &Metrics, group: GroupId) -> Self {
+        let label = group.0.to_string();
+        GroupReport {
+            term: metrics.raft_term.with([&label]),
+            leader: metrics.raft_leader.with([&label]),
+            is_leader: metrics.raft_is_leader.with([&label]),
+            last_log_index: metrics.raft_last_log_index.with([&label]),
+            applied_index: metrics.raft_applied_index.with([&label]),
+            leader_changes: metrics.raft_leader_changes_total.with([&label]),
+            group: label,
+            last_leader: None,
+            lagging: BTreeSet::new(),
+        }
+    }
+
+    /// Sets the group's gauges from `status`; counts a leader change when the leader this node
+    /// knows differs from the previous report's; keeps follower-lag series only while leading.
+    fn report(&mut self, metrics: &Metrics, status: &GroupStatus) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.term.set(gauge(status.term));
+        self.leader.set(gauge(status.leader.unwrap_or(0)));
+        let leading = status.role == GroupRole::Leader;
+        self.is_leader.set(i64::from(leading));
+        let last_log = status.last_log_index.unwrap_or(0);
+        self.last_log_index.set(gauge(last_log));
+        self.applied_index
+            .set(gauge(status.last_applied_index.unwrap_or(0)));
+        if self.last_leader.is_some_and(|known| known != status.leader) {
+            self.leader_changes.inc();
+        }
+        self.last_leader = Some(status.leader);
+
+        let followers: BTreeSet<u64> = if leading {
+            status
+                .members
+                .iter()
+                .filter(|member| member.node != status.leader.unwrap_or(0))
+                .map(|member| member.node)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        for gone in self.lagging.difference(&followers) {
+            metrics
+                .raft_follower_lag_entries
+                .remove([&self.group, &gone.to_string()]);
+        }
+        for member in status
             .members
             .iter()
-            .filter(|member| member.node != status.leader.unwrap_or(0))
-            .map(|member| member.node)
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
-    for gone in lagging.difference(&followers) {
-        metrics
-            .raft_follower_lag_entries
-            .remove([&group, &gone.to_string()]);
+            .filter(|m| followers.contains(&m.node))
+        {
+            let lag = last_log.saturating_sub(member.matched_index.unwrap_or(0));
+            metrics
+                .raft_follower_lag_entries
+                .with([&self.group, &member.node.to_string()])
+                .set(gauge(lag));
+        }
+        self.lagging = followers;
     }
-    for member in status
-        .members
-        .iter()
-        .filter(|m| followers.contains(&m.node))
-    {
-        let lag = last_log.saturating_sub(member.matched_index.unwrap_or(0));
-        metrics
-            .raft_follower_lag_entries
-            .with([&group, &member.node.to_string()])
-            .set(gauge(lag));
-    }
-    *lagging = followers;
 }
 
 /// Refreshes queue depth per group (read from each state machine's count), stored entries,
@@ -328,13 +349,13 @@ mod tests {
     #[test]
     fn group_gauges_leader_changes_and_follower_lag() {
         let metrics = Metrics::new();
-        let (mut last_leader, mut lagging) = (None, BTreeSet::new());
+        let mut report = GroupReport::new(&metrics, GroupId(3));
         let leading = status(
             GroupRole::Leader,
             Some(1),
             vec![member(1, Some(100)), member(2, Some(90)), member(3, None)],
         );
-        report_group(&metrics, &leading, &mut last_leader, &mut lagging);
+        report.report(&metrics, &leading);
         assert_eq!(metrics.raft_term.get("3"), 7);
         assert_eq!(metrics.raft_leader.get("3"), 1);
         assert_eq!(metrics.raft_is_leader.get("3"), 1);
@@ -346,7 +367,7 @@ mod tests {
         );
         assert_eq!(metrics.raft_leader_changes_total.get("3"), 0, "first sight");
 
-        report_group(&metrics, &leading, &mut last_leader, &mut lagging);
+        report.report(&metrics, &leading);
         assert_eq!(metrics.raft_leader_changes_total.get("3"), 0, "same leader");
 
         let following = status(
@@ -354,7 +375,7 @@ mod tests {
             Some(2),
             vec![member(1, None), member(2, None), member(3, None)],
         );
-        report_group(&metrics, &following, &mut last_leader, &mut lagging);
+        report.report(&metrics, &following);
         assert_eq!(metrics.raft_leader_changes_total.get("3"), 1);
         assert_eq!(metrics.raft_is_leader.get("3"), 0);
         assert_eq!(metrics.raft_leader.get("3"), 2);
@@ -364,7 +385,7 @@ mod tests {
             "a former leader reports no lag"
         );
         let electing = status(GroupRole::Candidate, None, vec![member(1, None)]);
-        report_group(&metrics, &electing, &mut last_leader, &mut lagging);
+        report.report(&metrics, &electing);
         assert_eq!(metrics.raft_leader_changes_total.get("3"), 2);
         assert_eq!(metrics.raft_leader.get("3"), 0);
     }
