@@ -126,10 +126,6 @@ pub const LEADERS_STABLE_FOR: Duration = Duration::from_secs(6);
 pub const LEADERS_STABLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pace of the leader probes while waiting for stable leaders.
 pub const LEADERS_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Largest `/metrics` response read.
-pub const METRICS_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Deadline of one `/metrics` scrape.
-pub const METRICS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connection errors quoted per step (the rest are only counted).
 pub const ERRORS_QUOTED_MAX: usize = 8;
 /// Password of every benchmark account.
@@ -1699,28 +1695,10 @@ struct NodeCounters {
 }
 
 async fn scrape_metrics(address: SocketAddr) -> NodeCounters {
-    let fetch = async {
-        let mut stream = TcpStream::connect(address).await.ok()?;
-        // HTTP/1.0: no chunked transfer encoding to undo.
-        let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut body = Vec::new();
-        stream
-            .take(METRICS_RESPONSE_BYTES_MAX as u64)
-            .read_to_end(&mut body)
-            .await
-            .ok()?;
-        Some(String::from_utf8_lossy(&body).into_owned())
-    };
-    let Ok(Some(text)) = tokio::time::timeout(METRICS_TIMEOUT, fetch).await else {
+    let Some(text) = crate::cluster::metrics_text(address).await else {
         return NodeCounters::default();
     };
-    let value = |name: &str| {
-        text.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
-        })
-    };
+    let value = |name: &str| crate::cluster::sample_value(&text, name);
     NodeCounters {
         accepted: value("pms_messages_accepted_total"),
         delivered: value("pms_messages_delivered_total"),

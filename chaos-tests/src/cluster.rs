@@ -477,6 +477,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes `node`'s gRPC server deaf to `from` (its calls are reset), while `node`'s own
+    /// calls to `from`, and everything between `node` and the other nodes, still work: `node`
+    /// falls behind every group `from` leads, yet can still ask `from`.
+    /// [`heal_partition`](Self::heal_partition) ends it.
+    pub fn deafen_grpc(&mut self, node: u64, from: u64) -> anyhow::Result<()> {
+        let index = self.node_index(node)?;
+        let from_index = self.node_index(from)?;
+        let port = self.node(node)?.endpoints.grpc.port();
+        let network = self
+            .network
+            .as_ref()
+            .context("a deaf gRPC port needs network namespaces")?;
+        network.refuse_port(index, port, from_index)?;
+        self.node_mut(node)?.partitioned = true;
+        Ok(())
+    }
+
     pub fn heal_partition(&mut self, node: u64) -> anyhow::Result<()> {
         let index = self.node_index(node)?;
         let network = self
@@ -971,6 +988,42 @@ fn strip_ansi_escapes(text: &str) -> String {
         plain.push(character);
     }
     plain
+}
+
+/// Largest `/metrics` response read.
+pub const METRICS_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Deadline of one `/metrics` scrape.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A node's `/metrics` text (Prometheus text format), or `None` when it did not answer within
+/// [`METRICS_TIMEOUT`].
+pub async fn metrics_text(address: SocketAddr) -> Option<String> {
+    let fetch = async {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        // HTTP/1.0: no chunked transfer encoding to undo.
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream
+            .take(METRICS_RESPONSE_BYTES_MAX as u64)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(METRICS_TIMEOUT, fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of the first sample of `metrics` named exactly `name` (labels included, e.g.
+/// `pms_replica_catch_ups_total{result="caught_up"}`).
+pub fn sample_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+    })
 }
 
 /// `GET path` over HTTP/1.1; the status code, or `None` when there was no complete status

@@ -235,6 +235,45 @@ impl NetnsNetwork {
         Ok(())
     }
 
+    /// Resets every TCP segment that node `from_index` sends to `port` of node `node_index`
+    /// (in the receiving node's namespace): that server goes deaf to that node alone, and the
+    /// sender notices at once, while the receiving node's own outgoing connections keep working
+    /// (their answers arrive on other ports). [`heal`](Self::heal) removes it.
+    pub fn refuse_port(
+        &self,
+        node_index: usize,
+        port: u16,
+        from_index: usize,
+    ) -> anyhow::Result<()> {
+        let namespace = self
+            .namespace(node_index)
+            .with_context(|| format!("no namespace for node index {node_index}"))?;
+        let from = self
+            .node_ip(from_index)
+            .with_context(|| format!("no address for node index {from_index}"))?
+            .to_string();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            "iptables",
+            "-A",
+            "INPUT",
+            "-s",
+            &from,
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])?;
+        Ok(())
+    }
+
     /// Removes the partition rules of node `node_index`.
     pub fn heal(&self, node_index: usize) -> anyhow::Result<()> {
         let namespace = self

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use actix::Addr;
 use pms_mailbox::{
-    Binding, BindingChange, Command, CommandResponse, DedupKey, MailboxService, MessagePayload,
-    MessageState, NewMessage, ProposeError, SenderKey, SenderQuota, UserRecord, query,
+    Binding, BindingChange, CatchUp, Command, CommandResponse, DedupKey, MailboxService,
+    MessagePayload, MessageState, NewMessage, ProposeError, SenderKey, SenderQuota, UserRecord,
+    query,
 };
 use pms_sip::digest::{Algorithm, DigestError, DigestServer};
 use pms_sip::encoding::parse_content_encoding;
@@ -519,6 +520,48 @@ impl SipService {
             .unwrap_or_default()
     }
 
+    /// Checks `credentials` against `record`'s sealed HA1 values (opened for this one check)
+    /// under the account's digest policy.
+    fn verify(
+        &self,
+        credentials: &pms_sip::digest::DigestCredentials,
+        request: &Request,
+        record: Option<&UserRecord>,
+        now: UnixMillis,
+    ) -> Result<Result<pms_sip::digest::VerifiedUser, DigestError>, Refusal> {
+        let policy = Self::digest_policy(record);
+        let stored = record
+            .map(|record| {
+                self.keyring.credentials(record).map_err(|error| {
+                    Refusal::Internal(format!("credentials of {}: {error}", record.user))
+                })
+            })
+            .transpose()?;
+        Ok(self.digest().verify_for(
+            credentials,
+            request.method.as_str(),
+            &policy,
+            |algorithm| {
+                stored.as_ref().and_then(|stored| {
+                    stored
+                        .ha1(crate::config::stored_digest_algorithm(algorithm))
+                        .map(str::to_owned)
+                })
+            },
+            now,
+        ))
+    }
+
+    /// Waits (bounded) until this node's replica of `group` holds everything its leader
+    /// committed; `true` when it may now hold more than before the call.
+    async fn catch_up(&self, group: GroupId) -> bool {
+        self.metrics.replica_catch_ups_waiting.inc();
+        let outcome = self.mailboxes.catch_up(group).await;
+        self.metrics.replica_catch_ups_waiting.dec();
+        self.metrics.replica_catch_ups_total.inc(outcome.name());
+        outcome == CatchUp::CaughtUp
+    }
+
     /// Digest authentication (RFC 8760). `Ok(Err(challenges))` means "challenge": the caller
     /// answers 401/407 with them. `claimed` is the user the request speaks for (To of a
     /// REGISTER, From of a MESSAGE): its account's policy picks the challenges, so an account
@@ -528,7 +571,7 @@ impl SipService {
     ///
     /// Credentials from a source that failed too often (on any account, or on this one) are
     /// refused before they are checked, with the same answer whatever they hold (item 8).
-    fn authenticate(
+    async fn authenticate(
         &self,
         request: &Request,
         header: &str,
@@ -583,30 +626,23 @@ impl SipService {
             self.auth_throttle().failed(source, None, now);
             return Err(Refusal::Forbidden("Authentication failed".into()));
         };
-        let record = self.user_record(&user)?;
+        let mut record = self.user_record(&user)?;
+        let mut verified = self.verify(&credentials, request, record.as_ref(), now)?;
+        // This replica may not hold an account added, or a password changed, a moment ago
+        // through another node: before it refuses, it catches up with the directory's leader
+        // once and checks again against what changed.
+        if matches!(
+            verified,
+            Err(DigestError::BadResponse { .. } | DigestError::UnknownUser { .. })
+        ) && self.catch_up(GroupId::DIRECTORY).await
+        {
+            let fresh = self.user_record(&user)?;
+            if fresh != record {
+                record = fresh;
+                verified = self.verify(&credentials, request, record.as_ref(), now)?;
+            }
+        }
         let policy = Self::digest_policy(record.as_ref());
-        // HA1 values are stored sealed; they are opened for this one verification.
-        let stored = record
-            .as_ref()
-            .map(|record| {
-                self.keyring.credentials(record).map_err(|error| {
-                    Refusal::Internal(format!("credentials of {}: {error}", record.user))
-                })
-            })
-            .transpose()?;
-        let verified = self.digest().verify_for(
-            &credentials,
-            request.method.as_str(),
-            &policy,
-            |algorithm| {
-                stored.as_ref().and_then(|stored| {
-                    stored
-                        .ha1(crate::config::stored_digest_algorithm(algorithm))
-                        .map(str::to_owned)
-                })
-            },
-            now,
-        );
         match verified {
             Ok(_) => self.auth_throttle().succeeded(source, &user),
             // A nonce or opaque this node cannot vouch for (issued before a restart, or by a
@@ -728,19 +764,21 @@ impl SipService {
             )));
         }
         let now = self.clock.now();
-        let (authenticated, record) =
-            match self.authenticate(request, "Authorization", Some(&user), flow.peer.ip(), now)? {
-                Ok(found) => found,
-                Err(challenges) => {
-                    return Ok(Self::challenge(
-                        request,
-                        401,
-                        "WWW-Authenticate",
-                        challenges,
-                        to_tag,
-                    ));
-                }
-            };
+        let (authenticated, record) = match self
+            .authenticate(request, "Authorization", Some(&user), flow.peer.ip(), now)
+            .await?
+        {
+            Ok(found) => found,
+            Err(challenges) => {
+                return Ok(Self::challenge(
+                    request,
+                    401,
+                    "WWW-Authenticate",
+                    challenges,
+                    to_tag,
+                ));
+            }
+        };
         if authenticated != user {
             self.metrics.auth_failures_total.inc("REGISTER");
             return Err(Refusal::Forbidden(
@@ -889,13 +927,16 @@ impl SipService {
             .map_err(|error| Refusal::Malformed(error.reason()))?;
         let now = self.clock.now();
         let claimed_sender = self.local_user(&from.uri).ok();
-        let (sender, sender_record) = match self.authenticate(
-            request,
-            "Proxy-Authorization",
-            claimed_sender.as_ref(),
-            flow.peer.ip(),
-            now,
-        )? {
+        let (sender, sender_record) = match self
+            .authenticate(
+                request,
+                "Proxy-Authorization",
+                claimed_sender.as_ref(),
+                flow.peer.ip(),
+                now,
+            )
+            .await?
+        {
             Ok(found) => found,
             Err(challenges) => {
                 return Ok(Reply::Now(Self::challenge(
@@ -940,7 +981,12 @@ impl SipService {
                 "Secure messaging is not enabled for sender {sender}"
             )));
         }
-        let Some(recipient_record) = self.user_record(&recipient)? else {
+        // An account added a moment ago through another node may not be on this replica yet.
+        let mut recipient_record = self.user_record(&recipient)?;
+        if recipient_record.is_none() && self.catch_up(GroupId::DIRECTORY).await {
+            recipient_record = self.user_record(&recipient)?;
+        }
+        let Some(recipient_record) = recipient_record else {
             return Err(Refusal::NotFound(format!("User {recipient} not found")));
         };
         if !recipient_record.messaging_enabled {

@@ -24,7 +24,7 @@ pub mod service;
 pub use apply::{Applied, apply};
 pub use format::{FormatError, Record};
 pub use records::*;
-pub use service::{BoxFuture, MailboxService, ProposeError};
+pub use service::{BoxFuture, CatchUp, MailboxService, ProposeError};
 
 use pms_types::StorageFault;
 

@@ -24,6 +24,29 @@ pub enum ProposeError {
     Fatal { reason: String },
 }
 
+/// What [`MailboxService::catch_up`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// This node leads the group: its state already holds everything committed.
+    Leading,
+    /// The replica now holds everything the group committed before the call.
+    CaughtUp,
+    /// The leader could not be asked, or this replica did not apply in time (the caller goes
+    /// on with the state it has).
+    Failed,
+}
+
+impl CatchUp {
+    /// The `result` label of `pms_replica_catch_ups_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchUp::Leading => "leading",
+            CatchUp::CaughtUp => "caught_up",
+            CatchUp::Failed => "failed",
+        }
+    }
+}
+
 /// Committed, applied state and the way to change it.
 pub trait MailboxService: Send + Sync + 'static {
     /// Proposes `command` to `group`; resolves after a majority committed it and this node
@@ -44,4 +67,9 @@ pub trait MailboxService: Send + Sync + 'static {
     /// every command committed before the call. A deposed leader that has not heard of its
     /// successor yet answers `false` here (where `is_leader` would still say `true`).
     fn confirm_leadership(&self, group: GroupId) -> BoxFuture<'_, bool>;
+
+    /// Waits (bounded) until this node's replica of `group` holds every command the group
+    /// committed before the call, so that a read misses no recent write made through another
+    /// node (an account added a moment ago).
+    fn catch_up(&self, group: GroupId) -> BoxFuture<'_, CatchUp>;
 }

@@ -15,7 +15,7 @@ use crate::log_store::LogStore;
 use crate::state_machine::{AppliedEvent, SharedSnapshotObserver, SnapshotObserver, StateMachine};
 use crate::types::{LogCommand, SnapshotData, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, LinearizableReadError, RaftError};
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use pms_mailbox::{Command, CommandResponse, GroupCommand};
@@ -488,6 +488,33 @@ impl Group {
             .raft
             .ensure_linearizable(openraft::ReadPolicy::ReadIndex);
         matches!(tokio::time::timeout(timeout, read).await, Ok(Ok(_)))
+    }
+
+    /// On the leader: confirms with a quorum that this node still leads (one round of
+    /// heartbeats) and returns the read index, the log index a replica must have applied to
+    /// see every command committed before the call (Raft thesis §6.4). A follower asks its
+    /// leader for it, then waits with [`Group::wait_for_applied`], before a read that must not
+    /// miss a recent write. `NotLeader` on a follower; `Timeout` when no quorum answered.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, ReplicationError> {
+        let read = self
+            .raft
+            .get_read_linearizer(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                Err(ReplicationError::NotLeader {
+                    group: self.group,
+                    leader: forward.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) | Err(_) => {
+                Err(ReplicationError::Timeout {
+                    group: self.group,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => Err(fatal_error(self.group, fatal)),
+        }
     }
 
     /// The leader this node knows of, if any.

@@ -244,6 +244,12 @@ pub struct Metrics {
     /// SIP requests answered, by `method` (the request's, "unknown" when it could not be
     /// parsed) and `status` (the final status code sent, e.g. "202").
     pub sip_requests_total: Labeled<Counter, 2>,
+    /// Lookups waiting now for this node's replica of the directory to catch up with its
+    /// leader (an account or password this replica does not know may be newer than it).
+    pub replica_catch_ups_waiting: Gauge,
+    /// Such catch-ups, by `result`: "caught_up", "failed" (the leader could not be asked or
+    /// this replica did not apply in time), "leading" (this node leads: nothing to wait for).
+    pub replica_catch_ups_total: LabeledCounter,
     /// Time from proposing a command to its commit, in seconds.
     pub raft_commit_latency_seconds: Histogram,
     /// The Raft term this node's replica of each `group` is in.
@@ -353,6 +359,12 @@ impl Metrics {
                 ["method", "status"],
                 LABEL_VALUES_MAX * 4,
                 &[],
+            ),
+            replica_catch_ups_waiting: Gauge::default(),
+            replica_catch_ups_total: LabeledCounter::new(
+                ["result"],
+                LABEL_VALUES_MAX,
+                &[["caught_up"], ["failed"], ["leading"]],
             ),
             raft_commit_latency_seconds: commit_latency_histogram(),
             raft_term: LabeledGauge::new(["group"], GROUP_SERIES_MAX, &[]),
@@ -465,6 +477,11 @@ impl Metrics {
                 "Applied account removals not yet shredded from this node's data dir",
                 &self.shred_pending,
             ),
+            (
+                "replica_catch_ups_waiting",
+                "Lookups waiting for this node's directory replica to catch up with its leader",
+                &self.replica_catch_ups_waiting,
+            ),
         ];
         for (name, help, gauge) in gauges {
             registry.register(prefixed(name), help, gauge.clone());
@@ -549,6 +566,11 @@ impl Metrics {
                 "messages_sender_limited",
                 "MESSAGEs refused to their sender by a per-sender limit, by limit",
                 &self.messages_sender_limited_total,
+            ),
+            (
+                "replica_catch_ups",
+                "Directory lookups that asked the leader first (an account unknown here), by result",
+                &self.replica_catch_ups_total,
             ),
             (
                 "raft_leader_changes",

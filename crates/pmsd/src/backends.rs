@@ -14,7 +14,7 @@ use std::sync::Arc;
 use pms_crypto::{DataKey, seal_credentials, wrap_data_key};
 use pms_edge::keyring::Keyring;
 use pms_mailbox::{
-    BoxFuture, Command, CommandResponse, Credentials, DigestAlgorithm, MailboxService,
+    BoxFuture, CatchUp, Command, CommandResponse, Credentials, DigestAlgorithm, MailboxService,
     MessageState as StoredState, ProposeError, UserRecord, query,
 };
 use pms_replication::{GroupRole as ReplicaRole, Replication, ReplicationError};
@@ -76,10 +76,28 @@ impl MailboxService for ReplicatedMailboxes {
             .group(group)
             .is_some_and(|group| group.is_leader())
     }
+
+    fn catch_up(&self, group: GroupId) -> BoxFuture<'_, CatchUp> {
+        Box::pin(async move {
+            if self.is_leader(group) {
+                return CatchUp::Leading;
+            }
+            match self.router.catch_up(group, CATCH_UP_TIMEOUT).await {
+                Ok(()) => CatchUp::CaughtUp,
+                Err(error) => {
+                    tracing::debug!(%group, %error, "this replica could not catch up with its leader");
+                    CatchUp::Failed
+                }
+            }
+        })
+    }
 }
 
 /// How long a mailbox waits for a quorum to confirm its leader before a delivery.
 const LEADERSHIP_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a lookup that found nothing waits for this replica to catch up with its leader
+/// before it answers with what it has (a SIP request waits this much at most).
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn fatal(error: ReplicationError) -> ProposeError {
     ProposeError::Fatal {

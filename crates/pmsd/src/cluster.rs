@@ -180,6 +180,53 @@ impl ClusterRouter {
         }
     }
 
+    /// Waits until this node's replica of `group` has applied every command the group committed
+    /// before the call: asks the leader for a read index (itself when it leads, else over
+    /// gRPC) and waits until this replica applied that index. One try within `timeout`: the
+    /// caller only wants state at least as fresh as the leader's, and goes on with what it has
+    /// when the leader cannot be asked.
+    pub async fn catch_up(
+        &self,
+        group_id: GroupId,
+        timeout: Duration,
+    ) -> Result<(), ReplicationError> {
+        let group = self.replication.require_group(group_id)?;
+        let deadline = Instant::now() + timeout;
+        let leader = match group.current_leader() {
+            Some(leader) => leader,
+            None => group.wait_for_leader(timeout).await?,
+        };
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        let index = if leader == self.replication.node_id() {
+            group.read_index(remaining()).await?
+        } else {
+            let address = group
+                .member_address(leader)
+                .ok_or(ReplicationError::NotLeader {
+                    group: group_id,
+                    leader: Some(leader),
+                })?;
+            self.peers
+                .read_index(&address, group_id, remaining())
+                .await
+                .map_err(|error| match error {
+                    ForwardError::NotLeader { leader, .. } => ReplicationError::NotLeader {
+                        group: group_id,
+                        leader: leader.map(|node| node.0),
+                    },
+                    ForwardError::OutcomeUnknown { .. } => ReplicationError::Timeout {
+                        group: group_id,
+                        timeout_ms: duration_ms(timeout),
+                    },
+                    ForwardError::Refused { address, detail } => ReplicationError::Refused {
+                        group: group_id,
+                        detail: format!("{address}: {detail}"),
+                    },
+                })?
+        };
+        group.wait_for_applied(index, remaining()).await
+    }
+
     /// Adds (`Some(address)`) or removes (`None`) `node` in every group, through each group's
     /// leader.
     pub async fn change_membership(

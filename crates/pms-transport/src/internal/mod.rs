@@ -37,6 +37,8 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 pub const DELIVER_REQUEST_BYTES_MAX: usize = 256 * 1024;
 /// Longest a pushed delivery may wait for the device.
 pub const DELIVER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Longest a leader spends confirming a read index with a quorum.
+pub const READ_INDEX_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 
 /// A boxed future, so that the traits stay object-safe.
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

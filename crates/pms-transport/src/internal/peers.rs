@@ -263,6 +263,37 @@ impl PeerClients {
         }
     }
 
+    /// Asks the node at `address`, which should lead `group`, for a read index: the log index
+    /// this node must apply to see every command the group committed before the call.
+    pub async fn read_index(
+        &self,
+        address: &str,
+        group: GroupId,
+        timeout: Duration,
+    ) -> Result<u64, ForwardError> {
+        let mut request = tonic::Request::new(pb::ReadIndexRequest { group: group.0 });
+        request.set_timeout(timeout);
+        let response = self
+            .stub(address)?
+            .read_index(request)
+            .await
+            .map_err(|status| {
+                self.note_refusal(address, &status);
+                ForwardError::from_status(address, &status)
+            })?
+            .into_inner();
+        match response.outcome {
+            Some(pb::read_index_response::Outcome::Index(index)) => Ok(index),
+            Some(pb::read_index_response::Outcome::NotLeader(not_leader)) => {
+                Err(not_leader_from_proto(not_leader))
+            }
+            None => Err(ForwardError::Refused {
+                address: address.to_owned(),
+                detail: "empty read index response".into(),
+            }),
+        }
+    }
+
     /// Asks the node at `address`, which should lead `group`, to add `node` at `node_address`
     /// (learner, then voter) or, with `None`, to remove it.
     pub async fn change_membership(

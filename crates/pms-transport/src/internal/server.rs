@@ -27,7 +27,7 @@ use super::identity::{ClusterIdentity, LeaderContacts};
 use super::peers::{node_status_to_proto, report_to_proto};
 use super::{
     DELIVER_REQUEST_BYTES_MAX, DELIVER_TIMEOUT_MAX, FlowDelivery, PeerNodeStatus,
-    SNAPSHOT_BYTES_MAX,
+    READ_INDEX_TIMEOUT_MAX, SNAPSHOT_BYTES_MAX,
 };
 use crate::admin::server::ServiceAdder;
 use crate::proto::internal_v1 as pb;
@@ -277,6 +277,24 @@ impl pb::internal_server::Internal for InternalService {
             Err(error) => return Err(replication_status(&error)),
         };
         Ok(Response::new(pb::ProposeResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.check_cluster(&request, false)?;
+        let group = self.group(request.get_ref().group)?;
+        let outcome = match group.read_index(READ_INDEX_TIMEOUT_MAX).await {
+            Ok(index) => pb::read_index_response::Outcome::Index(index),
+            Err(ReplicationError::NotLeader { leader, .. }) => {
+                pb::read_index_response::Outcome::NotLeader(self.not_leader(group, leader))
+            }
+            Err(error) => return Err(replication_status(&error)),
+        };
+        Ok(Response::new(pb::ReadIndexResponse {
             outcome: Some(outcome),
         }))
     }
