@@ -200,12 +200,7 @@ impl ClusterRouter {
         let index = if leader == self.replication.node_id() {
             group.read_index(remaining()).await?
         } else {
-            let address = group
-                .member_address(leader)
-                .ok_or(ReplicationError::NotLeader {
-                    group: group_id,
-                    leader: Some(leader),
-                })?;
+            let address = leader_address(group, leader)?;
             self.peers
                 .read_index(&address, group_id, remaining())
                 .await
@@ -247,13 +242,7 @@ impl ClusterRouter {
                         None => group.remove_node(node).await,
                     }
                 } else {
-                    let leader_address =
-                        group
-                            .member_address(leader)
-                            .ok_or(ReplicationError::NotLeader {
-                                group: group_id,
-                                leader: Some(leader),
-                            })?;
+                    let leader_address = leader_address(&group, leader)?;
                     self.peers
                         .change_membership(
                             &leader_address,
@@ -304,6 +293,17 @@ fn in_trace() -> bool {
         .span()
         .span_context()
         .is_valid()
+}
+
+/// The address of `leader` in `group`'s membership; `NotLeader` when the membership does not
+/// name it (it changed meanwhile: the caller asks again).
+fn leader_address(group: &pms_replication::Group, leader: u64) -> Result<String, ReplicationError> {
+    group
+        .member_address(leader)
+        .ok_or(ReplicationError::NotLeader {
+            group: group.id(),
+            leader: Some(leader),
+        })
 }
 
 fn duration_ms(duration: Duration) -> u64 {

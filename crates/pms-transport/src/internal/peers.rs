@@ -221,6 +221,12 @@ impl PeerClients {
             })
     }
 
+    /// What a failed call to `address` means for the caller (a refusal is logged once).
+    fn call_error(&self, address: &str, status: &tonic::Status) -> ForwardError {
+        self.note_refusal(address, status);
+        ForwardError::from_status(address, status)
+    }
+
     /// Asks the node at `address` to replicate `command` in `group`, which it should lead.
     pub async fn propose(
         &self,
@@ -245,10 +251,7 @@ impl PeerClients {
             .propose(request)
             .instrument(super::trace::client_span("Propose", address))
             .await
-            .map_err(|status| {
-                self.note_refusal(address, &status);
-                ForwardError::from_status(address, &status)
-            })?
+            .map_err(|status| self.call_error(address, &status))?
             .into_inner();
         match response.outcome {
             Some(pb::propose_response::Outcome::Committed(committed)) => Ok(Forwarded {
@@ -277,10 +280,7 @@ impl PeerClients {
             .stub(address)?
             .read_index(request)
             .await
-            .map_err(|status| {
-                self.note_refusal(address, &status);
-                ForwardError::from_status(address, &status)
-            })?
+            .map_err(|status| self.call_error(address, &status))?
             .into_inner();
         match response.outcome {
             Some(pb::read_index_response::Outcome::Index(index)) => Ok(index),
@@ -316,10 +316,7 @@ impl PeerClients {
             .change_membership(request)
             .instrument(super::trace::client_span("ChangeMembership", address))
             .await
-            .map_err(|status| {
-                self.note_refusal(address, &status);
-                ForwardError::from_status(address, &status)
-            })?
+            .map_err(|status| self.call_error(address, &status))?
             .into_inner();
         match response.not_leader {
             Some(not_leader) => Err(not_leader_from_proto(not_leader)),
@@ -372,10 +369,7 @@ impl PeerClients {
             .stub(address)?
             .node_status(request)
             .await
-            .map_err(|status| {
-                self.note_refusal(address, &status);
-                ForwardError::from_status(address, &status)
-            })?
+            .map_err(|status| self.call_error(address, &status))?
             .into_inner();
         Ok(node_status_from_proto(response))
     }
