@@ -6,7 +6,10 @@
 //!   transaction at a time, and commits the outcome (`MarkDelivered` / `MarkFailed`), or backs
 //!   off and retries. It stops when there is nothing it can do (empty queue or no live device)
 //!   and is rebuilt from the state machine on the next `Wake`.
-//! - `ExpiryActor` sweeps the head of the expiry index and commits `Expire` entries.
+//! - `ExpiryActor` sweeps the head of the expiry index of every group this node leads (the
+//!   groups side by side) and commits `Expire` entries, up to [`EXPIRY_COMMITS_IN_FLIGHT`] at
+//!   once per group: concurrent proposals share Raft appends, so a node expires many messages
+//!   per commit round instead of one, and keeps up with a sustained offline load.
 //!
 //! Invariant: a message is removed from the queue only by a committed `MarkDelivered` (device
 //! answered 2xx), `MarkFailed` (device answered a permanent error) or `Expire` (guarantee 2).
@@ -39,8 +42,10 @@ use crate::session::DeliveryOutcome;
 
 /// Most senders waiting for the synchronous window at once; beyond it senders get 202 at once.
 pub const DELIVERY_WAITERS_MAX: usize = 100_000;
-/// Expired messages handled per sweep.
+/// Expired messages handled per group per sweep.
 pub const EXPIRY_SWEEP_MAX: usize = 64;
+/// Most `Expire` commits in flight per group during a sweep.
+pub const EXPIRY_COMMITS_IN_FLIGHT: usize = 32;
 /// How often the leader looks for users with queued messages and wakes their mailboxes. This
 /// resumes delivery after a leader change, after a lost wake-up, and when a device's node came
 /// back; new messages and registrations wake their mailbox at once.
@@ -541,10 +546,14 @@ impl Actor for ExpiryActor {
             let service = actor.service.clone();
             ctx.spawn(
                 async move {
-                    for group in groups {
-                        sweep(&service, group).await;
-                        forward_outbox(&service, group).await;
-                    }
+                    let sweeps = groups.into_iter().map(|group| {
+                        let service = &service;
+                        async move {
+                            sweep(service, group).await;
+                            forward_outbox(service, group).await;
+                        }
+                    });
+                    futures::future::join_all(sweeps).await;
                 }
                 .instrument(info_span!("expiry_sweep"))
                 .into_actor(actor)
@@ -599,6 +608,7 @@ async fn forward_outbox(service: &SipService, group: GroupId) {
 }
 
 async fn sweep(service: &SipService, group: GroupId) {
+    use futures::TryStreamExt as _;
     let now = service.clock().now();
     let due = {
         let state = service.mailboxes().state(group);
@@ -610,46 +620,63 @@ async fn sweep(service: &SipService, group: GroupId) {
             }
         }
     };
-    for (_, recipient, seq) in due {
-        let message = {
-            let state = service.mailboxes().state(group);
-            query::queue(&*state, group, &recipient, seq, 1)
-                .ok()
-                .and_then(|queue| queue.into_iter().next())
-                .filter(|message| message.seq == seq)
-        };
-        let Some(message) = message else { continue };
-        let imdn = open_payload(service, &message).ok().and_then(|payload| {
-            notification(
-                service,
-                &message.message_id,
-                &payload,
-                ImdnStatus::Failed,
-                now,
-            )
+    // The first commit that fails ends the sweep (the rest are retried on the next one).
+    let expired = futures::stream::iter(due.into_iter().map(Ok))
+        .try_for_each_concurrent(EXPIRY_COMMITS_IN_FLIGHT, |(_, recipient, seq)| {
+            expire(service, group, recipient, seq, now)
+        })
+        .await;
+    if let Err(refusal) = expired {
+        warn!(%group, ?refusal, "expire could not commit; retried next sweep");
+    }
+}
+
+/// Commits `Expire` for `recipient`'s message `seq` if it is still queued, with a failed
+/// report for its sender when one was asked for.
+async fn expire(
+    service: &SipService,
+    group: GroupId,
+    recipient: UserId,
+    seq: u64,
+    now: pms_types::UnixMillis,
+) -> Result<(), crate::status::Refusal> {
+    let message = {
+        let state = service.mailboxes().state(group);
+        query::queue(&*state, group, &recipient, seq, 1)
             .ok()
-            .flatten()
-        });
-        let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
-        let command = Command::Expire {
-            recipient: recipient.clone(),
-            seq,
-            message_id: message.message_id.clone(),
-            at: now,
-            notification: imdn,
-        };
-        match commit_outcome(service, group, command).await {
-            Ok(CommandResponse::Done) => {
-                service.metrics().messages_expired_total.inc();
-                if let Some(sender) = notify {
-                    service.wake(&sender);
-                }
-            }
-            Ok(other) => debug!(?other, "expire not applied"),
-            Err(refusal) => {
-                warn!(?refusal, "expire could not commit; retried next sweep");
-                return;
+            .and_then(|queue| queue.into_iter().next())
+            .filter(|message| message.seq == seq)
+    };
+    let Some(message) = message else {
+        return Ok(());
+    };
+    let imdn = open_payload(service, &message).ok().and_then(|payload| {
+        notification(
+            service,
+            &message.message_id,
+            &payload,
+            ImdnStatus::Failed,
+            now,
+        )
+        .ok()
+        .flatten()
+    });
+    let notify = imdn.as_ref().map(|imdn| imdn.recipient.clone());
+    let command = Command::Expire {
+        recipient,
+        seq,
+        message_id: message.message_id.clone(),
+        at: now,
+        notification: imdn,
+    };
+    match commit_outcome(service, group, command).await? {
+        CommandResponse::Done => {
+            service.metrics().messages_expired_total.inc();
+            if let Some(sender) = notify {
+                service.wake(&sender);
             }
         }
+        other => debug!(?other, "expire not applied"),
     }
+    Ok(())
 }
