@@ -242,7 +242,7 @@ impl ClusterRouter {
                         None => group.remove_node(node).await,
                     }
                 } else {
-                    let leader_address = leader_address(&group, leader)?;
+                    let leader_address = leader_address(group, leader)?;
                     self.peers
                         .change_membership(
                             &leader_address,
