@@ -59,9 +59,10 @@ pub use seal::{
     unwrap_data_key, wrap_data_key,
 };
 pub use tls::{
-    PemIdentity, client_config, insecure_client_config, load_ca_pem, load_client_identity,
-    load_node_identity, mtls_client_config, mtls_server_config, mtls_server_config_with,
-    node_mtls_client_config, peer_common_name, sip_server_config, sip_server_config_with,
+    PemIdentity, client_config, grpc_client_config, insecure_client_config, load_ca_pem,
+    load_client_identity, load_node_identity, mtls_client_config, mtls_server_config,
+    mtls_server_config_with, node_mtls_client_config, peer_common_name, sip_server_config,
+    sip_server_config_with,
 };
 /// Plaintext that zeroes itself when dropped (opened credentials).
 pub use zeroize::Zeroizing;

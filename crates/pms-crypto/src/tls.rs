@@ -17,8 +17,8 @@
 //!   progress keeps the certificate and key it started with.
 
 use crate::certs::{
-    CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, client_cert_file, client_key_file,
-    validate_client_name,
+    CA_CERT_FILE, NODE_CERT_FILE, NODE_COMMON_NAME, NODE_KEY_FILE, client_cert_file,
+    client_key_file, validate_client_name,
 };
 use crate::error::{Error, Result};
 use crate::reloadable::{CertificateRole, ReloadableCertificate};
@@ -27,6 +27,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -208,6 +209,88 @@ fn mtls_client_config_from(
         .with_client_auth_cert(certs, key)
         .map_err(|source| tls_error("mutual-TLS client", source))?;
     Ok(Arc::new(config))
+}
+
+/// Mutual-TLS client of the gRPC port (node-to-node calls, admin clients): trusts `ca.crt`,
+/// presents `identity`, offers HTTP/2 (ALPN `h2`), and accepts a server only if its
+/// certificate is a node's (common name `node`, besides chain and name), so that no other
+/// certificate the cluster CA signed (`sip.crt` of a development setup, an admin's) can stand
+/// in for a node.
+pub fn grpc_client_config(certs_dir: &Path, identity: &PemIdentity) -> Result<Arc<ClientConfig>> {
+    let ca_path = certs_dir.join(CA_CERT_FILE);
+    let roots = Arc::new(root_store(&ca_path)?);
+    let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|source| Error::Pem {
+            path: ca_path,
+            reason: format!("unusable CA certificate: {source}"),
+        })?;
+    let source = Path::new("the client certificate in use");
+    let certs = certs_from_pem(source, identity.cert.as_bytes())?;
+    let key = key_from_pem(source, identity.key.as_bytes())?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|source| tls_error("gRPC client", source))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NodeServerVerifier { chain }))
+        .with_client_auth_cert(certs, key)
+        .map_err(|source| tls_error("gRPC client", source))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CA's chain and name checks, then the node common name.
+#[derive(Debug)]
+struct NodeServerVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match peer_common_name(end_entity.as_ref()) {
+            Some(name) if name == NODE_COMMON_NAME => Ok(verified),
+            other => Err(rustls::Error::General(format!(
+                "the server's certificate is not a node's (common name {:?}, expected {NODE_COMMON_NAME:?}): the cluster CA signed it for another use",
+                other.unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 /// **Development only** (`--insecure`): a client that accepts any server certificate,

@@ -12,19 +12,28 @@
 //! [`GRPC_HANDSHAKES_IN_FLIGHT_MAX`] run at once, so slow clients cannot stall the port.
 //! Invariant: node-to-node clients present the node certificate in use when their connection
 //! is made (see `PeerClients`, which rebuilds its channels when the certificate changes).
+//! Invariant: every gRPC client (node-to-node, admin) accepts a server only if its certificate
+//! chains to `ca.crt`, names the host called, and has the common name `node`
+//! ([`GrpcTlsConnector`]): no other certificate of the cluster CA stands in for a node.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
 use futures::Stream;
+use hyper_util::rt::TokioIo;
 use pms_crypto::{PemIdentity, ReloadableCertificate};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::transport::{Endpoint, Uri};
 
 use crate::TransportError;
 
@@ -46,12 +55,6 @@ fn certificates_error(certs_dir: &Path, reason: impl std::fmt::Display) -> Trans
         certs_dir: certs_dir.to_path_buf(),
         reason: reason.to_string(),
     }
-}
-
-fn load_ca(certs_dir: &Path) -> Result<Certificate, TransportError> {
-    let ca_pem =
-        pms_crypto::load_ca_pem(certs_dir).map_err(|e| certificates_error(certs_dir, e))?;
-    Ok(Certificate::from_pem(ca_pem))
 }
 
 /// The TLS configuration of a node's gRPC server: it presents the node certificate `node`
@@ -136,33 +139,69 @@ pub(crate) fn tls_incoming(
     )
 }
 
-/// The TLS configuration of a client presenting `client.<client_name>.crt` and trusting only
-/// `ca.crt`. `server_name` must match a SAN of the server's node certificate.
-pub(crate) fn client_tls_config(
-    certs_dir: &Path,
-    client_name: &str,
-    server_name: &str,
-) -> Result<ClientTlsConfig, TransportError> {
-    let identity = pms_crypto::load_client_identity(certs_dir, client_name)
-        .map_err(|e| certificates_error(certs_dir, e))?;
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(load_ca(certs_dir)?)
-        .identity(Identity::from_pem(&identity.cert, &identity.key))
-        .domain_name(server_name))
+/// A gRPC endpoint for `address` (`HOST:PORT`) whose connections [`GrpcTlsConnector`] makes:
+/// the endpoint itself speaks plain `http://` to the connector, which does TCP and TLS.
+pub(crate) fn grpc_endpoint(address: &str) -> Result<Endpoint, TransportError> {
+    Endpoint::from_shared(format!("http://{address}")).map_err(|source| TransportError::Connect {
+        address: address.to_owned(),
+        source,
+    })
 }
 
-/// The TLS configuration of a node calling another node: it presents `identity`, the node
-/// certificate in use (`node.crt`/`node.key`, which carries the client-auth usage), and
-/// trusts only `ca.crt`.
-pub(crate) fn node_client_tls_config(
-    certs_dir: &Path,
-    identity: &PemIdentity,
-    server_name: &str,
-) -> Result<ClientTlsConfig, TransportError> {
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(load_ca(certs_dir)?)
-        .identity(Identity::from_pem(&identity.cert, &identity.key))
-        .domain_name(server_name))
+/// Makes the connections of a gRPC channel: TCP (no delay), then TLS with
+/// [`pms_crypto::grpc_client_config`], which presents this side's certificate, trusts only
+/// `ca.crt` and accepts only a node's certificate (tonic's own TLS cannot check the common
+/// name). The endpoint's connect timeout bounds both steps.
+#[derive(Clone)]
+pub(crate) struct GrpcTlsConnector {
+    tls: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl GrpcTlsConnector {
+    /// For a client presenting `identity` to the server at `address`, whose certificate must
+    /// name its host.
+    pub(crate) fn new(
+        certs_dir: &Path,
+        identity: &PemIdentity,
+        address: &str,
+    ) -> Result<Self, TransportError> {
+        let host = host_of(address)?;
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|_| TransportError::InvalidAddress {
+                address: address.to_owned(),
+                reason: "the host is not a DNS name or an IP address".to_owned(),
+            })?;
+        let config = pms_crypto::grpc_client_config(certs_dir, identity)
+            .map_err(|error| certificates_error(certs_dir, error))?;
+        Ok(GrpcTlsConnector {
+            tls: tokio_rustls::TlsConnector::from(config),
+            server_name,
+        })
+    }
+}
+
+impl tower_service::Service<Uri> for GrpcTlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| std::io::Error::other(format!("no HOST:PORT in {uri}")))?;
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.tls.connect(connector.server_name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// The common name of the verified peer certificate of a request, if there is one.

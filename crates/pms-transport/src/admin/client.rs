@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pms_types::{MessageId, NodeId, UserId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use pms_mailbox::DigestAlgorithm;
 
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::TransportError;
 use crate::proto::admin_v1 as pb;
-use crate::tls::{ADMIN_CLIENT_NAME, client_tls_config, host_of};
+use crate::tls::{ADMIN_CLIENT_NAME, GrpcTlsConnector, grpc_endpoint};
 
 /// How long connecting (TCP + TLS + HTTP/2) may take.
 pub const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,20 +49,18 @@ impl AdminClient {
         certs_dir: &Path,
         client_name: &str,
     ) -> Result<Self, TransportError> {
-        let host = host_of(address)?;
-        let tls = client_tls_config(certs_dir, client_name, host)?;
-        let endpoint = Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|source| TransportError::Connect {
-                address: address.to_owned(),
-                source,
-            })?
-            .tls_config(tls)
-            .map_err(TransportError::Tls)?
+        let identity =
+            pms_crypto::load_client_identity(certs_dir, client_name).map_err(|error| {
+                TransportError::Certificates {
+                    certs_dir: certs_dir.to_path_buf(),
+                    reason: error.to_string(),
+                }
+            })?;
+        let connector = GrpcTlsConnector::new(certs_dir, &identity, address)?;
+        let channel = grpc_endpoint(address)?
             .connect_timeout(ADMIN_CONNECT_TIMEOUT)
             .timeout(ADMIN_CALL_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
+            .connect_with_connector(connector)
             .await
             .map_err(|source| TransportError::Connect {
                 address: address.to_owned(),

@@ -18,14 +18,14 @@ use pms_mailbox::{Command, CommandResponse};
 use pms_replication::{GroupMember, GroupRole, GroupStatus, wire};
 use pms_types::{FlowId, GroupId, NodeId};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 use super::identity::{ClusterIdentity, ClusterTag, LeaderContacts};
 use super::{DeliveryReport, PeerNodeStatus};
 use crate::TransportError;
 use crate::proto::internal_v1 as pb;
-use crate::tls::{host_of, load_node_certificate, node_client_tls_config};
+use crate::tls::{GrpcTlsConnector, grpc_endpoint, load_node_certificate};
 
 /// How long connecting to a peer (TCP + TLS + HTTP/2) may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -121,7 +121,7 @@ impl PeerClients {
     /// the certificates load, so a misconfigured node fails at start rather than at first call.
     pub fn new(certs_dir: &Path) -> Result<Self, TransportError> {
         let node_certificate = load_node_certificate(certs_dir)?;
-        node_client_tls_config(certs_dir, &node_certificate.pem_identity(), "localhost")?;
+        GrpcTlsConnector::new(certs_dir, &node_certificate.pem_identity(), "localhost:1")?;
         Ok(PeerClients {
             certs_dir: certs_dir.to_path_buf(),
             node_certificate,
@@ -180,24 +180,17 @@ impl PeerClients {
         {
             return Ok(channel.clone());
         }
-        let tls = node_client_tls_config(
+        let connector = GrpcTlsConnector::new(
             &self.certs_dir,
             &self.node_certificate.pem_identity(),
-            host_of(address)?,
+            address,
         )?;
-        let channel = Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|source| TransportError::Connect {
-                address: address.to_owned(),
-                source,
-            })?
-            .tls_config(tls)
-            .map_err(TransportError::Tls)?
+        let channel = grpc_endpoint(address)?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         if channels.len() >= PEER_CHANNELS_MAX {
             channels.clear();
         }
