@@ -1,7 +1,8 @@
-//! An account added through one node can be used through any other node at once, even one
-//! whose replica of the directory lags behind: before a node refuses credentials it cannot
-//! check (403) or a recipient it does not know (404), it asks the directory's leader for a read
-//! index and waits until its own replica applied it.
+//! An account added (or its messaging enabled) through one node can be used through any other
+//! node at once, even one whose replica of the directory lags behind: before a node refuses
+//! credentials it cannot check (403), a recipient it does not know (404) or an account whose
+//! messaging it sees disabled (403), it asks the directory's leader for a read index and waits
+//! until its own replica applied it.
 //!
 //! The lag is made, not hoped for: the lagging node's gRPC port resets every segment the
 //! directory's leader sends it (iptables in its namespace), so the leader cannot replicate to
@@ -126,8 +127,33 @@ async fn a_lagging_replica_asks_the_leader_before_it_refuses_a_new_account() {
         password: "not-alice-password".to_owned(),
         ..alice.clone()
     };
-    let answer = send(sip_tls, tls, &impostor, "sip:carol@localhost").await;
+    let answer = send(sip_tls, Arc::clone(&tls), &impostor, "sip:carol@localhost").await;
     assert_eq!(answer, 403, "MESSAGE with a wrong password");
+
+    // 4. Messaging enabled a moment ago through another node (403 without the catch-up).
+    //    Dave starts with messaging off; the lagging node refuses a MESSAGE to him, which also
+    //    shows that it knows him so.
+    add_account(&cluster, admin, "dave", false).await;
+    let answer = send(sip_tls, Arc::clone(&tls), &alice, "sip:dave@localhost").await;
+    assert_eq!(answer, 403, "MESSAGE to dave, whose messaging is off");
+    cluster
+        .deafen_grpc(lagging, leader)
+        .expect("deafen the follower's gRPC port to the leader");
+    cluster
+        .admin_client(admin)
+        .await
+        .expect("admin client")
+        .set_messaging_enabled(&UserId::parse("dave").expect("user name"), true)
+        .await
+        .expect("enable messaging for dave");
+    let message = {
+        let tls = Arc::clone(&tls);
+        let alice = alice.clone();
+        tokio::spawn(async move { send(sip_tls, tls, &alice, "sip:dave@localhost").await })
+    };
+    let answer = heal_once_waiting(&mut cluster, lagging, http, message).await;
+    assert!((200..300).contains(&answer), "MESSAGE to dave: {answer}");
+
     let metrics = cluster::metrics_text(http)
         .await
         .expect("the follower's metrics");
@@ -135,7 +161,8 @@ async fn a_lagging_replica_asks_the_leader_before_it_refuses_a_new_account() {
         &metrics,
         "pms_replica_catch_ups_total{result=\"caught_up\"}",
     );
-    assert_eq!(caught_up, Some(4.0), "catch-ups of node {lagging}");
+    // bob's REGISTER, carol, nobody, the wrong password, dave off, dave on.
+    assert_eq!(caught_up, Some(6.0), "catch-ups of node {lagging}");
     cluster.shutdown().await;
 }
 
@@ -149,12 +176,17 @@ fn account(user: &str) -> Account {
 
 /// Adds `user` through `node`.
 async fn add_user(cluster: &Cluster, node: u64, user: &str) {
+    add_account(cluster, node, user, true).await;
+}
+
+/// Adds `user` through `node`, with messaging on or off.
+async fn add_account(cluster: &Cluster, node: u64, user: &str, messaging_enabled: bool) {
     let client = cluster.admin_client(node).await.expect("admin client");
     client
         .add_user(NewUser {
             user: UserId::parse(user).expect("user name"),
             password: Password::new(PASSWORD).expect("password"),
-            messaging_enabled: true,
+            messaging_enabled,
             digest_algorithms: Vec::new(),
         })
         .await

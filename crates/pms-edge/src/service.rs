@@ -562,6 +562,20 @@ impl SipService {
         outcome == CatchUp::CaughtUp
     }
 
+    /// `user`'s `record`, or, when it has messaging disabled, the record as the directory's
+    /// leader has it: this replica may trail a `pmsctl user set …` made a moment ago through
+    /// another node, so the node catches up once before it refuses on it.
+    async fn enabled_record(
+        &self,
+        user: &UserId,
+        record: UserRecord,
+    ) -> Result<UserRecord, Refusal> {
+        if record.messaging_enabled || !self.catch_up(GroupId::DIRECTORY).await {
+            return Ok(record);
+        }
+        Ok(self.user_record(user)?.unwrap_or(record))
+    }
+
     /// Digest authentication (RFC 8760). `Ok(Err(challenges))` means "challenge": the caller
     /// answers 401/407 with them. `claimed` is the user the request speaks for (To of a
     /// REGISTER, From of a MESSAGE): its account's policy picks the challenges, so an account
@@ -787,6 +801,7 @@ impl SipService {
         }
         // The flow now belongs to an account holder: it leaves the unauthenticated pool.
         flow.authentication.mark_authenticated();
+        let record = self.enabled_record(&user, record).await?;
         if !record.messaging_enabled {
             return Err(Refusal::Forbidden(format!(
                 "Secure messaging is not enabled for {user}"
@@ -976,14 +991,20 @@ impl SipService {
         // Known codings are kept: the body is stored and delivered as sent.
         parse_content_encoding(request.headers.get("Content-Encoding"))
             .map_err(|_| Refusal::UnsupportedEncoding)?;
+        let sender_record = self.enabled_record(&sender, sender_record).await?;
         if !sender_record.messaging_enabled {
             return Err(Refusal::Forbidden(format!(
                 "Secure messaging is not enabled for sender {sender}"
             )));
         }
-        // An account added a moment ago through another node may not be on this replica yet.
+        // An account added, or its messaging enabled, a moment ago through another node may
+        // not be on this replica yet.
         let mut recipient_record = self.user_record(&recipient)?;
-        if recipient_record.is_none() && self.catch_up(GroupId::DIRECTORY).await {
+        if !recipient_record
+            .as_ref()
+            .is_some_and(|record| record.messaging_enabled)
+            && self.catch_up(GroupId::DIRECTORY).await
+        {
             recipient_record = self.user_record(&recipient)?;
         }
         let Some(recipient_record) = recipient_record else {
