@@ -112,29 +112,42 @@ async fn a_lagging_replica_asks_the_leader_before_it_refuses_a_new_account() {
         .deafen_grpc(lagging, leader)
         .expect("deafen the follower's gRPC port to the leader");
     add_user(&cluster, admin, "carol").await;
-    let message = {
-        let tls = Arc::clone(&tls);
-        let alice = alice.clone();
-        tokio::spawn(async move { send(sip_tls, tls, &alice, "sip:carol@localhost").await })
-    };
+    let message = tokio::spawn(send(
+        sip_tls,
+        Arc::clone(&tls),
+        alice.clone(),
+        "sip:carol@localhost",
+    ));
     let answer = heal_once_waiting(&mut cluster, lagging, http, message).await;
     assert!((200..300).contains(&answer), "MESSAGE to carol: {answer}");
 
     // 3. What does not exist is still refused, after asking the leader.
-    let answer = send(sip_tls, Arc::clone(&tls), &alice, "sip:nobody@localhost").await;
+    let answer = send(
+        sip_tls,
+        Arc::clone(&tls),
+        alice.clone(),
+        "sip:nobody@localhost",
+    )
+    .await;
     assert_eq!(answer, 404, "MESSAGE to an account that does not exist");
     let impostor = Account {
         password: "not-alice-password".to_owned(),
         ..alice.clone()
     };
-    let answer = send(sip_tls, Arc::clone(&tls), &impostor, "sip:carol@localhost").await;
+    let answer = send(sip_tls, Arc::clone(&tls), impostor, "sip:carol@localhost").await;
     assert_eq!(answer, 403, "MESSAGE with a wrong password");
 
     // 4. Messaging enabled a moment ago through another node (403 without the catch-up).
     //    Dave starts with messaging off; the lagging node refuses a MESSAGE to him, which also
     //    shows that it knows him so.
     add_account(&cluster, admin, "dave", false).await;
-    let answer = send(sip_tls, Arc::clone(&tls), &alice, "sip:dave@localhost").await;
+    let answer = send(
+        sip_tls,
+        Arc::clone(&tls),
+        alice.clone(),
+        "sip:dave@localhost",
+    )
+    .await;
     assert_eq!(answer, 403, "MESSAGE to dave, whose messaging is off");
     cluster
         .deafen_grpc(lagging, leader)
@@ -146,11 +159,12 @@ async fn a_lagging_replica_asks_the_leader_before_it_refuses_a_new_account() {
         .set_messaging_enabled(&UserId::parse("dave").expect("user name"), true)
         .await
         .expect("enable messaging for dave");
-    let message = {
-        let tls = Arc::clone(&tls);
-        let alice = alice.clone();
-        tokio::spawn(async move { send(sip_tls, tls, &alice, "sip:dave@localhost").await })
-    };
+    let message = tokio::spawn(send(
+        sip_tls,
+        Arc::clone(&tls),
+        alice.clone(),
+        "sip:dave@localhost",
+    ));
     let answer = heal_once_waiting(&mut cluster, lagging, http, message).await;
     assert!((200..300).contains(&answer), "MESSAGE to dave: {answer}");
 
@@ -200,11 +214,11 @@ async fn connect(server: SocketAddr, tls: Arc<ClientConfig>) -> SipConnection {
 }
 
 /// Sends one MESSAGE as `from` to `to_uri`; the final status code.
-async fn send(server: SocketAddr, tls: Arc<ClientConfig>, from: &Account, to_uri: &str) -> u16 {
+async fn send(server: SocketAddr, tls: Arc<ClientConfig>, from: Account, to_uri: &str) -> u16 {
     let mut connection = connect(server, tls).await;
     let mut message = OutgoingMessage::new(to_uri.to_owned(), "hello".to_owned(), None);
     let deadline = Instant::now() + SIP_TIMEOUT;
-    match user_agent::send_message(&mut connection, from, &mut message, deadline).await {
+    match user_agent::send_message(&mut connection, &from, &mut message, deadline).await {
         Ok(response) => response.code,
         Err(error) => panic!("MESSAGE to {to_uri}: {error}"),
     }

@@ -121,7 +121,12 @@ impl PeerClients {
     /// the certificates load, so a misconfigured node fails at start rather than at first call.
     pub fn new(certs_dir: &Path) -> Result<Self, TransportError> {
         let node_certificate = load_node_certificate(certs_dir)?;
-        GrpcTlsConnector::new(certs_dir, &node_certificate.pem_identity(), "localhost:1")?;
+        pms_crypto::grpc_client_config(certs_dir, &node_certificate.pem_identity()).map_err(
+            |error| TransportError::Certificates {
+                certs_dir: certs_dir.to_path_buf(),
+                reason: error.to_string(),
+            },
+        )?;
         Ok(PeerClients {
             certs_dir: certs_dir.to_path_buf(),
             node_certificate,
